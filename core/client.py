@@ -1,0 +1,432 @@
+"""`MetricsClient`: the synchronous, thread-safe client for the MLflow REST calls we use.
+
+One keep-alive `httpx.Client`; every write carries one `opc-retry-token` shared by all
+its attempts and every attempt a fresh `opc-request-id`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._version import __version__
+from .endpoint import Endpoint
+from .errors import (
+    APIError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    TransportError,
+    Unauthorized,
+)
+from .metric import Metric, make_metric
+from .retry import RetryPolicy, parse_retry_after
+
+# Server limits of runs/log-batch (MLflow's, which AIDP inherits).
+MAX_BATCH_METRICS = 1000
+MAX_BATCH_PARAMS = 100
+MAX_BATCH_TAGS = 100
+MAX_BATCH_ENTITIES = 1000
+MAX_BATCH_BYTES = 1_000_000
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+
+USER_AGENT = f"aidp-metrics/{__version__}"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+_STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    429: TooManyRequests,
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    run_name: str | None
+    status: str
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+class MetricsClient:
+    """Synchronous client; safe to share between threads.
+
+    With no endpoint, `Endpoint.from_env()` decides; a string is taken as an MLflow
+    tracking URI. With no auth, the endpoint's kind decides: OCI request signing from the
+    environment for AIDP, `MLFLOW_TRACKING_TOKEN` / username+password (or nothing) for MLflow.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint | str | None = None,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        user_principal: str | None = None,
+    ) -> None:
+        if endpoint is None:
+            endpoint = Endpoint.from_env()
+        elif isinstance(endpoint, str):
+            endpoint = Endpoint.mlflow(endpoint)
+        self.endpoint = endpoint
+        self.retry = retry or RetryPolicy()
+        self.auth = auth if auth is not None else default_auth(endpoint)
+        headers = {"user-agent": USER_AGENT, "accept": "application/json"}
+        principal = user_principal or endpoint.user_principal
+        if principal:
+            headers["dh-user-principal"] = principal
+        self._http = httpx.Client(
+            auth=self.auth,
+            timeout=timeout,
+            headers=headers,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:
+        auth = type(self.auth).__name__ if self.auth is not None else "none"
+        return f"MetricsClient({self.endpoint.describe()}, auth={auth})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MetricsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the seed call -------------------------------------------------------------------
+
+    def log_metric(
+        self,
+        run_id: str,
+        key: str,
+        value: object,
+        *,
+        step: int = 0,
+        timestamp: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """One POST to `runs/log-metric` with `{key, run_id, step, timestamp, value}`."""
+        metric = make_metric(key, value, step, timestamp)
+        self.post_metric(run_id, metric, retry=retry)
+
+    def post_metric(self, run_id: str, metric: Metric, *, retry: RetryPolicy | None = None) -> None:
+        """`runs/log-metric` for an already validated metric."""
+        body = metric.to_json()
+        body["run_id"] = run_id
+        self.request("POST", "runs/log-metric", body=body, retry=retry)
+
+    # -- batches, params, tags ----------------------------------------------------------
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        tags: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> int:
+        """`runs/log-batch`, split into requests within the server's limits.
+
+        Returns the number of requests sent.
+        """
+        requests = 0
+        for chunk in batch_bodies([m.to_json() for m in metrics], _pairs(params), _pairs(tags)):
+            chunk["run_id"] = run_id
+            self.request("POST", "runs/log-batch", body=chunk, retry=retry)
+            requests += 1
+        return requests
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        self.log_batch(run_id, params=params)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.log_batch(run_id, tags=tags)
+
+    # -- experiments and runs -------------------------------------------------------------
+
+    def get_experiment_by_name(self, name: str) -> dict[str, Any] | None:
+        try:
+            reply = self.request("GET", "experiments/get-by-name", params={"experiment_name": name})
+        except NotFound:
+            return None
+        experiment: dict[str, Any] = reply.get("experiment", {})
+        return experiment
+
+    def create_experiment(self, name: str, tags: Mapping[str, str] | None = None) -> str:
+        body: dict[str, Any] = {"name": name}
+        if tags:
+            body["tags"] = _tag_list(tags)
+        try:
+            reply = self.request("POST", "experiments/create", body=body)
+        except BadRequest as exc:
+            # Another process created it between our lookup and our create.
+            if exc.code not in ("RESOURCE_ALREADY_EXISTS", "ResourceAlreadyExists"):
+                raise
+            existing = self.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            return str(existing["experiment_id"])
+        return str(reply["experiment_id"])
+
+    def experiment_id_for(self, name: str) -> str:
+        """The id of experiment `name`, created if it does not exist."""
+        existing = self.get_experiment_by_name(name)
+        if existing is not None:
+            return str(existing["experiment_id"])
+        return self.create_experiment(name)
+
+    def create_run(
+        self,
+        *,
+        experiment_id: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        start_time: int | None = None,
+    ) -> RunInfo:
+        if experiment_id is None:
+            experiment_id = self.experiment_id_for(experiment_name or "Default")
+        body: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "start_time": start_time if start_time is not None else time.time_ns() // 1_000_000,
+        }
+        if run_name:
+            body["run_name"] = run_name
+        if tags:
+            body["tags"] = _tag_list(tags)
+        reply = self.request("POST", "runs/create", body=body)
+        return _run_info(reply["run"]["info"])
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = self.request("GET", "runs/get", params={"run_id": run_id})["run"]
+        return run
+
+    def get_run_info(self, run_id: str) -> RunInfo:
+        return _run_info(self.get_run(run_id)["info"])
+
+    def update_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> RunInfo:
+        body: dict[str, Any] = {"run_id": run_id, "status": status}
+        if end_time is not None:
+            body["end_time"] = end_time
+        if run_name:
+            body["run_name"] = run_name
+        reply = self.request("POST", "runs/update", body=body)
+        info = reply.get("run_info")
+        if info:
+            return _run_info(info)
+        return self.get_run_info(run_id)
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every point of `key`, following all pages."""
+        points: list[Metric] = []
+        params = {"run_id": run_id, "metric_key": key, "max_results": "25000"}
+        while True:
+            reply = self.request("GET", "metrics/get-history", params=params)
+            points.extend(Metric.from_json(m) for m in reply.get("metrics", []))
+            token = reply.get("next_page_token")
+            if not token:
+                return points
+            params = {**params, "page_token": token}
+
+    # -- transport ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> dict[str, Any]:
+        """One logical call, retried per the policy; returns the decoded JSON reply."""
+        policy = retry or self.retry
+        content = dumps(body) if body is not None else None
+        retry_token = new_retry_token() if method != "GET" else None
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.send(
+                    method, path, content=content, params=params, retry_token=retry_token
+                )
+            except APIError as error:
+                delay = policy.next_delay(error, attempt, time.monotonic() - started)
+                if delay is None:
+                    raise
+            self._sleep(delay)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        retry_token: str | None = None,
+    ) -> dict[str, Any]:
+        """Exactly one HTTP attempt with a fresh `opc-request-id`; raises an `APIError`.
+
+        Callers that retry on their own pass the same `retry_token` on every attempt.
+        """
+        request_id = new_request_id()
+        headers = {"opc-request-id": request_id}
+        if content is not None:
+            headers["content-type"] = "application/json"
+        if retry_token is not None:
+            headers["opc-retry-token"] = retry_token
+        try:
+            response = self._http.request(
+                method, self.endpoint.url(path), content=content, params=params, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                opc_request_id=request_id,
+                method=method,
+                path=path,
+            ) from None
+        if response.is_success:
+            return _json_object(response)
+        raise error_from_response(response, method, path, request_id)
+
+
+def default_auth(endpoint: Endpoint) -> httpx.Auth | None:
+    from . import auth
+
+    if endpoint.kind == "aidp":
+        return auth.oci_signer_auth()
+    return auth.mlflow_auth_from_env()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex.upper()
+
+
+def new_retry_token() -> str:
+    return uuid.uuid4().hex
+
+
+def error_from_response(
+    response: httpx.Response, method: str, path: str, request_id: str | None = None
+) -> APIError:
+    """The typed error for a failed response; reads AIDP's and MLflow's error bodies."""
+    code: str | None = None
+    message = ""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        raw_code = data.get("code") or data.get("error_code")
+        code = str(raw_code) if raw_code else None
+        message = str(data.get("message") or "")
+    if not message:
+        text = response.text.strip().replace("\n", " ")
+        message = text[:200] if text else response.reason_phrase or "no message"
+    status = response.status_code
+    error_type = _STATUS_ERRORS.get(status, ServerError)
+    return error_type(
+        message,
+        status=status,
+        code=code,
+        opc_request_id=response.headers.get("opc-request-id") or request_id,
+        method=method,
+        path=path,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def batch_bodies(
+    metrics: list[dict[str, Any]],
+    params: list[dict[str, str]],
+    tags: list[dict[str, str]],
+) -> Iterator[dict[str, Any]]:
+    """Split entities into log-batch bodies within every server limit, keeping order."""
+    limits = {"metrics": MAX_BATCH_METRICS, "params": MAX_BATCH_PARAMS, "tags": MAX_BATCH_TAGS}
+    overhead = 128  # braces, field names and the run id
+    body: dict[str, list[Any]] = {"metrics": [], "params": [], "tags": []}
+    size = overhead
+    count = 0
+    for field, entities in (("metrics", metrics), ("params", params), ("tags", tags)):
+        for entity in entities:
+            entity_size = len(dumps(entity)) + 1
+            if count and (
+                len(body[field]) >= limits[field]
+                or count >= MAX_BATCH_ENTITIES
+                or size + entity_size > MAX_BATCH_BYTES
+            ):
+                yield {k: v for k, v in body.items() if v}
+                body = {"metrics": [], "params": [], "tags": []}
+                size, count = overhead, 0
+            body[field].append(entity)
+            size += entity_size
+            count += 1
+    if count:
+        yield {k: v for k, v in body.items() if v}
+
+
+def dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    if not response.content:
+        return {}
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pairs(items: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    pairs = items.items() if isinstance(items, Mapping) else items
+    return [{"key": str(k), "value": str(v)} for k, v in pairs]
+
+
+def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return _pairs(tags)
+
+
+def _run_info(info: Mapping[str, Any]) -> RunInfo:
+    return RunInfo(
+        run_id=str(info["run_id"]),
+        experiment_id=str(info["experiment_id"]),
+        run_name=info.get("run_name"),
+        status=str(info.get("status", "")),
+        start_time=_optional_int(info.get("start_time")),
+        end_time=_optional_int(info.get("end_time")),
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]

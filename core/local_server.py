@@ -1,0 +1,183 @@
+"""A real MLflow tracking server on loopback: for trying aidp-metrics without an OCI account.
+
+Used by `aidp-metrics local-server`, the quickstart and the test suite. Needs the `mlflow`
+package in the same environment (`pip install mlflow`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from .errors import ConfigurationError
+
+STARTUP_TIMEOUT = 90.0
+_LOG_TAIL_CHARS = 4000
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class LocalMLflowServer:
+    """`mlflow server` with a sqlite store in `directory`, one worker, on 127.0.0.1.
+
+    One worker because several uvicorn workers cost ~40 ms per kept-alive request here.
+    `stop()` then `start()` keeps the port and the database (tests use it as an outage).
+    """
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, startup_timeout: float = STARTUP_TIMEOUT
+    ) -> None:
+        self.directory = Path(directory)
+        self.port = port if port is not None else free_port()
+        self.startup_timeout = startup_timeout
+        self.log_path = self.directory / "mlflow-server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def ui_url(self) -> str:
+        return self.url
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.directory}/mlflow.db",
+            "--default-artifact-root",
+            str(self.directory / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+
+    def start(self) -> None:
+        """Start the server and wait for ``/health``; a no-op when it is already running."""
+        if self.running:
+            return
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigurationError(
+                'a local MLflow server needs the mlflow package: pip install "aidp-metrics[local]"'
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self._log = self.log_path.open("ab")
+        self._log.write(f"\n==== starting on port {self.port} ====\n".encode())
+        self._log.flush()
+        self._process = subprocess.Popen(
+            self._command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._process is None:
+                    break
+                code = self._process.poll()
+                if code is not None:
+                    raise RuntimeError(
+                        f"mlflow server exited with {code}; log tail:\n{self.log_tail()}"
+                    )
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(
+            f"mlflow server not healthy after {self.startup_timeout:.0f} s; "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+        return text[-chars:]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the whole process group (then kill it) and wait until the port is closed."""
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(timeout)
+            # uvicorn runs in a child process of the same group: make sure it is gone too.
+            _signal_group(process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while _port_accepts(self.port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalMLflowServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,72 @@
+"""When to retry a failed request and how long to wait (OCI SDK conventions)."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from dataclasses import dataclass, field
+
+from .errors import APIError, Conflict, TransportError
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_CONFLICT_CODES = frozenset({"IncorrectState", "LockConflict"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by attempts and by total time.
+
+    A server's `Retry-After` replaces the computed delay. 400, 401, 404 and 409s other
+    than `IncorrectState`/`LockConflict` are never retried.
+    """
+
+    max_attempts: int = 8
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    total_timeout: float = 120.0
+    retry_statuses: frozenset[int] = RETRYABLE_STATUSES
+    retry_conflict_codes: frozenset[str] = RETRYABLE_CONFLICT_CODES
+    jitter: bool = field(default=True, compare=False)
+
+    @classmethod
+    def never(cls) -> RetryPolicy:
+        return cls(max_attempts=1)
+
+    def is_retryable(self, error: APIError) -> bool:
+        if isinstance(error, TransportError):
+            return True
+        if isinstance(error, Conflict):
+            return error.code in self.retry_conflict_codes
+        return error.status in self.retry_statuses
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before attempt number `attempt + 1` (attempt counts from 1)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return random.uniform(0, ceiling) if self.jitter else ceiling
+
+    def next_delay(self, error: APIError, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before retrying, or None when this error ends the call."""
+        if attempt >= self.max_attempts or not self.is_retryable(error):
+            return None
+        delay = error.retry_after if error.retry_after is not None else self.backoff(attempt)
+        if elapsed + delay > self.total_timeout:
+            return None
+        return delay
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)

@@ -1,0 +1,1 @@
+"""Framework integrations. Each submodule imports its framework only when imported itself."""

@@ -1,0 +1,3 @@
+"""Shared fixtures live in tests/support/fixtures.py."""
+
+pytest_plugins = ["tests.support.fixtures"]

@@ -1,0 +1,1 @@
+"""Test support: a real MLflow server, an AIDP gateway stand-in and OCI keys."""

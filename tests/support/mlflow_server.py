@@ -1,0 +1,39 @@
+"""The real MLflow server for tests (the product's own), and read-back helpers that do not
+go through the code under test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from aidp_metrics.local_server import LocalMLflowServer as MLflowServer
+from aidp_metrics.local_server import free_port
+
+__all__ = ["MLflowServer", "free_port", "get_metric_history", "get_run"]
+
+
+def get_run(url: str, run_id: str) -> dict[str, Any]:
+    """``runs/get`` straight from the MLflow server: the ``run`` object."""
+    response = httpx.get(f"{url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30)
+    response.raise_for_status()
+    run: dict[str, Any] = response.json()["run"]
+    return run
+
+
+def get_metric_history(
+    url: str, run_id: str, key: str, *, page_size: int = 25000
+) -> list[dict[str, Any]]:
+    """All points of one metric straight from the MLflow server, following page tokens."""
+    metrics: list[dict[str, Any]] = []
+    params: dict[str, str | int] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
+    with httpx.Client(timeout=30) as client:
+        while True:
+            response = client.get(f"{url}/api/2.0/mlflow/metrics/get-history", params=params)
+            response.raise_for_status()
+            page = response.json()
+            metrics.extend(page.get("metrics", []))
+            token = page.get("next_page_token")
+            if not token:
+                return metrics
+            params["page_token"] = token

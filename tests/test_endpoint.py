@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import pytest
+
+from aidp_metrics import ConfigurationError, Endpoint
+
+OCID = "ocid1.aidataplatform.oc1.iad.aaaa"
+ENV_VARS = (
+    "AIDP_ENDPOINT",
+    "OCI_CLI_ENDPOINT",
+    "AIDP_INSTANCE_ID",
+    "AIDP_WORKSPACE_KEY",
+    "OCI_CLI_REGION",
+    "AIDP_USER_PRINCIPAL",
+    "MLFLOW_TRACKING_URI",
+    "OCI_CLI_CONFIG_FILE",
+    "OCI_CONFIG_FILE",
+    "OCI_CLI_PROFILE",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OCI_CLI_CONFIG_FILE", f"{tmp_path}/no-such-config")
+
+
+def test_aidp_url_from_region() -> None:
+    endpoint = Endpoint.aidp(OCID, "ws1", region="us-ashburn-1")
+    assert endpoint.url("runs/log-metric") == (
+        "https://aidp.us-ashburn-1.oci.oraclecloud.com/20260430/aiDataPlatforms/"
+        f"{OCID}/workspaces/ws1/mlops/api/2.0/mlflow/runs/log-metric"
+    )
+
+
+def test_explicit_endpoint_replaces_host_and_path_parts_are_encoded() -> None:
+    endpoint = Endpoint.aidp("id/with space", "ws?x", endpoint="https://example.test/")
+    assert endpoint.base_url == (
+        "https://example.test/20260430/aiDataPlatforms/id%2Fwith%20space/workspaces/ws%3Fx/mlops"
+    )
+
+
+def test_explicit_endpoint_with_version_is_not_doubled() -> None:
+    endpoint = Endpoint.aidp(OCID, "ws", endpoint="https://example.test/20260430")
+    assert endpoint.base_url.count("20260430") == 1
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:9"])
+def test_plain_http_allowed_only_for_loopback(host: str) -> None:
+    assert Endpoint.aidp(OCID, "ws", endpoint=host).base_url.startswith(host)
+
+
+def test_plain_http_refused_for_remote_host() -> None:
+    with pytest.raises(ConfigurationError, match="https"):
+        Endpoint.aidp(OCID, "ws", endpoint="http://aidp.example.com")
+
+
+def test_mlflow_endpoint() -> None:
+    endpoint = Endpoint.mlflow("http://127.0.0.1:5000/")
+    assert endpoint.kind == "mlflow"
+    assert endpoint.url("runs/log-batch") == "http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch"
+
+
+def test_mlflow_file_uri_refused() -> None:
+    with pytest.raises(ConfigurationError, match="http"):
+        Endpoint.mlflow("file:///tmp/mlruns")
+
+
+def test_from_env_prefers_aidp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIDP_INSTANCE_ID", OCID)
+    monkeypatch.setenv("AIDP_WORKSPACE_KEY", "ws")
+    monkeypatch.setenv("OCI_CLI_REGION", "eu-frankfurt-1")
+    monkeypatch.setenv("AIDP_USER_PRINCIPAL", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    endpoint = Endpoint.from_env()
+    assert endpoint.kind == "aidp"
+    assert endpoint.base_url.startswith("https://aidp.eu-frankfurt-1.oci.oraclecloud.com/20260430/")
+    assert endpoint.user_principal == "alice"
+
+
+def test_from_env_endpoint_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIDP_INSTANCE_ID", OCID)
+    monkeypatch.setenv("AIDP_WORKSPACE_KEY", "ws")
+    monkeypatch.setenv("OCI_CLI_ENDPOINT", "https://custom.test")
+    assert Endpoint.from_env().base_url.startswith("https://custom.test/20260430/")
+
+
+def test_from_env_region_from_oci_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    config = f"{tmp_path}/config"
+    with open(config, "w") as handle:
+        handle.write("[DEFAULT]\nregion = ap-tokyo-1\n[other]\nregion = uk-london-1\n")
+    monkeypatch.setenv("OCI_CLI_CONFIG_FILE", config)
+    monkeypatch.setenv("OCI_CLI_PROFILE", "other")
+    monkeypatch.setenv("AIDP_INSTANCE_ID", OCID)
+    monkeypatch.setenv("AIDP_WORKSPACE_KEY", "ws")
+    assert "aidp.uk-london-1." in Endpoint.from_env().base_url
+
+
+def test_from_env_missing_workspace_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIDP_INSTANCE_ID", OCID)
+    with pytest.raises(ConfigurationError, match="AIDP_WORKSPACE_KEY"):
+        Endpoint.from_env()
+
+
+def test_from_env_missing_region_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIDP_INSTANCE_ID", OCID)
+    monkeypatch.setenv("AIDP_WORKSPACE_KEY", "ws")
+    with pytest.raises(ConfigurationError, match="OCI_CLI_REGION"):
+        Endpoint.from_env()
+
+
+def test_from_env_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert Endpoint.from_env() == Endpoint.mlflow("http://127.0.0.1:5000")
+
+
+def test_from_env_nothing_configured_names_every_variable() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Endpoint.from_env()
+    message = str(info.value)
+    for name in ("AIDP_INSTANCE_ID", "AIDP_WORKSPACE_KEY", "MLFLOW_TRACKING_URI"):
+        assert name in message
+
+
+def test_from_env_reads_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    first = Endpoint.from_env()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:2")
+    assert Endpoint.from_env() != first
+
+
+def test_describe_hides_userinfo() -> None:
+    endpoint = Endpoint.mlflow("http://user:secret@127.0.0.1:5000")
+    assert "secret" not in endpoint.describe()
+    assert "secret" not in repr(endpoint)
