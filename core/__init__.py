@@ -13,10 +13,12 @@ from ._version import __version__
 from .endpoint import Endpoint
 from .errors import (
     AIDPError,
+    AIDPMetricsWarning,
     APIError,
     BadRequest,
     ConfigurationError,
     Conflict,
+    DeliveryError,
     InvalidMetric,
     NotFound,
     ServerError,
@@ -25,29 +27,38 @@ from .errors import (
     Unauthorized,
 )
 from .metric import Metric, sanitize_key, validate_key
+from .options import DeliveryOptions
 from .retry import RetryPolicy
+from .stats import RunStats
 
 if TYPE_CHECKING:
     from .client import MetricsClient, RunInfo
+    from .run import Run
 
 _LAZY = {
     "MetricsClient": ".client",
     "RunInfo": ".client",
+    "Run": ".run",
 }
 
 __all__ = [
     "AIDPError",
+    "AIDPMetricsWarning",
     "APIError",
     "BadRequest",
     "ConfigurationError",
     "Conflict",
+    "DeliveryError",
+    "DeliveryOptions",
     "Endpoint",
     "InvalidMetric",
     "Metric",
     "MetricsClient",
     "NotFound",
     "RetryPolicy",
+    "Run",
     "RunInfo",
+    "RunStats",
     "ServerError",
     "TooManyRequests",
     "TransportError",

@@ -80,3 +80,11 @@ class ServerError(APIError):
 
 class TransportError(APIError):
     """The request did not get an HTTP answer (connection refused, reset, timeout)."""
+
+
+class DeliveryError(AIDPError):
+    """Strict mode only: metrics could not be delivered (the message says how many and why)."""
+
+
+class AIDPMetricsWarning(UserWarning):
+    """Something was not logged the way the training code asked; training goes on."""

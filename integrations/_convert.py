@@ -9,12 +9,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 
-from aidp_metrics.errors import InvalidMetric
+from aidp_metrics.errors import AIDPMetricsWarning, InvalidMetric
 from aidp_metrics.metric import sanitize_key, to_float
 
-
-class AIDPMetricsWarning(UserWarning):
-    """Something was not logged the way the training code asked; training goes on."""
+__all__ = ["AIDPMetricsWarning", "MetricConverter"]
 
 
 class MetricConverter:

@@ -1,0 +1,67 @@
+"""How a `Run` delivers: transport, queue bound, flush cadence, strictness."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+from .retry import RetryPolicy
+
+Transport = Literal["batch", "metric"]
+QueuePolicy = Literal["drop_oldest", "block"]
+
+# A batch that keeps failing with retryable errors is given up after this budget.
+DELIVERY_RETRY = RetryPolicy(max_attempts=20, base_delay=0.5, max_delay=30.0, total_timeout=300.0)
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """Options accepted as keyword arguments by `Run.start`, `Run.attach` and the integrations.
+
+    transport: "batch" coalesces into `runs/log-batch` requests; "metric" sends one
+        `runs/log-metric` per point, `max_in_flight` at a time, per-key order kept.
+    flush_interval: seconds a logged point may wait before it is sent (curves stay live).
+    max_queue: metrics held in memory; when full, "drop_oldest" drops (and counts) the
+        oldest and "block" makes the caller wait up to `block_timeout` seconds.
+    strict: raise bad input and delivery failures to the caller instead of warning.
+    end_timeout: how long `end()` waits for delivery before reporting what is left.
+    atexit_timeout: the same for the flush at interpreter exit.
+    retry: how long one request is retried before its metrics count as failed.
+    """
+
+    transport: Transport = "batch"
+    flush_interval: float = 1.0
+    max_queue: int = 100_000
+    policy: QueuePolicy = "drop_oldest"
+    block_timeout: float = 30.0
+    max_in_flight: int = 8
+    strict: bool = False
+    end_timeout: float = 60.0
+    atexit_timeout: float = 10.0
+    retry: RetryPolicy = DELIVERY_RETRY
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("batch", "metric"):
+            raise ConfigurationError(
+                f"transport={self.transport!r} is not one of 'batch', 'metric'"
+            )
+        if self.policy not in ("drop_oldest", "block"):
+            raise ConfigurationError(f"policy={self.policy!r} is not one of 'drop_oldest', 'block'")
+        for name in ("flush_interval", "block_timeout", "end_timeout", "atexit_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("max_queue", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> DeliveryOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
+            )
+        return cls(**options)

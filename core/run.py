@@ -1,0 +1,442 @@
+"""`Run`: log metrics from a training loop without waiting on the network.
+
+The calling thread validates, converts and enqueues; a background sender delivers (see
+`delivery.py`). Nothing here raises into training code unless `strict=True`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from . import lifecycle
+from ._version import __version__
+from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
+from .delivery import Record, Sender
+from .endpoint import Endpoint
+from .errors import AIDPError, AIDPMetricsWarning, DeliveryError, InvalidMetric
+from .metric import INT64_MAX, INT64_MIN, key_error, now_ms, sanitize_key, to_float, to_int64
+from .notify import Notifier
+from .options import DeliveryOptions
+from .params import flatten_params
+from .retry import RetryPolicy
+from .stats import RunStats
+
+# Creating or finding a run happens before training starts: fail fast rather than stall.
+SETUP_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, total_timeout=10.0)
+STATUS_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=1.0, total_timeout=5.0)
+RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
+EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class Run:
+    """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`."""
+
+    def __init__(
+        self,
+        client: MetricsClient,
+        info: RunInfo,
+        options: DeliveryOptions | None = None,
+        *,
+        owns_client: bool = False,
+        params: Mapping[str, str] | None = None,
+    ) -> None:
+        self.client = client
+        self.run_id = info.run_id
+        self.experiment_id = info.experiment_id
+        self.run_name = info.run_name
+        self.options = options or DeliveryOptions()
+        self.status_on_exit = "FINISHED"
+        self.ended = False
+        self._inactive = False  # set in a forked child: the run belongs to the parent
+        self._notifier = Notifier()
+        self._sender = Sender(client, self.run_id, self.options, notifier=self._notifier)
+        self._keys: dict[str, str] = {}
+        self._warned_keys: set[str] = set()
+        self._params: dict[str, str] = dict(params or {})
+        self._state_lock = threading.Lock()
+        if owns_client:
+            weakref.finalize(self, client.close)
+        lifecycle.register(self)
+
+    # -- creating -------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        endpoint: Endpoint | str | None = None,
+        client: MetricsClient | None = None,
+        experiment_id: str | None = None,
+        **options: Any,
+    ) -> Run:
+        """Create a run (and its experiment if missing) and return it, ready to log."""
+        delivery = DeliveryOptions.from_kwargs(options)
+        client, owns = _client_for(endpoint, client)
+        try:
+            if experiment_id is None:
+                experiment_id = _experiment_id(client, experiment_name or "Default")
+            info = client.create_run(
+                experiment_id=experiment_id,
+                run_name=run_name,
+                tags={**_default_tags(), **_string_tags(tags or {})},
+            )
+        except BaseException:
+            if owns:
+                client.close()
+            raise
+        return cls(client, info, delivery, owns_client=owns)
+
+    @classmethod
+    def attach(
+        cls,
+        run_id: str,
+        *,
+        endpoint: Endpoint | str | None = None,
+        client: MetricsClient | None = None,
+        **options: Any,
+    ) -> Run:
+        """Log into an existing run (marked RUNNING again if it had ended)."""
+        delivery = DeliveryOptions.from_kwargs(options)
+        client, owns = _client_for(endpoint, client)
+        try:
+            run = client.request("GET", "runs/get", params={"run_id": run_id}, retry=SETUP_RETRY)
+            data = run["run"]
+            info = RunInfo(
+                run_id=str(data["info"]["run_id"]),
+                experiment_id=str(data["info"]["experiment_id"]),
+                run_name=data["info"].get("run_name"),
+                status=str(data["info"].get("status", "")),
+            )
+            params = {p["key"]: p["value"] for p in data.get("data", {}).get("params", [])}
+            if info.status != "RUNNING":
+                client.request(
+                    "POST",
+                    "runs/update",
+                    body={"run_id": run_id, "status": "RUNNING"},
+                    retry=SETUP_RETRY,
+                )
+        except BaseException:
+            if owns:
+                client.close()
+            raise
+        return cls(client, info, delivery, owns_client=owns, params=params)
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        endpoint: Endpoint | str | None = None,
+        client: MetricsClient | None = None,
+        **options: Any,
+    ) -> Run:
+        """Attach to `AIDP_RUN_ID` / `MLFLOW_RUN_ID` when set, else start a run.
+
+        The experiment is `experiment_name`, else `AIDP_EXPERIMENT_NAME` /
+        `MLFLOW_EXPERIMENT_NAME`, else `Default`.
+        """
+        run_id = _first_env(RUN_ID_VARIABLES)
+        if run_id:
+            run = cls.attach(run_id, endpoint=endpoint, client=client, **options)
+            if tags:
+                run.set_tags(tags)
+            return run
+        return cls.start(
+            experiment_name=experiment_name or _first_env(EXPERIMENT_VARIABLES),
+            run_name=run_name,
+            tags=tags,
+            endpoint=endpoint,
+            client=client,
+            **options,
+        )
+
+    # -- logging (the training thread's hot path) ----------------------------------------
+
+    def log_metric(
+        self, key: str, value: object, step: int | None = None, timestamp: int | None = None
+    ) -> None:
+        self.log_metrics({key: value}, step, timestamp)
+
+    def log_metrics(
+        self,
+        metrics: Mapping[str, object],
+        step: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Queue every metric at `step` (0 when None), stamped with the time of this call."""
+        if self.ended or self._inactive:
+            if self._inactive:
+                return
+            self._reopen()
+        try:
+            at = _check_step(step)
+            stamp = now_ms() if timestamp is None else to_int64(timestamp, "timestamp")
+        except InvalidMetric as exc:
+            self._reject(f"step/timestamp of {sorted(metrics)!r}", str(exc), len(metrics))
+            return
+        records: list[Record] = []
+        known = self._keys
+        problems: list[tuple[str, str]] = []
+        for raw_key, value in metrics.items():
+            key = known.get(raw_key)
+            if key is None:
+                error = key_error(raw_key)
+                if error is not None:
+                    problems.append((str(raw_key), error))
+                    continue
+                key = known[raw_key] = raw_key
+            kind = type(value)
+            if kind is float:
+                number: float = value  # type: ignore[assignment]
+            elif kind is int:
+                number = float(value)  # type: ignore[arg-type]
+            else:
+                try:
+                    number = to_float(value, key)
+                except InvalidMetric as exc:
+                    problems.append((key, str(exc)))
+                    continue
+            records.append((key, number, stamp, at))
+        if problems and self.options.strict:
+            raise InvalidMetric("; ".join(reason for _, reason in problems))
+        self._sender.put(records)
+        for key, reason in problems:
+            self._reject(key, reason)
+
+    def log_params(self, params: object) -> None:
+        """Log hyperparameters, flattened with `/`; re-logging a value is a no-op and a
+        changed value is kept as first logged (MLflow params are immutable), with a warning."""
+        if self._inactive:
+            return
+        try:
+            flat = flatten_params(params)
+        except TypeError as exc:
+            if self.options.strict:
+                raise
+            warnings.warn(f"aidp-metrics: params not logged: {exc}", AIDPMetricsWarning, 2)
+            return
+        new: dict[str, str] = {}
+        for key, value in flat.items():
+            old = self._params.get(key)
+            if old is None:
+                self._params[key] = new[key] = value
+            elif old != value:
+                self._warn_once(
+                    f"param:{key}",
+                    f"aidp-metrics: param {key!r} was already logged as {old[:80]!r}; params "
+                    f"cannot change within a run, so {value[:80]!r} is not logged",
+                )
+        if new:
+            if self.ended:
+                self._reopen()
+            self._sender.put_meta("params", new.items())
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        if self._inactive:
+            return
+        if self.ended:
+            self._reopen()
+        self._sender.put_meta("tags", _string_tags(tags).items())
+
+    # -- delivery control -----------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything logged before this call is acknowledged by the server.
+
+        Returns False when `timeout` seconds passed first; a warning says what is pending.
+        """
+        if self._inactive:
+            return True
+        done = self._sender.flush(timeout)
+        if not done:
+            self._notifier.throttled(
+                "flush-timeout",
+                f"aidp-metrics: flush timed out after {timeout} s with "
+                f"{self.stats.pending} metric(s) of run {self.run_id} still pending",
+            )
+            if self.options.strict:
+                raise DeliveryError(f"{self.stats.pending} metric(s) still pending after flush")
+        return done
+
+    def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
+        """Flush (up to `timeout`, default the `end_timeout` option), then set the run's
+        status and end time. Idempotent. Logging afterwards reopens the run."""
+        if status not in TERMINAL_STATUSES:
+            allowed = ", ".join(TERMINAL_STATUSES)
+            raise ValueError(f"status must be one of {allowed}, got {status!r}")
+        with self._state_lock:
+            if self.ended or self._inactive:
+                return self.stats
+            self.ended = True
+        wait = self.options.end_timeout if timeout is None else timeout
+        if not self._sender.flush(wait):
+            left = self._sender.abandon(f"not delivered within {wait:g} s of end()")
+            self._notifier.once(
+                "end-undelivered",
+                f"aidp-metrics: {left} metric(s) of run {self.run_id} were not delivered "
+                f"before end() gave up after {wait:g} s",
+            )
+        self._set_status(status)
+        lifecycle.unregister(self)
+        stats = self.stats
+        if self.options.strict and (stats.failed or stats.dropped):
+            raise DeliveryError(_summary(self.run_id, stats))
+        return stats
+
+    @property
+    def stats(self) -> RunStats:
+        return self._sender.counters.snapshot()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end(_status_for(exc_type))
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, "
+            f"endpoint={self.client.endpoint.describe()!r})"
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _set_status(self, status: str) -> None:
+        body = {"run_id": self.run_id, "status": status, "end_time": now_ms()}
+        try:
+            self.client.request("POST", "runs/update", body=body, retry=STATUS_RETRY)
+        except AIDPError as exc:
+            if self.options.strict:
+                raise
+            message = f"aidp-metrics: could not mark run {self.run_id} {status}: {exc}"
+            self._notifier.once(f"status-{status}", message)
+
+    def _reopen(self) -> None:
+        with self._state_lock:
+            if not self.ended:
+                return
+            self.ended = False
+        self._sender.reopen()
+        self._sender.put_meta("status", [("", "RUNNING")])
+        lifecycle.register(self)
+
+    def _reject(self, key: str, reason: str, count: int = 1) -> None:
+        with self._sender._lock:
+            self._sender.counters.rejected += count
+        if self.options.strict:
+            raise InvalidMetric(reason)
+        self._warn_once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic in self._warned_keys:
+            return
+        self._warned_keys.add(topic)
+        warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
+
+    def _on_exit(self, uncaught: type[BaseException] | None) -> None:
+        if self.ended or self._inactive:
+            return
+        status = self.status_on_exit if uncaught is None else _status_for(uncaught)
+        with self._state_lock:
+            self.ended = True
+        if not self._sender.flush(self.options.atexit_timeout):
+            self._sender.abandon(f"not delivered within {self.options.atexit_timeout:g} s of exit")
+        stats = self.stats
+        if stats.undelivered:
+            print(_summary(self.run_id, stats), file=sys.stderr)
+        self._set_status(status)
+
+    def _on_fork_child(self) -> None:
+        self._inactive = True
+
+
+def _summary(run_id: str, stats: RunStats) -> str:
+    reasons = "; ".join(f"{count}x {reason}" for reason, count in stats.failures.items())
+    parts = [f"{stats.undelivered} of {stats.logged} metric(s) of run {run_id} not delivered"]
+    if stats.dropped:
+        parts.append(f"{stats.dropped} dropped from a full queue")
+    if reasons:
+        parts.append(reasons)
+    return "aidp-metrics: " + " — ".join(parts)
+
+
+def _check_step(step: object) -> int:
+    if step is None:
+        return 0
+    if type(step) is int and INT64_MIN <= step <= INT64_MAX:
+        return step
+    return to_int64(step, "step")
+
+
+def _status_for(exc_type: type[BaseException] | None) -> str:
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
+def _client_for(
+    endpoint: Endpoint | str | None, client: MetricsClient | None
+) -> tuple[MetricsClient, bool]:
+    if client is not None:
+        return client, False
+    return MetricsClient(endpoint), True
+
+
+def _experiment_id(client: MetricsClient, name: str) -> str:
+    reply = None
+    try:
+        reply = client.request(
+            "GET", "experiments/get-by-name", params={"experiment_name": name}, retry=SETUP_RETRY
+        )
+    except AIDPError as exc:
+        if getattr(exc, "status", None) != 404:
+            raise
+    if reply is not None:
+        return str(reply["experiment"]["experiment_id"])
+    return client.create_experiment(name)
+
+
+def _first_env(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _string_tags(tags: Mapping[str, object]) -> dict[str, str]:
+    return {
+        sanitize_key(str(key)): str(value)[:MAX_TAG_VALUE_LENGTH] for key, value in tags.items()
+    }
+
+
+def _default_tags() -> dict[str, str]:
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+        "aidp_metrics.version": __version__,
+    }
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # no user name in some containers
+        pass
+    return {k: v for k, v in tags.items() if v}
