@@ -164,36 +164,46 @@ class MetricsClient:
 
     # -- experiments and runs -------------------------------------------------------------
 
-    def get_experiment_by_name(self, name: str) -> dict[str, Any] | None:
+    def get_experiment_by_name(
+        self, name: str, *, retry: RetryPolicy | None = None
+    ) -> dict[str, Any] | None:
         try:
-            reply = self.request("GET", "experiments/get-by-name", params={"experiment_name": name})
+            reply = self.request(
+                "GET", "experiments/get-by-name", params={"experiment_name": name}, retry=retry
+            )
         except NotFound:
             return None
         experiment: dict[str, Any] = reply.get("experiment", {})
         return experiment
 
-    def create_experiment(self, name: str, tags: Mapping[str, str] | None = None) -> str:
+    def create_experiment(
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> str:
         body: dict[str, Any] = {"name": name}
         if tags:
             body["tags"] = _tag_list(tags)
         try:
-            reply = self.request("POST", "experiments/create", body=body)
+            reply = self.request("POST", "experiments/create", body=body, retry=retry)
         except BadRequest as exc:
             # Another process created it between our lookup and our create.
             if exc.code not in ("RESOURCE_ALREADY_EXISTS", "ResourceAlreadyExists"):
                 raise
-            existing = self.get_experiment_by_name(name)
+            existing = self.get_experiment_by_name(name, retry=retry)
             if existing is None:
                 raise
             return str(existing["experiment_id"])
         return str(reply["experiment_id"])
 
-    def experiment_id_for(self, name: str) -> str:
+    def experiment_id_for(self, name: str, *, retry: RetryPolicy | None = None) -> str:
         """The id of experiment `name`, created if it does not exist."""
-        existing = self.get_experiment_by_name(name)
+        existing = self.get_experiment_by_name(name, retry=retry)
         if existing is not None:
             return str(existing["experiment_id"])
-        return self.create_experiment(name)
+        return self.create_experiment(name, retry=retry)
 
     def create_run(
         self,
@@ -203,9 +213,10 @@ class MetricsClient:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         start_time: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> RunInfo:
         if experiment_id is None:
-            experiment_id = self.experiment_id_for(experiment_name or "Default")
+            experiment_id = self.experiment_id_for(experiment_name or "Default", retry=retry)
         body: dict[str, Any] = {
             "experiment_id": experiment_id,
             "start_time": start_time if start_time is not None else time.time_ns() // 1_000_000,
@@ -214,8 +225,19 @@ class MetricsClient:
             body["run_name"] = run_name
         if tags:
             body["tags"] = _tag_list(tags)
-        reply = self.request("POST", "runs/create", body=body)
+        reply = self.request("POST", "runs/create", body=body, retry=retry)
         return _run_info(reply["run"]["info"])
+
+    def search_runs(
+        self, experiment_ids: list[str], filter_string: str = "", max_results: int = 100
+    ) -> list[dict[str, Any]]:
+        body = {
+            "experiment_ids": experiment_ids,
+            "filter": filter_string,
+            "max_results": max_results,
+        }
+        runs: list[dict[str, Any]] = self.request("POST", "runs/search", body=body).get("runs", [])
+        return runs
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         run: dict[str, Any] = self.request("GET", "runs/get", params={"run_id": run_id})["run"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NoEndpointConfigured
 
 DEFAULT_API_VERSION = "20260430"
 MLFLOW_API_PREFIX = "api/2.0/mlflow"
@@ -122,7 +122,7 @@ class Endpoint:
             raise ConfigurationError(
                 f"AIDP_ENDPOINT is set but the workspace is not: set {_AIDP_VARIABLES}"
             )
-        raise ConfigurationError(
+        raise NoEndpointConfigured(
             f"No tracking endpoint configured: set {_AIDP_VARIABLES} for Oracle AI Data "
             "Platform, or MLFLOW_TRACKING_URI for an MLflow tracking server"
         )
@@ -133,6 +133,10 @@ class Endpoint:
     def url(self, path: str) -> str:
         """Absolute URL of an MLflow REST call such as `runs/log-metric`."""
         return f"{self.base_url}/{MLFLOW_API_PREFIX}/{path}"
+
+    def public_url(self) -> str:
+        """`base_url` without any user:password part, safe to print or store."""
+        return _without_userinfo(self.base_url)
 
     def describe(self) -> str:
         """One line for humans; holds no secret (endpoints never carry credentials)."""

@@ -15,6 +15,10 @@ class ConfigurationError(AIDPError, ValueError):
     """Missing or inconsistent configuration: the message says what to set."""
 
 
+class NoEndpointConfigured(ConfigurationError):
+    """Neither an AIDP workspace nor an MLflow tracking URI is configured."""
+
+
 class InvalidMetric(AIDPError, ValueError):
     """A metric key, value, step or timestamp that the server would reject."""
 

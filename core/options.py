@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigurationError
 from .retry import RetryPolicy
 
 Transport = Literal["batch", "metric"]
+SpoolMode = Literal["off", "on_failure", "always"]
 QueuePolicy = Literal["drop_oldest", "block"]
 
 # A batch that keeps failing with retryable errors is given up after this budget.
@@ -28,7 +30,14 @@ class DeliveryOptions:
     strict: raise bad input and delivery failures to the caller instead of warning.
     end_timeout: how long `end()` waits for delivery before reporting what is left.
     atexit_timeout: the same for the flush at interpreter exit.
-    retry: how long one request is retried before its metrics count as failed.
+    retry: how long one request is retried before its metrics count as failed (or,
+        with a spool, go to disk until the server answers again).
+    spool: "on_failure" (default, or `AIDP_METRICS_SPOOL`) writes metrics to a journal
+        on disk when they cannot be delivered or the queue is full, and replays them when
+        the server answers; "always" journals every metric before sending it (survives
+        `kill -9`); "off" keeps everything in memory.
+    spool_dir: where journals go (default `AIDP_METRICS_DIR`, else ./aidp-metrics).
+    commit_interval: group commit period of the journal (fsync at most this often).
     """
 
     transport: Transport = "batch"
@@ -41,15 +50,29 @@ class DeliveryOptions:
     end_timeout: float = 60.0
     atexit_timeout: float = 10.0
     retry: RetryPolicy = DELIVERY_RETRY
+    spool: SpoolMode = field(default_factory=lambda: _spool_from_env())
+    spool_dir: str | None = None
+    commit_interval: float = 0.1
 
     def __post_init__(self) -> None:
         if self.transport not in ("batch", "metric"):
             raise ConfigurationError(
                 f"transport={self.transport!r} is not one of 'batch', 'metric'"
             )
+        if self.spool not in ("off", "on_failure", "always"):
+            raise ConfigurationError(
+                f"spool={self.spool!r} is not one of 'off', 'on_failure', 'always' "
+                "(argument spool= or AIDP_METRICS_SPOOL)"
+            )
         if self.policy not in ("drop_oldest", "block"):
             raise ConfigurationError(f"policy={self.policy!r} is not one of 'drop_oldest', 'block'")
-        for name in ("flush_interval", "block_timeout", "end_timeout", "atexit_timeout"):
+        for name in (
+            "flush_interval",
+            "block_timeout",
+            "end_timeout",
+            "atexit_timeout",
+            "commit_interval",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_queue", "max_in_flight"):
@@ -65,3 +88,8 @@ class DeliveryOptions:
                 f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
             )
         return cls(**options)
+
+
+def _spool_from_env() -> SpoolMode:
+    value = os.environ.get("AIDP_METRICS_SPOOL", "").strip().lower() or "on_failure"
+    return value  # type: ignore[return-value]  # checked in __post_init__

@@ -13,15 +13,24 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from . import lifecycle
 from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
-from .delivery import Record, Sender
+from .delivery import Sender
 from .endpoint import Endpoint
-from .errors import AIDPError, AIDPMetricsWarning, DeliveryError, InvalidMetric
+from .errors import (
+    AIDPError,
+    AIDPMetricsWarning,
+    APIError,
+    DeliveryError,
+    InvalidMetric,
+    NoEndpointConfigured,
+)
+from .journal import Journal, Record, RunRecord, new_local_id, spool_root
 from .metric import INT64_MAX, INT64_MIN, key_error, now_ms, sanitize_key, to_float, to_int64
 from .notify import Notifier
 from .options import DeliveryOptions
@@ -35,37 +44,72 @@ STATUS_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=1.0, total_
 RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
 EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+LOCAL_ID_TAG = "aidp_metrics.local_id"
 
 
 class Run:
-    """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`."""
+    """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
+
+    `client` is None for an offline run; `info` is None while the server has not created
+    the run yet (it is created by the sender as soon as the server answers, or by
+    `aidp-metrics sync`). Until then `run_id` is a local id (`local-...`).
+    """
 
     def __init__(
         self,
-        client: MetricsClient,
-        info: RunInfo,
+        client: MetricsClient | None,
+        info: RunInfo | None,
         options: DeliveryOptions | None = None,
         *,
         owns_client: bool = False,
         params: Mapping[str, str] | None = None,
+        record: RunRecord | None = None,
     ) -> None:
         self.client = client
-        self.run_id = info.run_id
-        self.experiment_id = info.experiment_id
-        self.run_name = info.run_name
         self.options = options or DeliveryOptions()
+        self.record = record or RunRecord(local_id=new_local_id(), start_time=now_ms())
+        if info is not None:
+            self.record.run_id = info.run_id
+            self.record.experiment_id = info.experiment_id
+            self.record.run_name = info.run_name
+        if client is not None:
+            self.record.endpoint = client.endpoint.public_url()
         self.status_on_exit = "FINISHED"
         self.ended = False
         self._inactive = False  # set in a forked child: the run belongs to the parent
         self._notifier = Notifier()
-        self._sender = Sender(client, self.run_id, self.options, notifier=self._notifier)
+        self._sender = Sender(
+            client,
+            self.record.run_id,
+            self.options,
+            notifier=self._notifier,
+            create_run=self._create_on_server if client is not None else None,
+            open_journal=self._open_journal if self.options.spool != "off" or not client else None,
+        )
         self._keys: dict[str, str] = {}
         self._warned_keys: set[str] = set()
         self._params: dict[str, str] = dict(params or {})
         self._state_lock = threading.Lock()
-        if owns_client:
+        if owns_client and client is not None:
             weakref.finalize(self, client.close)
         lifecycle.register(self)
+
+    @property
+    def run_id(self) -> str:
+        """The server's run id, or the local id while the run exists only on disk."""
+        return self._sender.run_id or self.record.local_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self.record.experiment_id
+
+    @property
+    def run_name(self) -> str | None:
+        return self.record.run_name
+
+    @property
+    def offline(self) -> bool:
+        return self.client is None
 
     # -- creating -------------------------------------------------------------------------
 
@@ -81,22 +125,43 @@ class Run:
         experiment_id: str | None = None,
         **options: Any,
     ) -> Run:
-        """Create a run (and its experiment if missing) and return it, ready to log."""
+        """Create a run (and its experiment if missing) and return it, ready to log.
+
+        Offline (`AIDP_METRICS_MODE=offline`, or nothing configured) the run lives in the
+        spool until `aidp-metrics sync`. With a spool and an unreachable server, the run
+        starts locally and is created on the server as soon as it answers.
+        """
         delivery = DeliveryOptions.from_kwargs(options)
-        client, owns = _client_for(endpoint, client)
+        all_tags = {**_default_tags(), **_string_tags(tags or {})}
+        record = RunRecord(
+            local_id=new_local_id(),
+            experiment_name=experiment_name or ("Default" if experiment_id is None else None),
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=all_tags,
+            start_time=now_ms(),
+        )
+        client, owns = _client_or_offline(endpoint, client)
+        if client is None:
+            return cls(None, None, delivery, record=record)
+        setup = SETUP_RETRY if delivery.spool == "off" else RetryPolicy.never()
         try:
-            if experiment_id is None:
-                experiment_id = _experiment_id(client, experiment_name or "Default")
-            info = client.create_run(
-                experiment_id=experiment_id,
-                run_name=run_name,
-                tags={**_default_tags(), **_string_tags(tags or {})},
+            info = _create_run(client, record, retry=setup)
+        except APIError as exc:
+            if delivery.spool == "off" or not delivery.retry.is_retryable(exc):
+                if owns:
+                    client.close()
+                raise
+            _notice_once(
+                f"aidp-metrics: the server did not answer ({exc}); the run starts locally "
+                "and is created on the server as soon as it answers"
             )
+            return cls(client, None, delivery, owns_client=owns, record=record)
         except BaseException:
             if owns:
                 client.close()
             raise
-        return cls(client, info, delivery, owns_client=owns)
+        return cls(client, info, delivery, owns_client=owns, record=record)
 
     @classmethod
     def attach(
@@ -109,7 +174,10 @@ class Run:
     ) -> Run:
         """Log into an existing run (marked RUNNING again if it had ended)."""
         delivery = DeliveryOptions.from_kwargs(options)
-        client, owns = _client_for(endpoint, client)
+        client, owns = _client_or_offline(endpoint, client)
+        if client is None:
+            record = RunRecord(local_id=new_local_id(), run_id=run_id, start_time=now_ms())
+            return cls(None, None, delivery, record=record)
         try:
             run = client.request("GET", "runs/get", params={"run_id": run_id}, retry=SETUP_RETRY)
             data = run["run"]
@@ -131,7 +199,8 @@ class Run:
             if owns:
                 client.close()
             raise
-        return cls(client, info, delivery, owns_client=owns, params=params)
+        record = RunRecord(local_id=new_local_id(), start_time=now_ms(), params=dict(params))
+        return cls(client, info, delivery, owns_client=owns, params=params, record=record)
 
     @classmethod
     def from_env(
@@ -243,6 +312,8 @@ class Run:
         if new:
             if self.ended:
                 self._reopen()
+            self.record.params.update(new)
+            self._save_record()
             self._sender.put_meta("params", new.items())
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
@@ -250,7 +321,10 @@ class Run:
             return
         if self.ended:
             self._reopen()
-        self._sender.put_meta("tags", _string_tags(tags).items())
+        clean = _string_tags(tags)
+        self.record.tags.update(clean)
+        self._save_record()
+        self._sender.put_meta("tags", clean.items())
 
     # -- delivery control -----------------------------------------------------------------
 
@@ -283,14 +357,7 @@ class Run:
                 return self.stats
             self.ended = True
         wait = self.options.end_timeout if timeout is None else timeout
-        if not self._sender.flush(wait):
-            left = self._sender.abandon(f"not delivered within {wait:g} s of end()")
-            self._notifier.once(
-                "end-undelivered",
-                f"aidp-metrics: {left} metric(s) of run {self.run_id} were not delivered "
-                f"before end() gave up after {wait:g} s",
-            )
-        self._set_status(status)
+        self._finish(status, wait, why=f"within {wait:g} s of end()")
         lifecycle.unregister(self)
         stats = self.stats
         if self.options.strict and (stats.failed or stats.dropped):
@@ -315,20 +382,71 @@ class Run:
     def __repr__(self) -> str:
         return (
             f"Run(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, "
-            f"endpoint={self.client.endpoint.describe()!r})"
+            f"endpoint={self.client.endpoint.describe() if self.client else 'offline'!r})"
         )
 
     # -- internals --------------------------------------------------------------------------
 
+    def _finish(self, status: str, wait: float, *, why: str) -> None:
+        """Deliver what can be delivered within `wait` seconds, keep the rest on disk (or
+        count it failed without a spool), then record the status everywhere."""
+        if not self._sender.flush(wait):
+            self._sender.abandon(f"not delivered {why}")
+        self.record.status = status
+        self.record.end_time = now_ms()
+        self._save_record()
+        if self.client is not None and self._sender.run_id is not None:
+            self._set_status(status)
+        stats = self.stats
+        if self.offline or (self._sender.journal is not None and stats.pending):
+            self._sender.close_journal()
+            journal = self._sender.journal
+            where = journal.directory.parent.parent if journal is not None else "the spool"
+            print(
+                f"aidp-metrics: {stats.pending} metric(s) of run {self.run_id} are saved in "
+                f"{where}; deliver them with: aidp-metrics sync {where}",
+                file=sys.stderr,
+            )
+        elif stats.failed or stats.dropped:
+            print(_summary(self.run_id, stats), file=sys.stderr)
+        elif self._sender.journal is not None:
+            self._sender.discard_journal()  # everything is on the server
+
     def _set_status(self, status: str) -> None:
-        body = {"run_id": self.run_id, "status": status, "end_time": now_ms()}
+        run_id = self._sender.run_id
+        body = {"run_id": run_id, "status": status, "end_time": self.record.end_time or now_ms()}
         try:
+            assert self.client is not None
             self.client.request("POST", "runs/update", body=body, retry=STATUS_RETRY)
         except AIDPError as exc:
             if self.options.strict:
                 raise
             message = f"aidp-metrics: could not mark run {self.run_id} {status}: {exc}"
             self._notifier.once(f"status-{status}", message)
+
+    def _create_on_server(self) -> str:
+        """Called by the sender thread for a run that started without the server."""
+        assert self.client is not None
+        tags = {**self.record.tags, LOCAL_ID_TAG: self.record.local_id}
+        info = _create_run(self.client, replace(self.record, tags=tags), retry=RetryPolicy.never())
+        self.record.run_id = info.run_id
+        self.record.experiment_id = info.experiment_id
+        self._save_record()
+        if self._params:
+            self._sender.put_meta("params", self._params.items())
+        return info.run_id
+
+    def _open_journal(self) -> Journal:
+        """Called (once, lazily) when the first point has to go to disk."""
+        return Journal.create(spool_root(self.options.spool_dir), self.record)
+
+    def _save_record(self) -> None:
+        journal = self._sender.journal
+        if journal is not None:
+            try:
+                journal.save_record()
+            except OSError as exc:
+                self._notifier.once("record", f"aidp-metrics: could not update the spool: {exc}")
 
     def _reopen(self) -> None:
         with self._state_lock:
@@ -358,12 +476,8 @@ class Run:
         status = self.status_on_exit if uncaught is None else _status_for(uncaught)
         with self._state_lock:
             self.ended = True
-        if not self._sender.flush(self.options.atexit_timeout):
-            self._sender.abandon(f"not delivered within {self.options.atexit_timeout:g} s of exit")
-        stats = self.stats
-        if stats.undelivered:
-            print(_summary(self.run_id, stats), file=sys.stderr)
-        self._set_status(status)
+        wait = self.options.atexit_timeout
+        self._finish(status, wait, why=f"within {wait:g} s of exit")
 
     def _on_fork_child(self) -> None:
         self._inactive = True
@@ -393,26 +507,47 @@ def _status_for(exc_type: type[BaseException] | None) -> str:
     return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
 
 
-def _client_for(
+def _client_or_offline(
     endpoint: Endpoint | str | None, client: MetricsClient | None
-) -> tuple[MetricsClient, bool]:
+) -> tuple[MetricsClient | None, bool]:
+    """The client to use and whether we own it; (None, False) for an offline run."""
     if client is not None:
         return client, False
+    if os.environ.get("AIDP_METRICS_MODE", "").strip().lower() == "offline":
+        return None, False
+    if endpoint is None:
+        try:
+            endpoint = Endpoint.from_env()
+        except NoEndpointConfigured as exc:
+            _notice_once(
+                f"aidp-metrics: {exc}. Logging offline to the spool; upload later "
+                "with `aidp-metrics sync`."
+            )
+            return None, False
     return MetricsClient(endpoint), True
 
 
-def _experiment_id(client: MetricsClient, name: str) -> str:
-    reply = None
-    try:
-        reply = client.request(
-            "GET", "experiments/get-by-name", params={"experiment_name": name}, retry=SETUP_RETRY
-        )
-    except AIDPError as exc:
-        if getattr(exc, "status", None) != 404:
-            raise
-    if reply is not None:
-        return str(reply["experiment"]["experiment_id"])
-    return client.create_experiment(name)
+def _create_run(client: MetricsClient, record: RunRecord, *, retry: RetryPolicy) -> RunInfo:
+    experiment_id = record.experiment_id or client.experiment_id_for(
+        record.experiment_name or "Default", retry=retry
+    )
+    record.experiment_id = experiment_id
+    return client.create_run(
+        experiment_id=experiment_id,
+        run_name=record.run_name,
+        tags=record.tags,
+        start_time=record.start_time,
+        retry=retry,
+    )
+
+
+_noticed: set[str] = set()
+
+
+def _notice_once(message: str) -> None:
+    if message not in _noticed:
+        _noticed.add(message)
+        warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
 
 
 def _first_env(names: tuple[str, ...]) -> str | None:

@@ -15,6 +15,7 @@ class RunStats:
     delivered: acknowledged by the server. failed: given up on, with `failures` counting
     reasons. dropped: pushed out of a full queue. retried: requests sent again.
     requests / bytes: HTTP requests made for metrics and their body bytes.
+    spooled: written to the on-disk journal (they stay pending until delivered from it).
     """
 
     logged: int
@@ -25,6 +26,7 @@ class RunStats:
     retried: int
     requests: int
     bytes: int
+    spooled: int = 0
     failures: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -48,6 +50,7 @@ class Counters:
         self.retried = 0
         self.requests = 0
         self.bytes = 0
+        self.spooled = 0
         self.failures: dict[str, int] = {}
 
     def fail(self, count: int, reason: str) -> None:
@@ -67,5 +70,6 @@ class Counters:
             retried=self.retried,
             requests=self.requests,
             bytes=self.bytes,
+            spooled=self.spooled,
             failures=dict(self.failures),
         )

@@ -313,7 +313,7 @@ def test_bounded_queue_with_the_server_down(fresh_experiment: str) -> None:
     run = Run(
         client,
         RunInfo("f" * 32, "0", None, "RUNNING"),
-        options=run.options.__class__(max_queue=1000, flush_interval=0.01),
+        options=run.options.__class__(max_queue=1000, flush_interval=0.01, spool="off"),
     )
     biggest = 0
     for step in range(20_000):
@@ -402,29 +402,45 @@ def test_status_on_exit_failed_when_training_was_interrupted(
     assert len(history(mlflow_server, run_id, "loss")) == 500
 
 
-def test_atexit_reports_what_could_not_be_delivered(
-    tmp_path: Path, mlflow_server: MLflowServer, fresh_experiment: str
-) -> None:
+def _exit_with_the_server_gone(tmp_path: Path, server: MLflowServer, spool: str) -> str:
     # The run is created, then the server vanishes; exit waits at most atexit_timeout.
     script = tmp_path / "lost.py"
     script.write_text(
         textwrap.dedent(
             f"""
-            from aidp_metrics import Run
-            run = Run.start(experiment_name={fresh_experiment!r}, endpoint={mlflow_server.url!r},
-                            atexit_timeout=1.0)
-            run.client.endpoint = type(run.client.endpoint).mlflow("http://127.0.0.1:{free_port()}")
+            from aidp_metrics import Endpoint, Run
+            run = Run.start(endpoint={server.url!r}, atexit_timeout=1.0, spool={spool!r})
+            run.client.endpoint = Endpoint.mlflow("http://127.0.0.1:{free_port()}")
             run.log_metric("loss", 1.0)
             """
         )
     )
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert time.monotonic() - started < 30
-    assert done.returncode == 0
-    lines = [line for line in done.stderr.splitlines() if "not delivered" in line]
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stderr
+
+
+def test_atexit_reports_what_could_not_be_delivered(
+    tmp_path: Path, mlflow_server: MLflowServer
+) -> None:
+    stderr = _exit_with_the_server_gone(tmp_path, mlflow_server, "off")
+    lines = [line for line in stderr.splitlines() if "not delivered" in line]
     assert len(lines) == 1
     assert "1 of 1 metric(s)" in lines[0]
+
+
+def test_atexit_keeps_undelivered_points_on_disk_and_says_how_to_sync(
+    tmp_path: Path, mlflow_server: MLflowServer
+) -> None:
+    stderr = _exit_with_the_server_gone(tmp_path, mlflow_server, "on_failure")
+    lines = [line for line in stderr.splitlines() if "aidp-metrics sync" in line]
+    assert len(lines) == 1
+    spool = Path(os.environ["AIDP_METRICS_DIR"])
+    assert "1 metric(s) of run" in lines[0]
+    assert lines[0].endswith(f"aidp-metrics sync {spool}")
+    (journal,) = (spool / "runs").iterdir()
+    assert (journal / "metrics.log").read_bytes().count(b"\n") == 1
 
 
 def test_fork_child_is_a_noop_and_parent_delivers(
