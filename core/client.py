@@ -287,10 +287,14 @@ class MetricsClient:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
+        content: bytes | None = None,
     ) -> dict[str, Any]:
-        """One logical call, retried per the policy; returns the decoded JSON reply."""
+        """One logical call, retried per the policy; returns the decoded JSON reply.
+
+        `content` is an already encoded JSON body (instead of `body`)."""
         policy = retry or self.retry
-        content = dumps(body) if body is not None else None
+        if body is not None:
+            content = dumps(body)
         retry_token = new_retry_token() if method != "GET" else None
         started = time.monotonic()
         attempt = 0

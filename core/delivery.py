@@ -490,7 +490,7 @@ class Sender:
             self._send_each(records, give_up)
 
     def _send_batch(self, records: list[Record], give_up: bool) -> None:
-        body = _batch_body(self._require_run_id(), records)
+        body = batch_body(self._require_run_id(), records)
         try:
             self._post("runs/log-batch", body)
         except APIError as error:
@@ -524,7 +524,7 @@ class Sender:
                 continue
             budget[0] -= 1
             try:
-                self._post("runs/log-batch", _batch_body(self._require_run_id(), half))
+                self._post("runs/log-batch", batch_body(self._require_run_id(), half))
             except BadRequest as half_error:
                 self._isolate(half, half_error, budget)
             except APIError as other:
@@ -722,7 +722,7 @@ class _Lanes:
                     self._work.notify_all()
 
 
-def _batch_body(run_id: str, records: Sequence[Record]) -> bytes:
+def batch_body(run_id: str, records: Sequence[Record]) -> bytes:
     metrics = [
         {"key": key, "value": encode_value(value), "timestamp": timestamp, "step": step}
         for key, value, timestamp, step in records

@@ -13,7 +13,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -146,7 +145,7 @@ class Run:
             return cls(None, None, delivery, record=record)
         setup = SETUP_RETRY if delivery.spool == "off" else RetryPolicy.never()
         try:
-            info = _create_run(client, record, retry=setup)
+            info = create_run_for(client, record, retry=setup, tag_local_id=False)
         except APIError as exc:
             if delivery.spool == "off" or not delivery.retry.is_retryable(exc):
                 if owns:
@@ -427,8 +426,7 @@ class Run:
     def _create_on_server(self) -> str:
         """Called by the sender thread for a run that started without the server."""
         assert self.client is not None
-        tags = {**self.record.tags, LOCAL_ID_TAG: self.record.local_id}
-        info = _create_run(self.client, replace(self.record, tags=tags), retry=RetryPolicy.never())
+        info = create_run_for(self.client, self.record, retry=RetryPolicy.never())
         self.record.run_id = info.run_id
         self.record.experiment_id = info.experiment_id
         self._save_record()
@@ -527,15 +525,27 @@ def _client_or_offline(
     return MetricsClient(endpoint), True
 
 
-def _create_run(client: MetricsClient, record: RunRecord, *, retry: RetryPolicy) -> RunInfo:
+def create_run_for(
+    client: MetricsClient,
+    record: RunRecord,
+    *,
+    retry: RetryPolicy | None = None,
+    tag_local_id: bool = True,
+) -> RunInfo:
+    """Create on the server the run `record` describes (its experiment too, if missing).
+
+    Runs that started locally are tagged with their local id, so that `sync` can tell
+    whether an earlier attempt already created them.
+    """
     experiment_id = record.experiment_id or client.experiment_id_for(
         record.experiment_name or "Default", retry=retry
     )
     record.experiment_id = experiment_id
+    tags = {**record.tags, LOCAL_ID_TAG: record.local_id} if tag_local_id else record.tags
     return client.create_run(
         experiment_id=experiment_id,
         run_name=record.run_name,
-        tags=record.tags,
+        tags=tags,
         start_time=record.start_time,
         retry=retry,
     )

@@ -1,0 +1,242 @@
+"""The on-disk spool: offline runs, late-created runs, torn journals, and `sync`."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+from aidp_metrics import AIDPMetricsWarning, Endpoint, MetricsClient, Run
+from aidp_metrics.auth import oci_signer_auth
+from aidp_metrics.journal import Journal, RunRecord, decode_line, encode_line, find_journals
+from aidp_metrics.sync import sync_directory
+from tests.support.gateway import AIDPGateway
+from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
+from tests.support.oci_keys import OCICredentials
+
+
+def spool_dir() -> Path:
+    return Path(os.environ["AIDP_METRICS_DIR"])
+
+
+def history(server: MLflowServer, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = get_metric_history(server.url, run_id, key)
+    return [(int(m["step"]), float(m["value"])) for m in points]
+
+
+def test_journal_lines_round_trip_and_detect_damage(tmp_path: Path) -> None:
+    records = [("loss", 0.5, 1000, 1), ("acc/top-1", math.inf, 1001, 2), ("x", math.nan, 3, 4)]
+    journal = Journal.create(tmp_path, RunRecord(local_id="local-test"))
+    journal.append(records)
+    journal.commit()
+    with open(journal.metrics_path, "ab") as handle:
+        handle.write(b'deadbeef ["bad",1,2,3]\n')  # wrong checksum: corrupt
+        handle.write(encode_line(("after", 1.0, 5, 5)))  # a good record after it is kept
+        handle.write(encode_line(("torn", 2.0, 6, 6))[:-7])  # power cut mid-write
+    reopened = Journal.open(journal.directory)
+    (chunk,) = list(reopened.iter_unacked())
+    assert chunk.records[:2] == records[:2]
+    assert math.isnan(chunk.records[2][1])
+    assert chunk.records[3] == ("after", 1.0, 5, 5)
+    assert len(chunk.records) == 4
+    assert len(chunk.skipped) == 2
+    assert "corrupt" in chunk.skipped[0]
+    assert "torn" in chunk.skipped[1]
+    with pytest.raises(ValueError, match="checksum"):
+        decode_line(b'00000000 ["k",1.0,1,1]')
+
+
+def test_offline_run_is_synced_with_everything_carried_over(
+    mlflow_server: MLflowServer, fresh_experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIDP_METRICS_MODE", "offline")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # ignored: offline wins
+    run = Run.start(experiment_name=fresh_experiment, run_name="offline-1", tags={"team": "ml"})
+    assert run.offline
+    assert run.run_id.startswith("local-")
+    for step in range(1200):
+        run.log_metrics({"loss": 1 / (step + 1), "acc": step / 1200}, step=step)
+    run.log_params({"lr": 0.01, "model": {"depth": 4}})
+    assert run.flush() is True  # offline: flushed to disk
+    run.end("FINISHED")
+    assert run.stats.delivered == 0
+
+    (journal_dir,) = find_journals(spool_dir())
+    dry = sync_directory(spool_dir(), None, dry_run=True)
+    assert [(r.points, r.sent) for r in dry] == [(2400, 0)]
+
+    client = MetricsClient(mlflow_server.url)
+    (result,) = sync_directory(spool_dir(), client)
+    assert result.error is None
+    assert result.sent == 2400
+    assert result.run_id is not None
+    assert history(mlflow_server, result.run_id, "loss") == [(s, 1 / (s + 1)) for s in range(1200)]
+    assert len(history(mlflow_server, result.run_id, "acc")) == 1200
+    stored = get_run(mlflow_server.url, result.run_id)
+    assert stored["info"]["status"] == "FINISHED"
+    assert stored["info"]["run_name"] == "offline-1"
+    assert {p["key"]: p["value"] for p in stored["data"]["params"]} == {
+        "lr": "0.01",
+        "model/depth": "4",
+    }
+    tags = {t["key"]: t["value"] for t in stored["data"]["tags"]}
+    assert tags["team"] == "ml"
+    assert tags["aidp_metrics.local_id"] == run.record.local_id
+    experiment = client.get_experiment_by_name(fresh_experiment)
+    assert experiment is not None
+    assert stored["info"]["experiment_id"] == experiment["experiment_id"]
+
+    # A second sync is a no-op: nothing sent, no second run.
+    (again,) = sync_directory(spool_dir(), client)
+    assert (again.points, again.sent, again.run_id) == (0, 0, result.run_id)
+    assert len(history(mlflow_server, result.run_id, "loss")) == 1200
+    assert len(client.search_runs([experiment["experiment_id"]])) == 1
+    assert journal_dir.exists()
+
+
+def test_interrupted_sync_resumes_without_duplicates(
+    mlflow_server: MLflowServer, fresh_experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIDP_METRICS_MODE", "offline")
+    run = Run.start(experiment_name=fresh_experiment)
+    for step in range(2500):
+        run.log_metric("m", float(step), step=step)
+    run.end()
+    client = MetricsClient(mlflow_server.url)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_batch(done: int, total: int) -> None:
+        if done >= 1000:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        sync_directory(spool_dir(), client, progress=stop_after_first_batch)
+    # The crash came after the server created the run and took a batch: the next sync
+    # must find that run (not create another) and send only the rest.
+    (result,) = sync_directory(spool_dir(), client)
+    assert result.points == 1500
+    assert history(mlflow_server, str(result.run_id), "m") == [(s, float(s)) for s in range(2500)]
+    experiment = client.get_experiment_by_name(fresh_experiment)
+    assert experiment is not None
+    assert len(client.search_runs([experiment["experiment_id"]])) == 1
+
+
+def test_no_endpoint_configured_warns_once_and_goes_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "AIDP_INSTANCE_ID", "AIDP_WORKSPACE_KEY", "AIDP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AIDP_METRICS_MODE", raising=False)
+    import aidp_metrics.run as run_module
+
+    monkeypatch.setattr(run_module, "_noticed", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = Run.start(experiment_name="nowhere")
+        second = Run.start(experiment_name="nowhere")
+    notices = [w for w in caught if "No tracking endpoint configured" in str(w.message)]
+    assert len(notices) == 1
+    assert notices[0].category is AIDPMetricsWarning
+    assert "MLFLOW_TRACKING_URI" in str(notices[0].message)
+    assert first.offline
+    assert second.offline
+    first.log_metric("a", 1.0)
+    first.end()
+    second.end()
+    assert len(find_journals(spool_dir())) == 2
+
+
+def test_server_down_at_start_creates_the_run_when_it_answers(
+    aidp_gateway: AIDPGateway,
+    oci_api_key: OCICredentials,
+    mlflow_server: MLflowServer,
+    fresh_experiment: str,
+) -> None:
+    endpoint = Endpoint.aidp(
+        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
+    )
+    auth = oci_signer_auth(
+        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
+    )
+    client = MetricsClient(endpoint, auth=auth)
+    aidp_gateway.stop()
+    with pytest.warns(AIDPMetricsWarning, match="starts locally"):
+        run = Run.start(experiment_name=fresh_experiment, run_name="late", client=client)
+    assert run.run_id.startswith("local-")
+    run.log_params({"lr": 0.5})
+    for step in range(50):
+        run.log_metric("loss", step / 10, step=step)
+    aidp_gateway.start()
+    assert run.flush(60)
+    assert not run.run_id.startswith("local-")
+    run.end()
+    assert history(mlflow_server, run.run_id, "loss") == [(s, s / 10) for s in range(50)]
+    stored = get_run(mlflow_server.url, run.run_id)
+    assert stored["info"]["status"] == "FINISHED"
+    assert stored["info"]["run_name"] == "late"
+    assert {p["key"]: p["value"] for p in stored["data"]["params"]} == {"lr": "0.5"}
+    # Everything was delivered: the journal is gone.
+    assert find_journals(spool_dir()) == []
+
+
+def test_the_journal_holds_no_credentials(
+    aidp_gateway: AIDPGateway,
+    oci_api_key: OCICredentials,
+    mlflow_server: MLflowServer,
+    fresh_experiment: str,
+) -> None:
+    endpoint = Endpoint.aidp(
+        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
+    )
+    auth = oci_signer_auth(
+        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
+    )
+    client = MetricsClient(endpoint, auth=auth)
+    run = Run.start(experiment_name=fresh_experiment, client=client, spool="always")
+    for step in range(20):
+        run.log_metric("loss", 1.0, step=step)
+    run.log_params({"lr": 1})
+    assert run.flush(30)
+    journal = run._sender.journal
+    assert journal is not None
+    blobs = b"".join(p.read_bytes() for p in journal.directory.iterdir() if p.is_file())
+    key_pem = Path(oci_api_key.private_key_path).read_bytes()
+    for secret in (key_pem, key_pem.splitlines()[1], b"Signature", b"BEGIN", b"authorization"):
+        assert secret not in blobs
+    assert oci_api_key.key_id.encode() not in blobs
+    run.end()
+    assert len(history(mlflow_server, run.run_id, "loss")) == 20
+
+
+def test_spool_always_delivers_and_cleans_up(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    with Run.start(
+        experiment_name=fresh_experiment,
+        endpoint=mlflow_server.url,
+        spool="always",
+        commit_interval=0.02,
+    ) as run:
+        for step in range(3000):
+            run.log_metrics({"a": float(step), "b": -float(step)}, step=step)
+    assert history(mlflow_server, run.run_id, "a") == [(s, float(s)) for s in range(3000)]
+    assert history(mlflow_server, run.run_id, "b") == [(s, -float(s)) for s in range(3000)]
+    stats = run.stats
+    assert stats.spooled == 6000
+    assert stats.delivered == 6000
+    assert find_journals(spool_dir()) == []
+
+
+def test_spool_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidp_metrics import ConfigurationError, DeliveryOptions
+
+    monkeypatch.setenv("AIDP_METRICS_SPOOL", "always")
+    assert DeliveryOptions().spool == "always"
+    monkeypatch.setenv("AIDP_METRICS_SPOOL", "sometimes")
+    with pytest.raises(ConfigurationError, match="AIDP_METRICS_SPOOL"):
+        DeliveryOptions()
