@@ -285,6 +285,26 @@ class Sender:
         name = f"aidp-metrics-sender-{(self.run_id or 'local')[:8]}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        if self.options.spool == "always" and not self.offline:
+            # Commits on its own clock, so a sender waiting on the network does not delay
+            # durability: a kill -9 loses at most one commit_interval of points.
+            committer = threading.Thread(target=self._commit_loop, name=name + "-c", daemon=True)
+            committer.start()
+
+    def _commit_loop(self) -> None:
+        while not self._abandon.is_set():
+            with self._lock:
+                self._spill(len(self._queue))
+                done = self._closed and not self._queue
+            self._commit()  # fsync outside the lock: callers never wait for the disk
+            if done:
+                return
+            self._abandon.wait(self.options.commit_interval)
+
+    def _commit(self) -> None:
+        journal = self.journal
+        if journal is not None:
+            journal.commit()
 
     def _run(self) -> None:
         while not self._abandon.is_set():
@@ -389,8 +409,8 @@ class Sender:
         with self._lock:
             if self.spooling:
                 self._spill(len(self._queue))
-                if self.journal is not None:
-                    self.journal.commit()
+        self._commit()
+        with self._lock:
             self._changed.wait(self.options.commit_interval)
 
     def _offline_step(self) -> bool:
@@ -399,10 +419,8 @@ class Sender:
                 return False
             self._spill(len(self._queue))
             self._meta = []
-            if self.journal is not None and (
-                time.monotonic() - self.journal.last_commit >= self.options.commit_interval
-            ):
-                self.journal.commit()
+        self._commit()
+        with self._lock:
             self._changed.wait(self.options.commit_interval)
         return True
 
@@ -416,10 +434,11 @@ class Sender:
                 return False
             self._spill(len(self._queue))
             due = time.monotonic() - journal.last_commit >= self.options.commit_interval
-            if due or self._flush_waiters or self._closed:
-                journal.commit()
-            upto = journal.committed if self.options.spool == "always" else None
+            commit_now = due or self._flush_waiters or self._closed
             cursor = self._journal_cursor
+        if commit_now:
+            journal.commit()
+        upto = journal.committed if self.options.spool == "always" else None
         result = journal.read(cursor, MAX_BATCH_METRICS, upto=upto)
         for problem in result.skipped:
             self.notifier.once(

@@ -15,19 +15,18 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._version import __version__
 from .endpoint import Endpoint
-from .errors import ConfigurationError, NoEndpointConfigured
+from .errors import APIError, ConfigurationError, NoEndpointConfigured
 
 if TYPE_CHECKING:
     import httpx
 
     from .client import MetricsClient
-    from .errors import APIError
 
 MAX_CLOCK_SKEW = 300.0  # seconds; OCI rejects signed requests whose date is further off
 PROBE_PATH = "experiments/get-by-name"
@@ -133,21 +132,39 @@ class _Exchange:
     attempts: int = 0
 
 
-def _recording_transport(exchange: _Exchange) -> httpx.BaseTransport:
-    """A transport that notes the raw response's status, `Date` and timing."""
+def _recording_auth(inner: httpx.Auth | None, exchange: _Exchange) -> httpx.Auth:
+    """Wraps the real auth to note each raw response's status, `Date` and timing.
+
+    An auth wrapper rather than a custom transport: httpx ignores proxy variables when a
+    transport is given, and doctor must take the same network path as the real client.
+    """
     import httpx
 
-    class Recorder(httpx.HTTPTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            exchange.attempts += 1
-            exchange.sent = time.time()
-            response = super().handle_request(request)
-            exchange.received = time.time()
-            exchange.status = response.status_code
-            exchange.date = response.headers.get("date")
-            return response
+    class RecordingAuth(httpx.Auth):
+        requires_request_body = bool(getattr(inner, "requires_request_body", False))
 
-    return Recorder()
+        def auth_flow(
+            self, request: httpx.Request
+        ) -> Generator[httpx.Request, httpx.Response, None]:
+            flow = inner.auth_flow(request) if inner is not None else _unchanged(request)
+            outgoing = next(flow)
+            while True:
+                exchange.attempts += 1
+                exchange.sent = time.time()
+                response = yield outgoing
+                exchange.received = time.time()
+                exchange.status = response.status_code
+                exchange.date = response.headers.get("date")
+                try:
+                    outgoing = flow.send(response)
+                except StopIteration:
+                    return
+
+    return RecordingAuth()
+
+
+def _unchanged(request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    yield request
 
 
 @dataclass
@@ -240,11 +257,9 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
     from .client import MetricsClient
 
     exchange = _Exchange()
-    transport = _recording_transport(exchange)
+    recorder = _recording_auth(auth, exchange)
     report.info("request", f"GET {PROBE_PATH}?experiment_name=Default")
-    with MetricsClient(
-        endpoint, auth=auth, transport=transport, timeout=PROBE_TIMEOUT
-    ) as client:
+    with MetricsClient(endpoint, auth=recorder, timeout=PROBE_TIMEOUT) as client:
         started = time.monotonic()
         error: APIError | None = None
         reply: dict[str, Any] = {}
@@ -253,11 +268,7 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
         except ConfigurationError as exc:  # e.g. a token refresh after 401 failed
             report.check(False, "auth: credentials could not be refreshed", str(exc))
             return
-        except Exception as exc:
-            from .errors import APIError
-
-            if not isinstance(exc, APIError):
-                raise
+        except APIError as exc:
             error = exc
         elapsed_ms = (time.monotonic() - started) * 1000
     report.out.write("\n")
@@ -309,12 +320,12 @@ def _judge(
     elif isinstance(error, Unauthorized):
         report.check(
             False,
-            f"auth: rejected ({_short(error)})",
+            f"auth: rejected ({error})",
             *_unauthorized_fixes(endpoint, auth, options, skew_bad),
         )
     elif isinstance(error, NotFound):
         report.check(True, "auth: no 401 (accepted or not checked before routing)")
-        report.check(False, f"path: not found ({_short(error)})", *_not_found_fixes(endpoint))
+        report.check(False, f"path: not found ({error})", *_not_found_fixes(endpoint))
     elif isinstance(error, TooManyRequests):
         wait = f" (Retry-After {error.retry_after:g} s)" if error.retry_after else ""
         report.check(
@@ -326,14 +337,14 @@ def _judge(
     elif error is not None and error.status == 403:
         report.check(
             False,
-            f"auth: accepted but not allowed ({_short(error)})",
+            f"auth: accepted but not allowed ({error})",
             "an IAM policy must allow your user/group (or dynamic group) to use the AIDP "
             "workspace's MLOps API",
         )
     elif error is not None:
         report.check(
             False,
-            f"server error: {_short(error)}",
+            f"server error: {error}",
             "the service failed the request; retry later and quote the opc-request-id to support",
         )
 
@@ -353,10 +364,6 @@ def _judge(
 def _missing_resource(error: APIError) -> bool:
     # The Default experiment may not exist: the request was still routed and authorised.
     return error.code in ("RESOURCE_DOES_NOT_EXIST", "ResourceDoesNotExist")
-
-
-def _short(error: APIError) -> str:
-    return str(error)
 
 
 def _host(endpoint: Endpoint) -> str:
@@ -492,6 +499,3 @@ def _mlflow_auth_name(auth: object) -> str:
     if name == "BasicAuth":
         return "basic auth from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
     return name
-
-
-Printer = Callable[[str], None]
