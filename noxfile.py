@@ -24,6 +24,23 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
 
 
+@nox.session(python=PYTHON, name="tests-keras-jax")
+def tests_keras_jax(session: nox.Session) -> None:
+    """The Keras tests again on the JAX backend (incl. steps_per_execution=4)."""
+    install_project(session, "keras,test")
+    session.install(*CONSTRAINTS, "jax")
+    session.run(
+        "pytest",
+        "-n",
+        "2",
+        "-m",
+        "keras",
+        "tests/integrations/",
+        *session.posargs,
+        env={"KERAS_BACKEND": "jax"},
+    )
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
@@ -58,3 +75,10 @@ def quickstart(session: nox.Session) -> None:
     """Install and run examples/quickstart.py against a local MLflow server."""
     install_project(session, "all,test")
     session.run("python", "examples/quickstart.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Core delivery benchmark against a local MLflow server (numbers, never pass/fail)."""
+    install_project(session, "all,test")
+    session.run("python", "-m", "benchmarks.bench_core", *session.posargs)

@@ -93,6 +93,9 @@ class Sender:
         self._abandon_reason = ""
         self._not_before = 0.0  # shared back-off: no request starts before this time
         self._create_attempts = 0
+        # The last request failed with a retryable error (a run created without the server
+        # starts that way).
+        self.server_down = run_id is None and client is not None
         self._thread: threading.Thread | None = None
         self._lanes: _Lanes | None = None
         self._rate_window: collections.deque[float] = collections.deque(maxlen=200)
@@ -394,7 +397,9 @@ class Sender:
         self._create_attempts += 1
         try:
             self.run_id = self._create_run()
+            self.server_down = False
         except APIError as error:
+            self.server_down = self._retryable(error)
             if not self.options.retry.is_retryable(error):
                 self.notifier.throttled("create", f"aidp-metrics: cannot create the run: {error}")
             self._back_off(error, self.options.retry.backoff(self._create_attempts))
@@ -613,6 +618,7 @@ class Sender:
             try:
                 self.client.send("POST", path, content=body, retry_token=token)
             except APIError as error:
+                self.server_down = self._retryable(error)
                 delay = policy.next_delay(error, attempt, time.monotonic() - started)
                 if delay is None or self._abandon.is_set():
                     raise
@@ -620,6 +626,7 @@ class Sender:
                 with self._lock:
                     self.counters.retried += 1
                 continue
+            self.server_down = False
             self._rate_window.append(time.monotonic())
             return
 

@@ -324,7 +324,7 @@ def _judge(
             *_unauthorized_fixes(endpoint, auth, options, skew_bad),
         )
     elif isinstance(error, NotFound):
-        report.check(True, "auth: no 401 (accepted or not checked before routing)")
+        report.check(None, "auth: not verified (the path was refused first)")
         report.check(False, f"path: not found ({error})", *_not_found_fixes(endpoint))
     elif isinstance(error, TooManyRequests):
         wait = f" (Retry-After {error.retry_after:g} s)" if error.retry_after else ""

@@ -43,6 +43,7 @@ STATUS_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=1.0, total_
 RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
 EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+DOWN_WAIT = 2.0  # how long end() waits on a server known to be down before spooling
 LOCAL_ID_TAG = "aidp_metrics.local_id"
 
 
@@ -347,15 +348,26 @@ class Run:
 
     def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
         """Flush (up to `timeout`, default the `end_timeout` option), then set the run's
-        status and end time. Idempotent. Logging afterwards reopens the run."""
+        status and end time. Idempotent; on an ended run a different status replaces the
+        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it."""
         if status not in TERMINAL_STATUSES:
             allowed = ", ".join(TERMINAL_STATUSES)
             raise ValueError(f"status must be one of {allowed}, got {status!r}")
         with self._state_lock:
-            if self.ended or self._inactive:
+            if self._inactive:
                 return self.stats
+            already = self.ended
             self.ended = True
+        if already:
+            if status != self.record.status:
+                self.record.status = status
+                self._save_record()
+                if self.client is not None and self._sender.run_id is not None:
+                    self._set_status(status)
+            return self.stats
         wait = self.options.end_timeout if timeout is None else timeout
+        if self._sender.server_down and self._sender.spooling:
+            wait = min(wait, DOWN_WAIT)  # the spool keeps the rest; don't hold training up
         self._finish(status, wait, why=f"within {wait:g} s of end()")
         lifecycle.unregister(self)
         stats = self.stats

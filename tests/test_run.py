@@ -145,8 +145,11 @@ def test_end_is_idempotent_and_logging_after_end_reopens(
     run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url)
     run.log_metric("a", 1.0, step=1)
     run.end()
-    run.end("FAILED")  # ignored: already ended
+    run.end()  # idempotent
     assert get_run(mlflow_server.url, run.run_id)["info"]["status"] == "FINISHED"
+    run.end("FAILED")  # a later phase failed: the status changes, nothing else happens
+    assert get_run(mlflow_server.url, run.run_id)["info"]["status"] == "FAILED"
+    run.end("FINISHED")
     run.log_metric("a", 2.0, step=2)  # e.g. trainer.test() after fit()
     run.flush(30)
     assert get_run(mlflow_server.url, run.run_id)["info"]["status"] == "RUNNING"

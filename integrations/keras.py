@@ -1,0 +1,419 @@
+"""Keras 3: stream `model.fit` / `model.evaluate` metrics into a run, on any backend.
+
+    from aidp_metrics.integrations.keras import AIDPCallback
+
+    model.fit(x, y, epochs=5, validation_split=0.2, callbacks=[AIDPCallback()])
+
+What lands where:
+
+- **Step** = `model.optimizer.iterations` (optimizer steps; with gradient accumulation Keras
+  counts real updates, not micro-batches). It is read only when a point is logged.
+- **Epoch end**: every value Keras passes to `on_epoch_end` (`loss`, compiled metrics,
+  `val_*`), plus `epoch` = the number of epochs completed (1-based, as Keras's progress bar
+  counts them), all at the step reached at the end of that epoch.
+- **Batches** (only with `log_every_n_steps=N`): Keras's running means since the epoch
+  began, under Keras's own names (`loss`, ...), at most once per window of N optimizer steps:
+  at step N, 2N, ... exactly when a batch hook runs there (`steps_per_execution=1`),
+  otherwise at the first batch hook after the boundary. With the default
+  `log_every_n_steps=None` the callback defines no batch hook at all, so Keras keeps its
+  asynchronous callback dispatch and never converts per-batch values for any callback.
+- **`model.evaluate(..., callbacks=[cb])`** outside `fit`: the results as `eval_<name>` at
+  the current step. Validation inside `fit` is logged once, as `val_*` at epoch end.
+- **Params** (once per run): optimizer class and config, `epochs` and `steps_per_epoch`
+  from `fit`, `steps_per_execution`, trainable parameter count, Keras backend and version.
+
+Lifecycle: the run is created (or, with `AIDP_RUN_ID` / `MLFLOW_RUN_ID`, attached) at the
+first `fit` or `evaluate`, and ended FINISHED when `fit` (or a standalone `evaluate`)
+returns; ending waits for delivery up to the run's `end_timeout` option. The same callback
+object passed to several `fit` calls keeps logging to the same run (reopened, RUNNING
+again) with increasing steps. If an exception escapes `fit`, Keras skips `on_train_end`;
+the run is then ended FAILED by the run's exit hook at the latest (metrics logged before
+are delivered first). Only process 0 of a multi-process job logs. Logging never raises
+into training: an unreachable server gives an `AIDPMetricsWarning` (the run keeps metrics
+in its spool, or, when it cannot be created at all, the callback does nothing), unless
+`strict=True`.
+
+This module never imports TensorFlow; it imports `jax` / `torch.distributed` only when
+that is the active Keras backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from aidp_metrics.errors import AIDPError
+from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.params import flatten_params
+
+if TYPE_CHECKING:
+    from aidp_metrics import Endpoint, Run
+
+if int(keras.__version__.split(".", 1)[0]) < 3:  # pragma: no cover - environment check
+    raise ImportError(
+        f"aidp_metrics.integrations.keras needs Keras 3 (found keras {keras.__version__}); "
+        "install keras>=3.3"
+    )
+
+__all__ = ["AIDPCallback"]
+
+_BATCH_HOOK = "on_train_batch_end"
+_INTEGRATION_TAG = {"aidp_metrics.integration": "keras"}
+
+
+class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """Log Keras training and evaluation metrics to an AIDP / MLflow run.
+
+    Args:
+        log_every_n_steps: `None` (default) logs at epoch end only and leaves every batch
+            hook at Keras's default. An int N also logs the running batch metrics once per
+            N optimizer steps.
+        experiment_name, run_name, tags, endpoint: used when the run is created
+            (`Run.from_env`: `AIDP_RUN_ID` / `MLFLOW_RUN_ID` attach to an existing run;
+            experiment from `AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME`; endpoint
+            from the environment when `None`).
+        log_params: log the optimizer / fit / model parameters once per run.
+        strict: raise logging errors instead of warning (forwarded to the run as well).
+        **run_options: forwarded to the run (`transport`, `flush_interval`, ...).
+
+    Attributes:
+        run_id: the run's id once it exists (first `fit`/`evaluate`), else `None`.
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int | None = None,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        endpoint: Endpoint | None = None,
+        log_params: bool = True,
+        strict: bool = False,
+        **run_options: Any,
+    ) -> None:
+        super().__init__()
+        if log_every_n_steps is not None and (
+            isinstance(log_every_n_steps, bool)
+            or not isinstance(log_every_n_steps, int)
+            or log_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"log_every_n_steps must be None or a positive int, got {log_every_n_steps!r}"
+            )
+        self.log_every_n_steps = log_every_n_steps
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._tags = dict(tags) if tags else None
+        self._endpoint = endpoint
+        self._log_params = log_params
+        self._strict = strict
+        self._run_options = dict(run_options)
+        if strict:
+            self._run_options["strict"] = True
+
+        self._run: Run | None = None  # the run (kept after it ends, for run_id)
+        self._active: Run | None = None  # the run of the fit in progress
+        self._is_logger: bool | None = None  # process 0? decided at the first fit/evaluate
+        self._params_logged = False  # once per run (a callback keeps one run)
+        self._warned: set[str] = set()
+        self._train_metrics = MetricConverter()
+        self._eval_metrics = MetricConverter(prefix="eval", separator="_")
+
+        # fit / evaluate state
+        self._in_fit = False
+        self._fit_params: object = None
+        self._in_eval = False
+        self._eval_run: Run | None = None
+
+        # batch logging state (all in optimizer steps except `_batches_*`)
+        self._base_step = 0  # last step read from the optimizer
+        self._batches_since_read = 0  # batches run since then
+        self._batches_in_epoch = 0  # `batch + 1` of the last batch hook this epoch
+        self._window = 0  # step // N of the last logged batch point (or of train begin)
+        self._accumulation = 1
+        self._last_batch_point: tuple[int, dict[str, float]] | None = None
+
+        if log_every_n_steps is not None:
+            # An instance attribute, so the class keeps Keras's default batch hooks and
+            # epoch-only callbacks do not turn off Keras's async dispatch.
+            self.on_train_batch_end = self._log_batch
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def run(self) -> Run | None:
+        """The run this callback logs to, once it exists."""
+        return self._run
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, once the run exists."""
+        return None if self._run is None else self._run.run_id
+
+    # ------------------------------------------------------------------ fit
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._in_fit = True
+        self._fit_params = self.params
+        self._last_batch_point = None
+        self._batches_in_epoch = 0
+        self._batches_since_read = 0
+        self._active = None
+        with self._guard("on_train_begin"):
+            run = self._ensure_run()
+            if run is None:
+                return
+            self._active = run
+            # Until on_train_end says otherwise: an exception escaping fit() skips it.
+            run.status_on_exit = "FAILED"
+            if self._log_params and not self._params_logged:
+                self._params_logged = True
+                run.log_params(self._collect_params())
+            if self.log_every_n_steps is not None:
+                self._accumulation = _accumulation_steps(self.model)
+                self._base_step = self._read_step()
+                self._window = self._base_step // self.log_every_n_steps
+
+    def _log_batch(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        """`on_train_batch_end`, installed only when `log_every_n_steps` is set."""
+        run = self._active
+        if run is None:
+            return
+        every = self.log_every_n_steps
+        assert every is not None
+        with self._guard(_BATCH_HOOK):
+            done = batch + 1
+            if done < self._batches_in_epoch:  # a new epoch (or fit) began
+                self._batches_in_epoch = 0
+            self._batches_since_read += done - self._batches_in_epoch
+            self._batches_in_epoch = done
+            # Predict the step without touching the device; read it only to log.
+            predicted = self._base_step + self._batches_since_read // self._accumulation
+            if predicted // every <= self._window:
+                return
+            step = self._read_step()
+            self._base_step, self._batches_since_read = step, 0
+            if step // every <= self._window:
+                return
+            self._window = step // every
+            metrics = self._train_metrics.convert(logs or {})
+            run.log_metrics(metrics, step=step)
+            self._last_batch_point = (step, metrics)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        run = self._active
+        if run is None:
+            return
+        with self._guard("on_epoch_end"):
+            step = self._read_step()
+            self._base_step, self._batches_since_read, self._batches_in_epoch = step, 0, 0
+            metrics = self._train_metrics.convert(logs or {})
+            last = self._last_batch_point
+            if last is not None and last[0] == step:
+                # The last batch point already holds these running means at this step.
+                metrics = {k: v for k, v in metrics.items() if not _same(last[1].get(k), v)}
+            metrics["epoch"] = float(epoch + 1)
+            run.log_metrics(metrics, step=step)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._in_fit = False
+        self._fit_params = None
+        run, self._active = self._active, None
+        if run is None:
+            return
+        with self._guard("on_train_end"):
+            run.status_on_exit = "FINISHED"
+            run.end("FINISHED")
+
+    # ------------------------------------------------------------------ evaluate
+
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._validating():
+            return
+        self._in_eval = True
+        self._eval_run = None
+        with self._guard("on_test_begin"):
+            run = self._ensure_run()
+            if run is not None:
+                self._eval_run = run
+                if not self._in_fit:
+                    run.status_on_exit = "FAILED"
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if not self._in_eval or self._validating():
+            return
+        self._in_eval = False
+        run, self._eval_run = self._eval_run, None
+        if run is None:
+            return
+        with self._guard("on_test_end"):
+            run.log_metrics(self._eval_metrics.convert(logs or {}), step=self._read_step())
+            if self._in_fit:
+                # evaluate() called from inside fit (e.g. by another callback), or after a
+                # fit that died: the fit's status decides, not this evaluation.
+                return
+            run.status_on_exit = "FINISHED"
+            run.end("FINISHED")
+
+    def _validating(self) -> bool:
+        """True for the `evaluate()` that `fit` runs for validation.
+
+        `fit` passes its own CallbackList to `evaluate`, so `self.params` is still the object
+        `fit` set; a standalone `evaluate()` sets new params first. This also holds after a
+        `fit` that died (and so never reached `on_train_end`).
+        """
+        return self._in_fit and self.params is self._fit_params
+
+    # ------------------------------------------------------------------ internals
+
+    def _ensure_run(self) -> Run | None:
+        """The run to log to, created or reopened when needed; None on other processes."""
+        if self._is_logger is None:
+            self._is_logger = _process_index() == 0
+        if not self._is_logger:
+            return None
+        run = self._run
+        if run is not None:
+            if run.ended:
+                # An earlier fit/evaluate ended it: logging reopens the run (RUNNING again),
+                # also when it is still a local (spooled) run.
+                run.set_tags(_INTEGRATION_TAG)
+            return run
+        from aidp_metrics import Run
+
+        tags = {**_INTEGRATION_TAG, **(self._tags or {})}
+        try:
+            run = Run.from_env(
+                experiment_name=self._experiment_name,
+                run_name=self._run_name,
+                tags=tags,
+                endpoint=self._endpoint,
+                **self._run_options,
+            )
+        except AIDPError as exc:
+            if self._strict:
+                raise
+            warnings.warn(
+                f"aidp-metrics: cannot start the run ({exc}); training continues without logging",
+                AIDPMetricsWarning,
+                stacklevel=3,
+            )
+            return None
+        self._run = run
+        return run
+
+    def _read_step(self) -> int:
+        # `self.model` unwraps torch DDP and, on JAX, syncs the training state first.
+        return int(self.model.optimizer.iterations)
+
+    def _collect_params(self) -> dict[str, str]:
+        model = self.model
+        params: dict[str, Any] = {}
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None:
+            params["optimizer"] = {"class": type(optimizer).__name__}
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                # Keras's own numpy-2 DeprecationWarning when it reads the learning rate.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                config = dict(optimizer.get_config())
+                if isinstance(config.get("learning_rate"), float):
+                    # A float32 variable: 0.01, not 0.009999999776482582.
+                    config["learning_rate"] = str(np.float32(config["learning_rate"]))
+                params["optimizer"].update(config)
+        fit = dict(self.params or {})
+        if "epochs" in fit:
+            params["epochs"] = fit["epochs"]
+        if "steps" in fit:
+            params["steps_per_epoch"] = fit["steps"]
+        params["steps_per_execution"] = getattr(model, "steps_per_execution", None)
+        with contextlib.suppress(Exception):
+            params["trainable_params"] = sum(
+                math.prod(int(d) for d in w.shape) for w in model.trainable_weights
+            )
+        params["keras_backend"] = keras.backend.backend()
+        params["keras_version"] = keras.__version__
+        return flatten_params(params)
+
+    @contextlib.contextmanager
+    def _guard(self, hook: str) -> Iterator[None]:
+        """Never let logging break training: warn once per hook instead (unless strict)."""
+        try:
+            yield
+        except Exception as exc:
+            if self._strict:
+                raise
+            if hook not in self._warned:
+                self._warned.add(hook)
+                warnings.warn(
+                    f"aidp-metrics: {hook} failed ({type(exc).__name__}: {exc}); "
+                    "training continues",
+                    AIDPMetricsWarning,
+                    stacklevel=4,
+                )
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+
+
+def _accumulation_steps(model: Any) -> int:
+    steps = getattr(getattr(model, "optimizer", None), "gradient_accumulation_steps", None)
+    return int(steps) if steps else 1
+
+
+def _process_index() -> int:
+    """This process's index in a multi-process job (0 when alone), read when first needed.
+
+    JAX: `jax.process_index()` (what `keras.distribution` uses). torch: the
+    `torch.distributed` rank once initialized. TensorFlow: the strategy's cluster resolver
+    when TensorFlow is already loaded (never imported here). Then the environment:
+    `KERAS_DISTRIBUTION_PROCESS_ID`, `RANK`, `TF_CONFIG`.
+    """
+    backend = keras.backend.backend()
+    with contextlib.suppress(Exception):
+        if backend == "jax":
+            import jax
+
+            return int(jax.process_index())
+        if backend == "torch":
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                return int(dist.get_rank())
+        if backend == "tensorflow" and "tensorflow" in sys.modules:
+            tf = sys.modules["tensorflow"]
+            resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+            if resolver is not None and resolver.task_type is not None:
+                return _tf_task_index(
+                    resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict()
+                )
+    for var in ("KERAS_DISTRIBUTION_PROCESS_ID", "RANK"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    with contextlib.suppress(Exception):
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = config.get("task") or {}
+        if task.get("type"):
+            return _tf_task_index(task["type"], task.get("index", 0), config.get("cluster") or {})
+    return 0
+
+
+def _tf_task_index(task_type: str, task_id: object, cluster: Mapping[str, Any]) -> int:
+    """TF multi-worker: the chief (or worker 0 when there is no chief) is process 0."""
+    if task_type in ("chief", "master"):
+        return 0
+    if task_type == "worker":
+        has_chief = bool(cluster.get("chief") or cluster.get("master"))
+        return int(str(task_id)) + (1 if has_chief else 0)
+    return 1 << 20  # ps / evaluator: never the logging process

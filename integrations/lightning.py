@@ -1,0 +1,350 @@
+"""PyTorch Lightning logger: `Trainer(logger=AIDPLogger(...))`.
+
+One class serves both namespaces. `AIDPLogger` subclasses the `Logger` base class of every
+Lightning package that is installed -- `lightning.pytorch.loggers.Logger` and/or
+`pytorch_lightning.loggers.Logger` -- so `isinstance` checks in a Trainer from either package
+(LightningCLI, callbacks, user code) accept it. `aidp_metrics.integrations.pytorch_lightning`
+re-exports the same class for code that prefers an import path matching its package.
+
+Behaviour in short:
+
+* The run is created lazily, on global rank zero only, the first time Lightning (or the user)
+  needs it: `experiment`, `version`, `log_metrics`, `log_hyperparams`. Other ranks create
+  nothing and send nothing. Without arguments everything comes from the environment
+  (`Run.from_env()`: `AIDP_RUN_ID`/`MLFLOW_RUN_ID`, `AIDP_EXPERIMENT_NAME`/
+  `MLFLOW_EXPERIMENT_NAME`, the endpoint variables).
+* Metrics are logged at the step Lightning passes. When `log_metrics` is called without a
+  step (only user code does that), the last step this logger was given is used, or 0 when
+  there was none yet.
+* `finalize("success")` ends the run FINISHED, `finalize("failed")` ends it FAILED (both
+  flush first, bounded by the `end_timeout` run option), `finalize("finished")` (SLURM
+  requeue) only flushes. The same `Run` object is kept: a later `trainer.test()` (or any later
+  log call) reopens it -- RUNNING again until the next finalize. FAILED is sticky: a later
+  successful `test()` does not turn a failed run into a finished one.
+* While the run is open its `status_on_exit` is FAILED, so a process that dies without
+  Lightning's `finalize` leaves the run FAILED, never FINISHED; after a finalize it is the
+  status finalize set. A logger used outside a Trainer should call `finalize("success")`.
+* If the run cannot be created (bad configuration, or an unreachable server with
+  `spool="off"`) the logger warns once and does nothing for the rest of the process, unless
+  `strict=True` was passed. With the default spool an unreachable server does not stop it:
+  the run starts locally (`version` is a `local-...` id until the server answers).
+* Known limit: with `ddp_spawn` the run is created in the worker of rank zero, so the main
+  process's logger object does not learn its id, and a second `fit`/`test` launched from the
+  main process starts another run. Pass `run_id=` of an existing run to make every launch
+  log into that one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aidp_metrics.errors import AIDPError, AIDPMetricsWarning
+from aidp_metrics.integrations._convert import MetricConverter
+from aidp_metrics.params import flatten_params
+
+if TYPE_CHECKING:
+    from aidp_metrics import Endpoint, Run
+
+__all__ = ["AIDPLogger"]
+
+
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _lightning_namespaces() -> tuple[list[type], _Decorator]:
+    """(`Logger` base class of every installed namespace, `rank_zero_experiment`)."""
+    bases: list[type] = []
+    experiment_decorator: _Decorator | None = None
+    try:
+        from lightning.fabric.loggers.logger import rank_zero_experiment as l_experiment
+        from lightning.pytorch.loggers.logger import Logger as LightningLogger
+    except ImportError:
+        pass
+    else:
+        bases.append(LightningLogger)
+        experiment_decorator = l_experiment
+    try:
+        from lightning_fabric.loggers.logger import rank_zero_experiment as pl_experiment
+        from pytorch_lightning.loggers.logger import Logger as PLLogger
+    except ImportError:
+        pass
+    else:
+        bases.append(PLLogger)
+        experiment_decorator = experiment_decorator or pl_experiment
+    if experiment_decorator is None:
+        raise ImportError(
+            "aidp_metrics.integrations.lightning needs `lightning` or `pytorch-lightning`: "
+            "pip install 'aidp-metrics[lightning]'"
+        )
+    return bases, experiment_decorator
+
+
+_BASES, rank_zero_experiment = _lightning_namespaces()
+
+# Imported after Lightning, which sets `rank_zero_only.rank` from the environment on import.
+# Both namespaces use this same lightning_utilities function object, so the rank a Trainer of
+# either package sets (`rank_zero_only.rank = global_rank`) is the rank read here.
+from lightning_utilities.core.rank_zero import rank_zero_only  # noqa: E402
+
+
+def _global_rank() -> int:
+    rank: int = getattr(rank_zero_only, "rank", 0)
+    return rank
+
+
+_LoggerBase: Any = types.new_class(
+    "_LightningLoggerBase", tuple(_BASES), exec_body=lambda ns: ns.update(__module__=__name__)
+)
+
+_FINAL_STATUS = {"success": "FINISHED", "failed": "FAILED"}
+_STATUS_RANK = {"FINISHED": 0, "FAILED": 1}
+_CHECKPOINT_TAGS = {
+    "best_model_path": "checkpoint.best_model_path",
+    "last_model_path": "checkpoint.last_model_path",
+}
+
+
+class _NoExperiment:
+    """What `experiment` returns when the run could not be created: every call is a no-op."""
+
+    def _nop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, _name: str) -> Any:
+        return self._nop
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class AIDPLogger(_LoggerBase):  # type: ignore[misc]
+    """Send a Lightning Trainer's metrics, hyperparameters and checkpoint paths to a run.
+
+    Args:
+        run_id: log into this existing run instead of starting one.
+        experiment_name: experiment of the new run (default: environment, else "Default").
+        run_name: name of the new run.
+        tags: tags of the run.
+        endpoint: an `aidp_metrics.Endpoint`; default `Endpoint.from_env()`.
+        prefix: put before every metric key, joined with "-" (as Lightning's loggers do).
+        log_hyperparams: send `save_hyperparameters()` values as run params.
+        **run_options: forwarded to `Run` (`transport`, `flush_interval`, `max_queue`,
+            `policy`, `strict`, `atexit_timeout`, ...).
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        endpoint: Endpoint | None = None,
+        prefix: str = "",
+        log_hyperparams: bool = True,
+        **run_options: Any,
+    ) -> None:
+        super().__init__()
+        self._run_id = run_id
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self._endpoint = endpoint
+        self._prefix = prefix
+        self._log_hyperparams_enabled = log_hyperparams
+        self._run_options = run_options
+        self._converter = MetricConverter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
+        self._run: Run | None = None
+        self._disabled = False
+        self._final_status: str | None = None
+        self._last_step: int | None = None
+        self._sent_tags: dict[str, str] = {}
+
+    # -- Lightning's Logger properties -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The experiment name (no network call, same on every rank)."""
+        return (
+            self._experiment_name
+            or os.environ.get("AIDP_EXPERIMENT_NAME")
+            or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+            or "Default"
+        )
+
+    @property
+    def version(self) -> str | None:
+        """The run id. On rank zero this creates the run if needed; other ranks never do."""
+        if self._run is not None:
+            return self._run.run_id  # a local id until the server has created the run
+        if self._run_id is None and _global_rank() == 0:
+            self._ensure_run()
+        return self._run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """Same as `version`."""
+        return self.version
+
+    @property
+    def save_dir(self) -> str | None:
+        return None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Run | _NoExperiment:
+        """The `aidp_metrics.Run` on rank zero (created on first access); a dummy elsewhere."""
+        run = self._ensure_run()
+        return run if run is not None else _NoExperiment()
+
+    # -- logging -----------------------------------------------------------------------------
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        converted = self._converter.convert(metrics)
+        if step is None:
+            step = self._last_step if self._last_step is not None else 0
+        else:
+            step = int(step)
+            self._last_step = step
+        if not converted:
+            return
+        run = self._ensure_run()
+        if run is not None:
+            run.log_metrics(converted, step=step)
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | argparse.Namespace | None, *args: Any, **kwargs: Any
+    ) -> None:
+        if not self._log_hyperparams_enabled or params is None:
+            return
+        try:
+            flat = flatten_params(params)
+        except TypeError as exc:
+            warnings.warn(
+                f"aidp-metrics: not logging hyperparameters: {exc}",
+                AIDPMetricsWarning,
+                stacklevel=2,
+            )
+            return
+        if not flat:
+            return
+        run = self._ensure_run()
+        if run is not None:
+            run.log_params(flat)
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Record the best and last checkpoint paths (and the best score) as run tags."""
+        tags: dict[str, str] = {}
+        for attribute, tag in _CHECKPOINT_TAGS.items():
+            path = getattr(checkpoint_callback, attribute, None)
+            if path:
+                tags[tag] = str(path)
+        score = getattr(checkpoint_callback, "best_model_score", None)
+        if score is not None:
+            try:
+                tags["checkpoint.best_model_score"] = repr(float(score))
+            except (TypeError, ValueError):
+                pass
+        changed = {k: v for k, v in tags.items() if self._sent_tags.get(k) != v}
+        if not changed:
+            return
+        run = self._ensure_run()
+        if run is not None:
+            run.set_tags(changed)
+            self._sent_tags.update(changed)
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Nothing to do: the run delivers in the background. Never blocks."""
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Flush; mark the run FINISHED ("success") or FAILED ("failed"); "finished" only flushes.
+
+        The logger stays usable: logging afterwards (e.g. `trainer.test()` after `fit()`)
+        goes into the same run, which the `Run` marks RUNNING again until the next finalize.
+        """
+        run = self._run
+        if run is None:
+            return
+        final = _FINAL_STATUS.get(status)
+        if final is None:  # "finished" (SLURM requeue) or anything unknown: deliver, keep open
+            run.flush(run.options.end_timeout)
+            return
+        previous = self._final_status
+        if previous is not None and _STATUS_RANK[previous] > _STATUS_RANK[final]:
+            final = previous  # FAILED is sticky: a later successful test() does not undo it
+        self._final_status = final
+        # if the process dies after this without another finalize, keep this status
+        run.status_on_exit = final
+        if not run.ended:
+            run.end(final)
+        elif final != previous:
+            # ended FINISHED, and the phase after it failed before logging anything
+            run.end(final)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _ensure_run(self) -> Run | None:
+        """The run, created (or attached) on first use. An ended run is returned as it is:
+        `Run` reopens itself when something is logged into it."""
+        if self._run is not None:
+            return self._run
+        if self._disabled:
+            return None
+        from aidp_metrics import Run
+
+        try:
+            if self._run_id is not None:
+                run = Run.attach(self._run_id, endpoint=self._endpoint, **self._run_options)
+                if self._tags:
+                    run.set_tags(self._tags)
+            else:
+                run = Run.from_env(
+                    experiment_name=self._experiment_name,
+                    run_name=self._run_name,
+                    tags=self._tags or None,
+                    endpoint=self._endpoint,
+                    **self._run_options,
+                )
+        except AIDPError as exc:
+            if self._run_options.get("strict"):
+                raise
+            self._disabled = True
+            warnings.warn(
+                f"aidp-metrics: could not create the run, nothing will be logged: {exc}",
+                AIDPMetricsWarning,
+                stacklevel=3,
+            )
+            return None
+        # Training may be in progress: a crash that skips finalize() ends the run FAILED at
+        # exit, never FINISHED. finalize() sets the real status.
+        run.status_on_exit = self._final_status or "FAILED"
+        self._run = run
+        self._run_id = run.run_id
+        return run
+
+    # -- pickling (ddp_spawn, pickle.dumps(trainer)) -----------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._run is not None:
+            state["_run_id"] = self._run.run_id
+        state["_run"] = None  # threads and connections stay in this process
+        state["_run_options"] = {k: v for k, v in self._run_options.items() if k != "client"}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"AIDPLogger(name={self.name!r}, version={self._run_id!r})"

@@ -1,0 +1,403 @@
+"""Hugging Face Transformers: stream a `Trainer`'s logs into an AIDP / MLflow run.
+
+    from aidp_metrics.integrations.transformers import AIDPCallback
+
+    args = TrainingArguments(..., report_to="none")  # keep the built-in MLflowCallback out
+    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[AIDPCallback()])
+    trainer.train()
+
+Every constructor argument is optional, so `callbacks=[AIDPCallback]` works too: the
+endpoint comes from `AIDP_*` variables or `MLFLOW_TRACKING_URI`, the experiment from
+`AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME`, and `AIDP_RUN_ID` / `MLFLOW_RUN_ID`
+attach to an existing run.
+
+What lands on the server:
+
+- every numeric value the Trainer logs, under the Trainer's own key (`loss`, `grad_norm`,
+  `learning_rate`, `epoch`, `eval_loss`, `train_runtime`, ...) at `state.global_step`
+  (optimizer updates), so the run and `trainer.state.log_history` agree point for point;
+  a value repeated at the same step (`epoch` in a training log and the evaluation log of
+  the same step) is sent once;
+- params: `TrainingArguments.to_sanitized_dict()` at the top level, the model config
+  under `config/`, hyperparameter-search trial params under `trial/`;
+- tags: `framework`, `transformers_version`, `model_class` (and `trial_name` in a search).
+
+Run lifecycle:
+
+- `on_train_begin` (world process zero only) starts or attaches the run and sets the run's
+  `status_on_exit` to FAILED; `on_train_end` ends it FINISHED. When an exception escapes
+  `train()` the Trainer never calls `on_train_end`: the run is then ended FAILED by the
+  run's exit hook (flushing what was logged first), or sooner, by the next `train()` call
+  of the same callback (a notebook re-running a cell, the next trial of a search).
+  There is no earlier reliable signal: wrapping `Trainer.train` is fragile, and an
+  exception caught by the caller (e.g. in a notebook) leaves the run RUNNING until one of
+  those two happens.
+- Resume: the run id is saved in every checkpoint (`ExportableState`), and
+  `trainer.train(resume_from_checkpoint=...)` attaches to that run; steps continue from
+  the checkpoint's `global_step`. The choice of run is, first to last: the `run_id`
+  argument, `AIDP_RUN_ID` / `MLFLOW_RUN_ID`, the checkpoint's run, a new run.
+- `trainer.evaluate()` after `train()` logs into the same run (re-opened and ended again).
+- Hyperparameter search: one run per trial, named after `state.trial_name` (the search's
+  `hp_name`) or `trial-<n>`; a run id from the argument or the environment becomes the
+  trials' `mlflow.parentRunId` tag instead of being logged into.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import transformers
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from aidp_metrics.errors import AIDPError
+from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.params import flatten_params
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from aidp_metrics import Endpoint, MetricsClient, Run
+
+__all__ = ["AIDPCallback"]
+
+RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
+EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
+TAG_FRAMEWORK = "framework"
+TAG_TRANSFORMERS_VERSION = "transformers_version"
+TAG_MODEL_CLASS = "model_class"
+TAG_TRIAL_NAME = "trial_name"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+
+
+class AIDPCallback(TrainerCallback, ExportableState):
+    """Send a `Trainer`'s metrics, params and run status to an AIDP / MLflow run.
+
+    Args:
+        experiment_name: experiment of a new run (default: `AIDP_EXPERIMENT_NAME`,
+            `MLFLOW_EXPERIMENT_NAME`, then "Default").
+        run_name: name of a new run (default: `TrainingArguments.run_name`).
+        run_id: log into this existing run instead of starting one.
+        tags: extra tags set on the run.
+        log_params: log `TrainingArguments` and the model config as params.
+        endpoint, client: where to send; by default from the environment.
+        strict: raise when the run cannot be created (default: warn once and log nothing;
+            training never dies from logging).
+        **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        log_params: bool = True,
+        endpoint: Endpoint | None = None,
+        client: MetricsClient | None = None,
+        strict: bool = False,
+        **run_options: Any,
+    ) -> None:
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.log_params = log_params
+        self.strict = strict
+        self._explicit_run_id = run_id
+        self._endpoint = endpoint
+        self._client = client
+        self._run_options = run_options
+        self._run: Run | None = None
+        self._last_run_id: str | None = run_id
+        # Set by the Trainer when it restores callback state from a checkpoint
+        # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
+        self._resume_run_id: str | None = None
+        self._converter = MetricConverter()
+        self._last_points: dict[str, tuple[int, float]] = {}
+        self._in_train = False
+        self._reopened = False
+        self._trial_key: str | None = None
+        self._trials_started = 0
+        self._disabled = False
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the current (or last) run, once one exists on world process zero."""
+        if self._run is not None:
+            run_id: str = self._run.run_id
+            return run_id
+        return self._last_run_id
+
+    @property
+    def run(self) -> Run | None:
+        """The `aidp_metrics.Run` being logged to, on world process zero."""
+        return self._run
+
+    def state(self) -> dict[str, Any]:
+        """What the Trainer stores in checkpoints (JSON): the run id, to resume into it."""
+        return {
+            "args": {
+                "experiment_name": self.experiment_name,
+                "run_name": self.run_name,
+                "run_id": self._explicit_run_id,
+                "tags": dict(self.tags),
+                "log_params": self.log_params,
+                "strict": self.strict,
+            },
+            "attributes": {"_resume_run_id": self.run_id},
+        }
+
+    # -- Trainer events ------------------------------------------------------------------
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or self._disabled:
+            return
+        trial_key = _trial_key(state)
+        run = self._run
+        if run is not None and not run.ended:
+            if self._in_train:
+                # The previous train() raised: on_train_end never came.
+                run.end("FAILED")
+            elif trial_key != self._trial_key:
+                run.end("FINISHED")
+        if self._run is None or self._run.ended:
+            self._last_points.clear()
+            self._open(args, state, model)
+        run = self._run
+        if run is None:
+            return
+        self._in_train = True
+        self._reopened = False
+        run.status_on_exit = "FAILED"
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or self._disabled or not logs:
+            return
+        logs = dict(logs)  # other callbacks mutate the same dict
+        run = self._run
+        if not self._in_train and (run is None or run.ended):
+            run = self._open_outside_training(args, state, model)
+        if run is None:
+            return
+        step = int(state.global_step)
+        points: dict[str, float] = {}
+        for key, value in self._converter.convert(logs).items():
+            previous = self._last_points.get(key)
+            if previous is not None and previous[0] == step and _same(previous[1], value):
+                continue  # e.g. `epoch` in both the training and the eval log of one step
+            self._last_points[key] = (step, value)
+            points[key] = value
+        if points:
+            run.log_metrics(points, step=step)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        # Eval metrics are logged from on_log (same keys and steps as log_history).
+        # A run re-opened for `trainer.evaluate()` after training is closed again here.
+        if not state.is_world_process_zero or self._in_train or not self._reopened:
+            return
+        self._reopened = False
+        if self._run is not None and not self._run.ended:
+            self._run.end("FINISHED")
+
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        self._in_train = False
+        if self._run is not None:
+            self._run.status_on_exit = "FINISHED"
+            if not self._run.ended:
+                self._run.end("FINISHED")
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
+        """Start or attach the run for this train() call (or trial) and log params/tags."""
+        from aidp_metrics import Run  # here: importing this module stays cheap
+
+        options: dict[str, Any] = dict(self._run_options)
+        options["strict"] = self.strict
+        env_run_id = _first_env(RUN_ID_VARIABLES)
+        tags = self._tags(model)
+        self._trial_key = _trial_key(state)
+        try:
+            if state.is_hyper_param_search:
+                parent = self._explicit_run_id or env_run_id
+                if parent:
+                    tags[TAG_PARENT_RUN] = parent
+                if state.trial_name:
+                    tags[TAG_TRIAL_NAME] = str(state.trial_name)
+                run = Run.start(
+                    experiment_name=self.experiment_name or _first_env(EXPERIMENT_VARIABLES),
+                    run_name=self._trial_run_name(args, state),
+                    tags=tags,
+                    endpoint=self._endpoint,
+                    client=self._client,
+                    **options,
+                )
+                self._trials_started += 1
+            else:
+                checkpoint_run_id = self._checkpoint_run_id(state)
+                target = self._explicit_run_id
+                if target is None and env_run_id is None:
+                    target = checkpoint_run_id
+                if target is not None:
+                    run = Run.attach(
+                        target, endpoint=self._endpoint, client=self._client, **options
+                    )
+                    run.set_tags(tags)
+                else:
+                    run = Run.from_env(
+                        experiment_name=self.experiment_name,
+                        run_name=self.run_name or args.run_name,
+                        tags=tags,
+                        endpoint=self._endpoint,
+                        client=self._client,
+                        **options,
+                    )
+        except AIDPError as exc:
+            if self.strict:
+                raise
+            self._disabled = True
+            warnings.warn(
+                f"aidp-metrics: could not start or attach a run ({exc}); "
+                "training goes on without logging to it",
+                AIDPMetricsWarning,
+                stacklevel=3,
+            )
+            return
+        self._run = run
+        self._last_run_id = run.run_id
+        self._resume_run_id = None
+        if self.log_params:
+            run.log_params(self._params(args, state, model))
+
+    def _open_outside_training(
+        self, args: TrainingArguments, state: TrainerState, model: Any
+    ) -> Run | None:
+        """`trainer.evaluate()` before or after train(): log into this callback's run."""
+        if self._run is None:
+            self._open(args, state, model)  # stays open; ends FINISHED at exit or train end
+            return self._run
+        # Logging into an ended run re-opens it (RUNNING); on_evaluate ends it again.
+        self._reopened = True
+        return self._run
+
+    def _checkpoint_run_id(self, state: TrainerState) -> str | None:
+        """The run id saved in the checkpoint being resumed from, if any."""
+        if self._resume_run_id:
+            return self._resume_run_id
+        if not state.global_step:  # a fresh start: stateful_callbacks holds our own state
+            return None
+        stored: Any = state.stateful_callbacks  # a dict once loaded from a checkpoint
+        saved = stored.get(type(self).__name__) if isinstance(stored, Mapping) else None
+        entries = saved if isinstance(saved, list) else [saved]
+        for entry in entries:
+            if isinstance(entry, Mapping):
+                run_id = (entry.get("attributes") or {}).get("_resume_run_id")
+                if isinstance(run_id, str) and run_id:
+                    return run_id
+        return None
+
+    def _trial_run_name(self, args: TrainingArguments, state: TrainerState) -> str:
+        if state.trial_name:
+            return str(state.trial_name)
+        base = self.run_name or args.run_name
+        name = f"trial-{self._trials_started}"
+        return f"{base}-{name}" if base else name
+
+    def _tags(self, model: Any) -> dict[str, str]:
+        tags = {
+            TAG_FRAMEWORK: "transformers",
+            TAG_TRANSFORMERS_VERSION: transformers.__version__,
+        }
+        if model is not None:
+            tags[TAG_MODEL_CLASS] = _qualified_name(type(model))
+        tags.update(self.tags)
+        return tags
+
+    def _params(self, args: TrainingArguments, state: TrainerState, model: Any) -> dict[str, str]:
+        params: dict[str, str] = {}
+        try:
+            params.update(flatten_params(args.to_sanitized_dict()))
+        except Exception as exc:  # a custom TrainingArguments subclass that cannot be read
+            _warn_params("TrainingArguments", exc)
+        config = getattr(model, "config", None)
+        if config is not None:
+            try:
+                to_dict = getattr(config, "to_dict", None)
+                as_dict = to_dict() if callable(to_dict) else config
+                params.update(flatten_params({"config": as_dict}))
+            except Exception as exc:
+                _warn_params("the model config", exc)
+        if state.trial_params:
+            params.update(flatten_params({"trial": dict(state.trial_params)}))
+        return params
+
+
+def _trial_key(state: TrainerState) -> str | None:
+    if not state.is_hyper_param_search:
+        return None
+    params = json.dumps(state.trial_params or {}, sort_keys=True, default=str)
+    return f"{state.trial_name}|{params}"
+
+
+def _first_env(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _qualified_name(kind: type) -> str:
+    module = kind.__module__
+    return (
+        kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    )
+
+
+def _warn_params(what: str, exc: Exception) -> None:
+    warnings.warn(
+        f"aidp-metrics: not logging {what} as params ({type(exc).__name__}: {exc})",
+        AIDPMetricsWarning,
+        stacklevel=4,
+    )

@@ -1,0 +1,561 @@
+"""AIDPLogger: real Lightning training on CPU against a real MLflow server, read back."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import pickle
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning.pytorch")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from aidp_metrics import Endpoint  # noqa: E402
+from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
+from aidp_metrics.integrations.lightning import AIDPLogger  # noqa: E402
+from tests.support.mlflow_server import get_metric_history, get_run  # noqa: E402
+
+pytestmark = pytest.mark.lightning
+torch.set_num_threads(1)
+
+
+# -- a tiny model --------------------------------------------------------------------------
+
+
+def _loader(n: int, batch_size: int = 8, seed: int = 0) -> DataLoader[Any]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+class TinyModule(L.LightningModule):  # type: ignore[misc]
+    def __init__(
+        self, lr: float = 0.05, fail_at_step: int | None = None, batch_size: int = 8
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(4, 1)
+        self.fail_at_step = fail_at_step
+        self.batch_size = batch_size
+
+    def forward(self, x: Any) -> Any:
+        return self.layer(x)
+
+    def _loss(self, batch: Any) -> Any:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.fail_at_step is not None and self.global_step >= self.fail_at_step:
+            raise RuntimeError("boom")
+        loss = self._loss(batch)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        self.log("optimizer_steps_before", float(self.global_step))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), on_step=True, on_epoch=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", self._loss(batch))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def train_dataloader(self) -> Any:
+        return _loader(64, self.batch_size, seed=0)
+
+    def val_dataloader(self) -> Any:
+        return _loader(16, 8, seed=1)
+
+    def test_dataloader(self) -> Any:
+        return _loader(16, 8, seed=2)
+
+
+def _trainer(tmp_path: Path, **kwargs: Any) -> Any:
+    options: dict[str, Any] = {
+        "default_root_dir": str(tmp_path),
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+# -- reading back ----------------------------------------------------------------------------
+
+Points = dict[str, list[tuple[int, float]]]
+
+
+def _server_points(url: str, run_id: str) -> Points:
+    run = get_run(url, run_id)
+    keys = [m["key"] for m in run["data"].get("metrics", [])]
+    return {
+        key: sorted(
+            (int(m["step"]), float(m["value"])) for m in get_metric_history(url, run_id, key)
+        )
+        for key in keys
+    }
+
+
+def _csv_points(csv_logger: Any) -> Points:
+    points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(os.path.join(csv_logger.log_dir, "metrics.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and value != "":
+                    points[key].append((step, float(value)))
+    return {key: sorted(values) for key, values in points.items()}
+
+
+def _as_sets(points: Points) -> dict[str, set[tuple[int, float]]]:
+    return {key: set(values) for key, values in points.items()}
+
+
+def _runs_in_experiment(url: str, name: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": name},
+        timeout=30,
+    )
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    experiment_id = response.json()["experiment"]["experiment_id"]
+    response = httpx.post(
+        f"{url}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [experiment_id], "max_results": 1000},
+        timeout=30,
+    )
+    response.raise_for_status()
+    runs: list[dict[str, Any]] = response.json().get("runs", [])
+    return runs
+
+
+def _status(url: str, run_id: str) -> str:
+    status: str = get_run(url, run_id)["info"]["status"]
+    return status
+
+
+@pytest.fixture
+def endpoint(mlflow_server: Any) -> Endpoint:
+    mlflow_server.start()
+    return Endpoint.mlflow(mlflow_server.url)
+
+
+@pytest.fixture
+def url(endpoint: Endpoint, mlflow_server: Any) -> str:
+    u: str = mlflow_server.url
+    return u
+
+
+# -- training end to end ---------------------------------------------------------------------
+
+
+def test_fit_validate_test_logs_every_point_at_lightnings_step(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, run_name="tiny", endpoint=endpoint)
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    model = TinyModule()
+    trainer = _trainer(tmp_path, logger=[logger, csv_logger])
+    trainer.fit(model)
+    assert _status(url, logger.version) == "FINISHED"
+    trainer.validate(model)
+    trainer.test(model)
+
+    run_id = logger.version
+    assert [r["info"]["run_id"] for r in _runs_in_experiment(url, fresh_experiment)] == [run_id]
+    run = get_run(url, run_id)
+    assert run["info"]["status"] == "FINISHED"
+    assert run["info"]["run_name"] == "tiny"
+    assert sorted((p["key"], p["value"]) for p in run["data"]["params"]) == [
+        ("batch_size", "8"),
+        ("fail_at_step", "None"),
+        ("lr", "0.05"),
+    ]
+
+    server = _server_points(url, run_id)
+    # what Lightning handed its loggers, step by step (as sets: the server stores two equal
+    # points of one key logged in the same millisecond once)
+    assert _as_sets(server) == _as_sets(_csv_points(csv_logger))
+
+    # 64 samples / 8 = 8 optimizer steps per epoch, 2 epochs; Lightning logs the train step
+    # before counting the batch that produced it.
+    assert [s for s, _ in server["train_loss_step"]] == list(range(16))
+    assert [v for _, v in server["optimizer_steps_before"]] == [float(s) for s in range(16)]
+    assert [s for s, _ in server["train_loss_epoch"]] == [7, 15]
+    # validation after each epoch at the train step it ran at; then validate() and test()
+    # after fit at the final step
+    assert [s for s, _ in server["val_loss_epoch"]] == [7, 15, 16]
+    assert [s for s, _ in server["test_loss"]] == [16]
+    assert "epoch" in server
+    assert {v for _, v in server["epoch"]} == {0.0, 1.0, 2.0}
+
+
+def test_accumulated_gradients_log_at_optimizer_steps(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    # 96 samples / batch 4 = 24 batches per epoch = 6 optimizer steps per epoch; 2 epochs
+    model = TinyModule(batch_size=4)
+    model.train_dataloader = lambda: _loader(96, 4)  # type: ignore[method-assign]
+    trainer = _trainer(
+        tmp_path,
+        logger=[logger, csv_logger],
+        accumulate_grad_batches=4,
+        log_every_n_steps=3,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    assert trainer.global_step == 12
+
+    server = _server_points(url, logger.version)
+    assert _as_sets(server) == _as_sets(_csv_points(csv_logger))
+    steps = [s for s, _ in server["train_loss_step"]]
+    # the value logged with each point is the number of optimizer steps taken before it
+    assert [s for s, _ in server["optimizer_steps_before"]] == steps
+    assert all(s == v for s, v in server["optimizer_steps_before"])
+    assert all(0 <= s < 12 for s in steps)
+    assert len(steps) == len(set(steps))  # one point per optimizer step, never per micro-batch
+    assert steps == [s for s in range(12) if (s + 1) % 3 == 0]
+
+
+def test_exception_in_training_step_marks_failed_and_keeps_earlier_points(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    trainer = _trainer(tmp_path, logger=logger)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(TinyModule(fail_at_step=5))
+    run_id = logger.version
+    assert _status(url, run_id) == "FAILED"
+    assert [s for s, _ in _server_points(url, run_id)["train_loss_step"]] == [0, 1, 2, 3, 4]
+
+    # FAILED is sticky: a later successful test() logs into the same run, status stays FAILED
+    trainer.test(TinyModule())
+    assert logger.version == run_id
+    assert "test_loss" in _server_points(url, run_id)
+    assert _status(url, run_id) == "FAILED"
+
+
+def test_finalize_statuses_and_test_after_fit_keeps_the_run(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    logger.log_metrics({"a": 1.0}, step=0)
+    run_id = logger.version
+    logger.finalize("finished")  # SLURM requeue: deliver, leave the run open
+    assert _server_points(url, run_id)["a"] == [(0, 1.0)]
+    assert _status(url, run_id) == "RUNNING"
+    logger.finalize("success")
+    logger.finalize("success")  # idempotent
+    assert _status(url, run_id) == "FINISHED"
+    logger.log_metrics({"a": 2.0}, step=1)  # after finalize: same run
+    logger.finalize("success")
+    assert logger.version == run_id
+    assert _server_points(url, run_id)["a"] == [(0, 1.0), (1, 2.0)]
+    assert _status(url, run_id) == "FINISHED"
+    # the phase after a successful one fails before logging anything: FAILED, and it sticks
+    logger.finalize("failed")
+    assert _status(url, run_id) == "FAILED"
+    logger.log_metrics({"a": 3.0}, step=2)
+    logger.finalize("success")
+    assert _status(url, run_id) == "FAILED"
+    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+
+
+# -- Lightning's features that swap or add loggers -------------------------------------------
+
+
+def test_fast_dev_run_sends_nothing(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    trainer = _trainer(tmp_path, logger=logger, fast_dev_run=True)
+    trainer.fit(TinyModule())
+    trainer.test(TinyModule())
+    assert logger._run is None
+    assert _runs_in_experiment(url, fresh_experiment) == []
+
+
+@pytest.mark.parametrize("tuner_method", ["lr_find", "scale_batch_size"])
+def test_tuner_gives_the_same_logger_back(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str, tuner_method: str
+) -> None:
+    from lightning.pytorch.tuner import Tuner
+
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    model = TinyModule()
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=1)
+    tuner = Tuner(trainer)
+    if tuner_method == "lr_find":
+        tuner.lr_find(model, num_training=5, attr_name="lr")
+    else:
+        tuner.scale_batch_size(model, max_trials=2, steps_per_trial=1, init_val=4)
+    assert trainer.logger is logger
+    assert model.logger is logger
+    trainer.fit(model)
+    assert _status(url, logger.version) == "FINISHED"
+    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+
+
+def test_learning_rate_monitor_and_checkpoint_tags(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint, prefix="tiny")
+    checkpoint = ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), monitor="val_loss_epoch", save_last=True
+    )
+    trainer = _trainer(
+        tmp_path,
+        logger=logger,
+        callbacks=[LearningRateMonitor(logging_interval="step"), checkpoint],
+        enable_checkpointing=True,
+    )
+    trainer.fit(TinyModule())
+    run = get_run(url, logger.version)
+    points = _server_points(url, logger.version)
+    assert [s for s, _ in points["tiny-lr-SGD"]] == list(range(16))
+    assert {v for _, v in points["tiny-lr-SGD"]} == {0.05}
+    assert "tiny-train_loss_step" in points
+    assert "tiny-epoch" in points
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["checkpoint.best_model_path"] == checkpoint.best_model_path
+    assert tags["checkpoint.last_model_path"] == checkpoint.last_model_path
+    assert float(tags["checkpoint.best_model_score"]) == pytest.approx(
+        float(checkpoint.best_model_score)
+    )
+
+
+# -- pickling ------------------------------------------------------------------------------
+
+
+def test_pickle_round_trip_keeps_name_version_and_run(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    _ = logger.experiment
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.save()
+    copy = pickle.loads(pickle.dumps(logger))
+    assert copy.name == logger.name == fresh_experiment
+    assert copy._run is None  # clients are not pickled
+    assert copy.version == logger.version
+
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=1)
+    trainer2 = pickle.loads(pickle.dumps(trainer))
+    trainer2.logger.log_metrics({"acc": 1.0}, step=3)
+    assert trainer2.logger.name == logger.name
+    assert trainer2.logger.version == logger.version
+    assert trainer2.logger.save_dir is None
+    trainer2.logger.finalize("success")
+    logger.finalize("success")
+    points = _server_points(url, logger.version)
+    assert points == {"a": [(0, 1.0)], "acc": [(3, 1.0)]}
+    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+
+
+# -- the logger API on its own -------------------------------------------------------------
+
+
+def test_constructor_from_environment(
+    monkeypatch: pytest.MonkeyPatch, url: str, fresh_experiment: str
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", fresh_experiment)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("AIDP_RUN_ID", raising=False)
+    logger = AIDPLogger()
+    assert logger.name == fresh_experiment
+    logger.log_metrics({"x": 1}, step=2)
+    logger.finalize("success")
+    runs = _runs_in_experiment(url, fresh_experiment)
+    assert [r["info"]["run_id"] for r in runs] == [logger.version]
+
+    # AIDP_RUN_ID / MLFLOW_RUN_ID attach to that run
+    monkeypatch.setenv("MLFLOW_RUN_ID", logger.version)
+    again = AIDPLogger()
+    again.log_metrics({"x": 2}, step=3)
+    again.finalize("success")
+    assert again.version == logger.version
+    assert _server_points(url, logger.version)["x"] == [(2, 1.0), (3, 2.0)]
+
+    explicit = AIDPLogger(run_id=logger.version, tags={"resumed": "yes"})
+    explicit.log_metrics({"x": 3}, step=4)
+    explicit.finalize("success")
+    run = get_run(url, logger.version)
+    assert {"key": "resumed", "value": "yes"} in run["data"]["tags"]
+    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+
+
+def test_metric_conversion_prefix_and_warnings(
+    endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint, prefix="p")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3):
+            logger.log_metrics(
+                {
+                    "loss": torch.tensor([0.5 + step]),
+                    "np": np.float32(0.25),
+                    "name": "not a number",
+                    "bad key!": 1.0,
+                    "nan": float("nan"),
+                    "epoch": 0,
+                },
+                step=step,
+            )
+    ours = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(ours) == 2, ours  # one for the string value, one for the key, not one per step
+    logger.finalize("success")
+    points = _server_points(url, logger.version)
+    assert points["p-loss"] == [(0, 0.5), (1, 1.5), (2, 2.5)]
+    assert points["p-np"] == [(0, 0.25), (1, 0.25), (2, 0.25)]
+    assert points["p-epoch"] == [(0, 0.0), (1, 0.0), (2, 0.0)]
+    assert all(math.isnan(v) for _, v in points["p-nan"])
+    assert not any("name" in key for key in points)
+    assert len(points) == 5  # the sanitised key is there too
+
+
+def test_step_none_uses_the_last_step_given(
+    endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    logger.log_metrics({"a": 1.0})  # nothing seen yet: 0
+    logger.log_metrics({"a": 2.0}, step=7)
+    logger.log_metrics({"b": 3.0})  # the last step given
+    logger.finalize("success")
+    points = _server_points(url, logger.version)
+    assert points == {"a": [(0, 1.0), (7, 2.0)], "b": [(7, 3.0)]}
+
+
+def test_log_hyperparams_namespace_dict_nested_and_twice(
+    endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    class Backbone:
+        pass
+
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    logger.log_hyperparams(None)
+    logger.log_hyperparams(argparse.Namespace(lr=np.float32(0.1), layers=np.int64(3)))
+    logger.log_hyperparams(
+        {
+            "optimizer": {"name": "adam", "betas": (0.9, 0.999)},
+            "activation": torch.nn.functional.relu,
+            "backbone": Backbone,
+            "long": "x" * 10_000,
+            "args": argparse.Namespace(seed=1),
+        }
+    )
+    logger.log_hyperparams({"lr": np.float32(0.1)})  # the datamodule says it again: fine
+    logger.finalize("success")
+    params = {p["key"]: p["value"] for p in get_run(url, logger.version)["data"]["params"]}
+    assert params["lr"] == "0.1"
+    assert params["layers"] == "3"
+    assert params["optimizer/name"] == "adam"
+    assert params["optimizer/betas"] == "(0.9, 0.999)"
+    assert params["activation"] == "torch.nn.functional.relu"
+    assert params["backbone"].endswith("Backbone")
+    assert "0x" not in params["backbone"]
+    assert "<" not in params["activation"]
+    assert params["args/seed"] == "1"
+    assert len(params["long"]) == 6000
+
+    disabled = AIDPLogger(
+        experiment_name=fresh_experiment, endpoint=endpoint, log_hyperparams=False
+    )
+    disabled.log_hyperparams({"lr": 1})
+    assert disabled._run is None
+
+
+def test_changed_hyperparameter_warns(endpoint: Endpoint, fresh_experiment: str) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    logger.log_hyperparams({"lr": 0.1})
+    with pytest.warns(AIDPMetricsWarning, match="lr"):
+        logger.log_hyperparams({"lr": 0.2})
+    logger.finalize("success")
+
+
+def test_other_ranks_create_and_send_nothing(
+    monkeypatch: pytest.MonkeyPatch, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    from lightning.fabric.loggers.logger import _DummyExperiment
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    assert isinstance(logger.experiment, _DummyExperiment)
+    assert logger.version is None
+    logger.log_hyperparams({"lr": 1})
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.after_save_checkpoint(object())
+    logger.save()
+    logger.finalize("success")
+    assert logger._run is None
+    assert _runs_in_experiment(url, fresh_experiment) == []
+
+
+def test_unreachable_server_without_spool_warns_once_and_training_goes_on(
+    tmp_path: Path, fresh_experiment: str
+) -> None:
+    from tests.support.mlflow_server import free_port
+
+    logger = AIDPLogger(
+        experiment_name=fresh_experiment,
+        endpoint=Endpoint.mlflow(f"http://127.0.0.1:{free_port()}"),
+        spool="off",
+    )
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=1, limit_train_batches=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyModule())
+    ours = [w for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(ours) == 1, [str(w.message) for w in ours]
+    assert "could not create the run" in str(ours[0].message)
+    assert logger.version is None
+    assert not logger.experiment
+
+
+def test_unreachable_server_with_spool_starts_locally_and_training_goes_on(
+    tmp_path: Path, fresh_experiment: str
+) -> None:
+    from tests.support.mlflow_server import free_port
+
+    logger = AIDPLogger(
+        experiment_name=fresh_experiment,
+        endpoint=Endpoint.mlflow(f"http://127.0.0.1:{free_port()}"),
+        spool_dir=str(tmp_path / "spool"),
+        end_timeout=1.0,
+    )
+    trainer = _trainer(tmp_path, logger=logger, max_epochs=1, limit_train_batches=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(TinyModule())
+    assert logger.version is not None
+    assert logger.version.startswith("local-")
+    assert trainer.global_step == 2
