@@ -16,15 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from aidp_metrics.errors import ConfigurationError
-from aidp_metrics.oci_config import read_profile, resolve_location
-
-AUTH_MODES = (
-    "api_key",
-    "security_token",
-    "instance_principal",
-    "resource_principal",
-    "oke_workload_identity",
-)
+from aidp_metrics.oci_config import AUTH_MODES, read_profile, resolve_location
 
 # Headers the oci signers add or fill in; copied from the signed request back onto httpx's.
 _SIGNED_HEADERS = ("authorization", "date", "x-content-sha256", "content-length", "content-type")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ._version import __version__
 from .errors import AIDPError, ConfigurationError
+from .oci_config import AUTH_MODES
 
 if TYPE_CHECKING:
     from .client import MetricsClient
@@ -30,14 +31,6 @@ if TYPE_CHECKING:
     from .metric import Metric
 
 PROG = "aidp-metrics"
-# Kept here (not imported from .auth) so that `--help` does not import httpx.
-AUTH_MODES = (
-    "api_key",
-    "security_token",
-    "instance_principal",
-    "resource_principal",
-    "oke_workload_identity",
-)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_SERVER_DIR = "aidp-metrics-mlflow"
 

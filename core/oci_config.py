@@ -12,6 +12,16 @@ from pathlib import Path
 
 from aidp_metrics.errors import ConfigurationError
 
+# OCI request-signing modes, as aidp-cli names them (here, in a module that imports no
+# httpx, so the CLI's --help stays fast).
+AUTH_MODES = (
+    "api_key",
+    "security_token",
+    "instance_principal",
+    "resource_principal",
+    "oke_workload_identity",
+)
+
 DEFAULT_CONFIG_FILE = "~/.oci/config"
 DEFAULT_PROFILE = "DEFAULT"
 

@@ -218,14 +218,14 @@ class Run:
         The experiment is `experiment_name`, else `AIDP_EXPERIMENT_NAME` /
         `MLFLOW_EXPERIMENT_NAME`, else `Default`.
         """
-        run_id = _first_env(RUN_ID_VARIABLES)
+        run_id = first_env(RUN_ID_VARIABLES)
         if run_id:
             run = cls.attach(run_id, endpoint=endpoint, client=client, **options)
             if tags:
                 run.set_tags(tags)
             return run
         return cls.start(
-            experiment_name=experiment_name or _first_env(EXPERIMENT_VARIABLES),
+            experiment_name=experiment_name or first_env(EXPERIMENT_VARIABLES),
             run_name=run_name,
             tags=tags,
             endpoint=endpoint,
@@ -572,7 +572,7 @@ def _notice_once(message: str) -> None:
         warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
 
 
-def _first_env(names: tuple[str, ...]) -> str | None:
+def first_env(names: tuple[str, ...]) -> str | None:
     for name in names:
         value = os.environ.get(name, "").strip()
         if value:

@@ -37,7 +37,6 @@ Behaviour in short:
 from __future__ import annotations
 
 import argparse
-import os
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -171,12 +170,9 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     @property
     def name(self) -> str:
         """The experiment name (no network call, same on every rank)."""
-        return (
-            self._experiment_name
-            or os.environ.get("AIDP_EXPERIMENT_NAME")
-            or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-            or "Default"
-        )
+        from aidp_metrics.run import EXPERIMENT_VARIABLES, first_env
+
+        return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or "Default"
 
     @property
     def version(self) -> str | None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -58,6 +57,7 @@ from transformers.trainer_callback import ExportableState
 from aidp_metrics.errors import AIDPError
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
 from aidp_metrics.params import flatten_params
+from aidp_metrics.run import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -66,8 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AIDPCallback"]
 
-RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
-EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TAG_FRAMEWORK = "framework"
 TAG_TRANSFORMERS_VERSION = "transformers_version"
 TAG_MODEL_CLASS = "model_class"
@@ -251,7 +249,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
 
         options: dict[str, Any] = dict(self._run_options)
         options["strict"] = self.strict
-        env_run_id = _first_env(RUN_ID_VARIABLES)
+        env_run_id = first_env(RUN_ID_VARIABLES)
         tags = self._tags(model)
         self._trial_key = _trial_key(state)
         try:
@@ -262,7 +260,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 if state.trial_name:
                     tags[TAG_TRIAL_NAME] = str(state.trial_name)
                 run = Run.start(
-                    experiment_name=self.experiment_name or _first_env(EXPERIMENT_VARIABLES),
+                    experiment_name=self.experiment_name or first_env(EXPERIMENT_VARIABLES),
                     run_name=self._trial_run_name(args, state),
                     tags=tags,
                     endpoint=self._endpoint,
@@ -374,14 +372,6 @@ def _trial_key(state: TrainerState) -> str | None:
         return None
     params = json.dumps(state.trial_params or {}, sort_keys=True, default=str)
     return f"{state.trial_name}|{params}"
-
-
-def _first_env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
 
 
 def _same(a: float, b: float) -> bool:
