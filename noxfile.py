@@ -22,21 +22,25 @@ def tests(session: nox.Session) -> None:
     """The whole suite against real MLflow servers, in parallel."""
     install_project(session, "all,test")
     session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
+    if not session.posargs:  # the full run covers Keras's second backend too
+        run_keras_on_jax(session)
 
 
 @nox.session(python=PYTHON, name="tests-keras-jax")
 def tests_keras_jax(session: nox.Session) -> None:
     """The Keras tests again on the JAX backend (incl. steps_per_execution=4)."""
     install_project(session, "keras,test")
+    run_keras_on_jax(session, *session.posargs)
+
+
+def run_keras_on_jax(session: nox.Session, *args: str) -> None:
     session.install(*CONSTRAINTS, "jax")
     session.run(
         "pytest",
         "-n",
         "2",
-        "-m",
-        "keras",
-        "tests/integrations/",
-        *session.posargs,
+        "tests/integrations/test_keras.py",
+        *args,
         env={"KERAS_BACKEND": "jax"},
     )
 
@@ -82,3 +86,11 @@ def bench(session: nox.Session) -> None:
     """Core delivery benchmark against a local MLflow server (numbers, never pass/fail)."""
     install_project(session, "all,test")
     session.run("python", "-m", "benchmarks.bench_core", *session.posargs)
+
+
+@nox.session(python=PYTHON, name="bench-frameworks")
+def bench_frameworks(session: nox.Session) -> None:
+    """Lightning / Transformers / Keras logging overhead and tail, ours vs MLflow's, against
+    a local MLflow server and a latency proxy in front of it (numbers, never pass/fail)."""
+    install_project(session, "all,test")
+    session.run("python", "-m", "benchmarks.bench_frameworks", *session.posargs)

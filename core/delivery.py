@@ -621,6 +621,11 @@ class Sender:
                 self.server_down = self._retryable(error)
                 delay = policy.next_delay(error, attempt, time.monotonic() - started)
                 if delay is None or self._abandon.is_set():
+                    if error.retry_after is not None:
+                        # Out of budget, but whoever sends next still honours the server.
+                        self._not_before = max(
+                            self._not_before, time.monotonic() + error.retry_after
+                        )
                     raise
                 self._back_off(error, delay)
                 with self._lock:

@@ -75,7 +75,7 @@ def make_metric(key: str, value: object, step: object = 0, timestamp: object = N
     return Metric(
         key=validate_key(key),
         value=to_float(value, key),
-        timestamp=now_ms() if timestamp is None else to_int64(timestamp, "timestamp", key),
+        timestamp=now_ms() if timestamp is None else check_timestamp(timestamp, key),
         step=to_int64(step, "step", key),
     )
 
@@ -141,11 +141,11 @@ def to_float(value: object, key: str = "") -> float:
     if kind is float:
         return value  # type: ignore[return-value]
     if kind is int:
-        return float(value)  # type: ignore[arg-type]
+        return _checked_float(value, key)  # type: ignore[arg-type]
     if isinstance(value, (bool, str, bytes)) or value is None:
         raise InvalidMetric(_value_error(key, value, "is not a number"))
     if isinstance(value, numbers.Real):
-        return float(value)
+        return _checked_float(value, key)
     item = getattr(value, "item", None)
     if item is not None and callable(item):
         size = _element_count(value)
@@ -157,8 +157,15 @@ def to_float(value: object, key: str = "") -> float:
             raise InvalidMetric(_value_error(key, value, f"could not be read ({exc})")) from exc
         if isinstance(scalar, bool) or not isinstance(scalar, numbers.Real):
             raise InvalidMetric(_value_error(key, value, "does not hold a real number"))
-        return float(scalar)
+        return _checked_float(scalar, key)
     raise InvalidMetric(_value_error(key, value, "is not a number"))
+
+
+def _checked_float(value: numbers.Real, key: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidMetric(_value_error(key, value, "is too large for a 64-bit float")) from None
 
 
 def _element_count(value: object) -> int | str:
@@ -197,6 +204,14 @@ def to_int64(value: object, field: str, key: str = "") -> int:
     if not INT64_MIN <= number <= INT64_MAX:
         raise InvalidMetric(f"metric {key!r}: {field} {number} is outside the int64 range")
     return int(number)
+
+
+def check_timestamp(value: object, key: str = "") -> int:
+    """A timestamp in ms since the epoch: an int64 that is not negative (MLflow's rule)."""
+    stamp = to_int64(value, "timestamp", key)
+    if stamp < 0:
+        raise InvalidMetric(f"metric {key!r}: timestamp {stamp} is negative")
+    return stamp
 
 
 def encode_value(value: float) -> float | str:

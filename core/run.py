@@ -10,6 +10,7 @@ import getpass
 import os
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -30,7 +31,16 @@ from .errors import (
     NoEndpointConfigured,
 )
 from .journal import Journal, Record, RunRecord, new_local_id, spool_root
-from .metric import INT64_MAX, INT64_MIN, key_error, now_ms, sanitize_key, to_float, to_int64
+from .metric import (
+    INT64_MAX,
+    INT64_MIN,
+    check_timestamp,
+    key_error,
+    now_ms,
+    sanitize_key,
+    to_float,
+    to_int64,
+)
 from .notify import Notifier
 from .options import DeliveryOptions
 from .params import flatten_params
@@ -43,6 +53,7 @@ STATUS_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=1.0, total_
 RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
 EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
 DOWN_WAIT = 2.0  # how long end() waits on a server known to be down before spooling
 LOCAL_ID_TAG = "aidp_metrics.local_id"
 
@@ -253,9 +264,10 @@ class Run:
             self._reopen()
         try:
             at = _check_step(step)
-            stamp = now_ms() if timestamp is None else to_int64(timestamp, "timestamp")
+            stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
         except InvalidMetric as exc:
-            self._reject(f"step/timestamp of {sorted(metrics)!r}", str(exc), len(metrics))
+            keys = ", ".join(repr(key) for key in metrics)
+            self._reject(f"step/timestamp of {keys}", str(exc), len(metrics))
             return
         records: list[Record] = []
         known = self._keys
@@ -271,7 +283,7 @@ class Run:
             kind = type(value)
             if kind is float:
                 number: float = value  # type: ignore[assignment]
-            elif kind is int:
+            elif kind is int and -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT:  # type: ignore[operator]
                 number = float(value)  # type: ignore[arg-type]
             else:
                 try:
@@ -366,8 +378,6 @@ class Run:
                     self._set_status(status)
             return self.stats
         wait = self.options.end_timeout if timeout is None else timeout
-        if self._sender.server_down and self._sender.spooling:
-            wait = min(wait, DOWN_WAIT)  # the spool keeps the rest; don't hold training up
         self._finish(status, wait, why=f"within {wait:g} s of end()")
         lifecycle.unregister(self)
         stats = self.stats
@@ -398,10 +408,25 @@ class Run:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _deliver_within(self, wait: float) -> bool:
+        """Flush for up to `wait` seconds; with a spool, stop early once the server is down
+        and nothing has been delivered for DOWN_WAIT seconds (the journal keeps the rest)."""
+        deadline = time.monotonic() + wait
+        while True:
+            delivered = self._sender.counters.delivered
+            remaining = deadline - time.monotonic()
+            if self._sender.flush(max(0.0, min(remaining, DOWN_WAIT))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            stalled = self._sender.counters.delivered == delivered
+            if stalled and self._sender.server_down and self._sender.spooling:
+                return False
+
     def _finish(self, status: str, wait: float, *, why: str) -> None:
         """Deliver what can be delivered within `wait` seconds, keep the rest on disk (or
         count it failed without a spool), then record the status everywhere."""
-        if not self._sender.flush(wait):
+        if not self._deliver_within(wait):
             self._sender.abandon(f"not delivered {why}")
         self.record.status = status
         self.record.end_time = now_ms()

@@ -7,6 +7,7 @@ Configured only through the environment:
                            AIDP_WORKSPACE_KEY (+ OCI credentials) for AI Data Platform
     MLFLOW_EXPERIMENT_NAME / AIDP_EXPERIMENT_NAME   experiment (default "Default")
     AIDP_RUN_ID / MLFLOW_RUN_ID                     continue an existing run instead
+    EPOCHS                 training epochs (default 5)
 
     KERAS_BACKEND=torch MLFLOW_TRACKING_URI=http://127.0.0.1:5000 python examples/keras_example.py
 """
@@ -47,7 +48,8 @@ def main() -> None:
     # Epoch metrics (loss, mae, val_loss, val_mae, epoch) always; batch running means every
     # 10 optimizer steps. Leave log_every_n_steps out for epoch-level logging only.
     aidp = AIDPCallback(log_every_n_steps=10, run_name=f"keras-{keras.backend.backend()}")
-    model.fit(x, y, epochs=5, batch_size=32, validation_split=0.2, callbacks=[aidp], verbose=2)
+    epochs = int(os.environ.get("EPOCHS", "5"))
+    model.fit(x, y, epochs=epochs, batch_size=32, validation_split=0.2, callbacks=[aidp], verbose=2)
 
     # Logged as eval_loss / eval_mae at the final step of the same run.
     x_test, y_test = make_data(500, seed=1)

@@ -7,6 +7,7 @@ Configured only through the environment, e.g. for a local MLflow server:
 
 or for AIDP: AIDP_INSTANCE_ID, AIDP_WORKSPACE_KEY, OCI_CLI_REGION (plus your OCI config),
 and optionally AIDP_EXPERIMENT_NAME / AIDP_RUN_ID to log into an existing run.
+EPOCHS sets the number of epochs (default 5), RUN_NAME the run's name.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Configured only through the environment:
                            AIDP_WORKSPACE_KEY (+ OCI credentials) for AI Data Platform
     MLFLOW_EXPERIMENT_NAME / AIDP_EXPERIMENT_NAME   experiment (default "Default")
     AIDP_RUN_ID / MLFLOW_RUN_ID                     continue an existing run instead
+    EPOCHS                 training epochs (default 3)
     OUTPUT_DIR             checkpoints (default ./transformers-example); running the script
                            again resumes from the last checkpoint, into the same run
 
@@ -64,7 +65,7 @@ def main() -> None:
 
     args = TrainingArguments(
         output_dir=output_dir,
-        num_train_epochs=3,
+        num_train_epochs=int(os.environ.get("EPOCHS", "3")),
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
         learning_rate=5e-4,

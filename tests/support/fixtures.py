@@ -58,3 +58,14 @@ def fresh_experiment(request: pytest.FixtureRequest) -> str:
     """A unique experiment name for this test."""
     name = re.sub(r"[^\w.-]+", "-", request.node.name)[:60]
     return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
+from tests.support.chaos_proxy import ChaosProxy  # noqa: E402
+
+
+@pytest.fixture
+def chaos_proxy(mlflow_server: MLflowServer) -> Iterator[ChaosProxy]:
+    """A fault-injecting proxy in front of the session's MLflow server, fresh per test."""
+    mlflow_server.start()  # no-op unless an earlier test left it stopped
+    with ChaosProxy(mlflow_server.url) as proxy:
+        yield proxy

@@ -1,0 +1,131 @@
+"""The examples run end to end against a real MLflow server, each in its own process.
+
+`examples/quickstart.py --fast` is the smoke test of the README's first command; every
+`examples/*_example.py` runs with one epoch. Each is checked by reading the server back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from aidp_metrics import MetricsClient
+from tests.support.mlflow_server import MLflowServer
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TIMEOUT = 300
+QUICKSTART_EXPERIMENT = "aidp-metrics-quickstart"
+FRAMEWORKS = ("lightning", "transformers", "keras")
+# Inherited variables that would point a child process elsewhere or into another run.
+_SCRUBBED = (
+    "AIDP_INSTANCE_ID",
+    "AIDP_WORKSPACE_KEY",
+    "AIDP_ENDPOINT",
+    "AIDP_RUN_ID",
+    "AIDP_EXPERIMENT_NAME",
+    "AIDP_METRICS_MODE",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_TRACKING_URI",
+)
+
+
+def child_env(server: MLflowServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(
+        MLFLOW_TRACKING_URI=server.url,
+        AIDP_METRICS_DIR=str(tmp_path / "spool"),
+        KERAS_BACKEND=env.get("KERAS_BACKEND", "torch"),
+        OMP_NUM_THREADS="1",  # tests share the machine; tiny models gain nothing from more
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        **extra,
+    )
+    return env
+
+
+def run_script(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+        f"\n--- stderr\n{result.stderr[-4000:]}"
+    )
+    return result
+
+
+def finished_runs_with_metrics(url: str, experiment: str) -> list[dict[str, object]]:
+    with MetricsClient(url) as client:
+        found = client.get_experiment_by_name(experiment)
+        assert found is not None, f"experiment {experiment!r} was not created"
+        runs = client.search_runs([str(found["experiment_id"])])
+    return [
+        run
+        for run in runs
+        if run["info"]["status"] == "FINISHED" and run.get("data", {}).get("metrics")
+    ]
+
+
+def test_quickstart_fast(mlflow_server: MLflowServer, tmp_path: Path) -> None:
+    png = tmp_path / "q.png"
+    result = run_script(
+        [str(EXAMPLES / "quickstart.py"), "--fast", "--output", str(png)],
+        child_env(mlflow_server, tmp_path),
+        cwd=tmp_path,
+    )
+    assert "starting a local MLflow server" not in result.stdout  # used the configured one
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    run_ids = dict(re.findall(r"^(\w+): run ([0-9a-f]+),", result.stdout, re.MULTILINE))
+    assert set(run_ids) == set(FRAMEWORKS), result.stdout
+    with MetricsClient(mlflow_server.url) as client:
+        for framework, run_id in run_ids.items():
+            run = client.get_run(run_id)
+            assert run["info"]["status"] == "FINISHED", framework
+            assert run["info"]["run_name"].startswith(framework)
+            loss_key = "train_loss" if framework == "lightning" else "loss"
+            assert client.get_metric_history(run_id, loss_key), framework
+            # The table row: run id, framework, points > 0, last loss, status.
+            row = re.search(
+                rf"^{run_id}\s+{framework}\s+(\d+)\s+\S+.*FINISHED$", result.stdout, re.M
+            )
+            assert row is not None, result.stdout
+            assert int(row.group(1)) > 0, result.stdout
+    in_experiment = {
+        str(run["info"]["run_id"])  # type: ignore[index]
+        for run in finished_runs_with_metrics(mlflow_server.url, QUICKSTART_EXPERIMENT)
+    }
+    assert set(run_ids.values()) <= in_experiment
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_example_runs(mlflow_server: MLflowServer, tmp_path: Path, framework: str) -> None:
+    if importlib.util.find_spec(framework) is None:  # importing it here would cost seconds
+        pytest.skip(f"{framework} is not installed")
+    experiment = f"example-{framework}-{uuid.uuid4().hex[:12]}"
+    env = child_env(
+        mlflow_server,
+        tmp_path,
+        MLFLOW_EXPERIMENT_NAME=experiment,
+        AIDP_EXPERIMENT_NAME=experiment,
+        EPOCHS="1",
+        OUTPUT_DIR=str(tmp_path / "output"),
+    )
+    run_script([str(EXAMPLES / f"{framework}_example.py")], env, cwd=tmp_path)
+    assert finished_runs_with_metrics(mlflow_server.url, experiment)
