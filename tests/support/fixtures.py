@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.chaos_proxy import ChaosProxy
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer
 from tests.support.oci_keys import OCICredentials, write_oci_config
@@ -58,9 +59,6 @@ def fresh_experiment(request: pytest.FixtureRequest) -> str:
     """A unique experiment name for this test."""
     name = re.sub(r"[^\w.-]+", "-", request.node.name)[:60]
     return f"{name}-{uuid.uuid4().hex[:12]}"
-
-
-from tests.support.chaos_proxy import ChaosProxy  # noqa: E402
 
 
 @pytest.fixture
