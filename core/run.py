@@ -73,7 +73,6 @@ class Run:
         options: DeliveryOptions | None = None,
         *,
         owns_client: bool = False,
-        params: Mapping[str, str] | None = None,
         record: RunRecord | None = None,
     ) -> None:
         self.client = client
@@ -99,7 +98,6 @@ class Run:
         )
         self._keys: dict[str, str] = {}
         self._warned_keys: set[str] = set()
-        self._params: dict[str, str] = dict(params or {})
         self._state_lock = threading.Lock()
         if owns_client and client is not None:
             weakref.finalize(self, client.close)
@@ -211,7 +209,7 @@ class Run:
                 client.close()
             raise
         record = RunRecord(local_id=new_local_id(), start_time=now_ms(), params=dict(params))
-        return cls(client, info, delivery, owns_client=owns, params=params, record=record)
+        return cls(client, info, delivery, owns_client=owns, record=record)
 
     @classmethod
     def from_env(
@@ -312,9 +310,9 @@ class Run:
             return
         new: dict[str, str] = {}
         for key, value in flat.items():
-            old = self._params.get(key)
+            old = self.record.params.get(key)
             if old is None:
-                self._params[key] = new[key] = value
+                new[key] = value
             elif old != value:
                 self._warn_once(
                     f"param:{key}",
@@ -324,7 +322,7 @@ class Run:
         if new:
             if self.ended:
                 self._reopen()
-            self.record.params.update(new)
+            self.record.params.update(new)  # what the run has (or will have) on the server
             self._save_record()
             self._sender.put_meta("params", new.items())
 
@@ -467,8 +465,6 @@ class Run:
         self.record.run_id = info.run_id
         self.record.experiment_id = info.experiment_id
         self._save_record()
-        if self._params:
-            self._sender.put_meta("params", self._params.items())
         return info.run_id
 
     def _open_journal(self) -> Journal:
