@@ -325,3 +325,22 @@ def fmt_rate(per_second: float, unit: str = "metrics/s") -> str:
 
 def fmt_times(ratio: float) -> str:
     return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:,.1f}x"
+
+
+# -- grids ----------------------------------------------------------------------------------
+
+
+def print_grid(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> None:
+    """A plain text table with a header and left-aligned cells (for free-form results)."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    rule = "+".join("-" * (w + 2) for w in widths)
+    if title:
+        print(f"\n{title}")
+    print(rule)
+    print("|".join(f" {h:<{w}} " for h, w in zip(headers, widths, strict=True)))
+    print(rule)
+    for row in rows:
+        print("|".join(f" {c:<{w}} " for c, w in zip(row, widths, strict=True)))
+    print(rule, flush=True)

@@ -1,0 +1,62 @@
+"""Smoke test of the framework benchmark: one quick Lightning run of (a) and (b).
+
+No timing assertions: the benchmark's numbers are informational.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightning")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.lightning
+def test_bench_frameworks_quick_lightning(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_frameworks",
+            "--quick",
+            "--frameworks",
+            "lightning",
+            "--configs",
+            "a,b",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "frameworks"
+    assert data["quick"] is True
+    assert data["plan"]["frameworks"] == ["lightning"]
+    assert data["plan"]["servers"] == ["near"]
+    runs = data["runs"]
+    assert {(r["config"], r["server"]) for r in runs} == {("a", "-"), ("b", "near")}
+    assert not [r for r in runs if "error" in r]
+    ours = next(r for r in runs if r["config"] == "b")
+    assert ours["steps"] == data["plan"]["steps"]["lightning"]
+    assert ours["logged_points"] >= 3 * ours["steps"]
+    assert ours["read_back_points"] == ours["logged_points"]
+    assert ours["completeness"] == 1.0
+    assert ours["timed_out"] is False
+    cells = data["summary"]["lightning"]["cells"]
+    assert set(cells) == {"a/-", "b/near"}
+    assert cells["b/near"]["completeness_min"] == 1.0
+    assert "overhead_seconds_per_step" in cells["b/near"]
+    assert "results" in result.stdout
