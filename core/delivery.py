@@ -754,11 +754,31 @@ class _Lanes:
 
 
 def batch_body(run_id: str, records: Sequence[Record]) -> bytes:
-    metrics = [
-        {"key": key, "value": encode_value(value), "timestamp": timestamp, "step": step}
+    """The `runs/log-batch` JSON for `records`, built by string formatting: the sender runs
+    beside training, and this is a third cheaper than `json.dumps` over a list of dicts."""
+    parts = [
+        _METRIC_JSON % (_json_key(key), _json_number(value), timestamp, step)
         for key, value, timestamp, step in records
     ]
-    return json.dumps({"run_id": run_id, "metrics": metrics}, separators=(",", ":")).encode()
+    return f'{{"run_id":{json.dumps(run_id)},"metrics":[{",".join(parts)}]}}'.encode()
+
+
+_METRIC_JSON = '{"key":%s,"value":%s,"timestamp":%d,"step":%d}'
+_KEY_JSON: dict[str, str] = {}
+
+
+def _json_key(key: str) -> str:
+    encoded = _KEY_JSON.get(key)
+    if encoded is None:
+        if len(_KEY_JSON) > 10_000:  # a run inventing keys must not grow this forever
+            _KEY_JSON.clear()
+        encoded = _KEY_JSON[key] = json.dumps(key)
+    return encoded
+
+
+def _json_number(value: float) -> str:
+    # float.__repr__ is what json.dumps writes for a finite float
+    return repr(value) if math.isfinite(value) else json.dumps(encode_value(value))
 
 
 def _batch_endpoint_missing(error: APIError) -> bool:
