@@ -1,10 +1,12 @@
 """PyTorch Lightning logger: `Trainer(logger=AIDPLogger(...))`.
 
-One class serves both namespaces. `AIDPLogger` subclasses the `Logger` base class of every
-Lightning package that is installed -- `lightning.pytorch.loggers.Logger` and/or
-`pytorch_lightning.loggers.Logger` -- so `isinstance` checks in a Trainer from either package
-(LightningCLI, callbacks, user code) accept it. `aidp_metrics.integrations.pytorch_lightning`
-re-exports the same class for code that prefers an import path matching its package.
+`AIDPLogger` subclasses `lightning.pytorch.loggers.Logger`, and also
+`pytorch_lightning.loggers.Logger` when `pytorch_lightning` is the only package installed or is
+already imported, so `isinstance` checks in a Trainer from either package (LightningCLI,
+callbacks, user code) accept it. With both installed, a `pytorch_lightning` user imports
+`pytorch_lightning` first or uses `aidp_metrics.integrations.pytorch_lightning.AIDPLogger`,
+which always has both bases. (Importing `pytorch_lightning` on its own initiative would cost
+~0.6 s and move Lightning's log messages to the `pytorch_lightning` logger.)
 
 Behaviour in short:
 
@@ -37,6 +39,7 @@ Behaviour in short:
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -56,7 +59,13 @@ _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def _lightning_namespaces() -> tuple[list[type], _Decorator]:
-    """(`Logger` base class of every installed namespace, `rank_zero_experiment`)."""
+    """(`Logger` base classes, `rank_zero_experiment`).
+
+    `lightning.pytorch` when installed; `pytorch_lightning` too when it is already imported
+    (or the only one installed). Importing `pytorch_lightning` when the user has not costs
+    ~0.6 s and moves Lightning's log messages to its logger; a `pytorch_lightning` user with
+    both installed imports it first or uses `aidp_metrics.integrations.pytorch_lightning`.
+    """
     bases: list[type] = []
     experiment_decorator: _Decorator | None = None
     try:
@@ -67,6 +76,8 @@ def _lightning_namespaces() -> tuple[list[type], _Decorator]:
     else:
         bases.append(LightningLogger)
         experiment_decorator = l_experiment
+    if bases and "pytorch_lightning" not in sys.modules:
+        return bases, experiment_decorator  # type: ignore[return-value]
     try:
         from lightning_fabric.loggers.logger import rank_zero_experiment as pl_experiment
         from pytorch_lightning.loggers.logger import Logger as PLLogger
