@@ -471,11 +471,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_local_server(args: argparse.Namespace) -> int:
     import signal
 
-    from .local_server import LocalMLflowServer
+    from .local_server import LocalMLflowServer, port_accepts
 
     if not 0 < args.port < 65536:
         raise ConfigurationError(f"--port {args.port} is not a TCP port")
-    if _port_in_use(args.port):
+    if port_accepts(args.port):
         raise ConfigurationError(
             f"port {args.port} on 127.0.0.1 is already in use; pick another with --port"
         )
@@ -521,16 +521,6 @@ def _cmd_local_server(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     print("MLflow tracking server stopped.", file=sys.stderr)
     return EXIT_OK
-
-
-def _port_in_use(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # -- sync ----------------------------------------------------------------------------------

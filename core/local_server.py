@@ -33,7 +33,8 @@ def free_port() -> int:
         return port
 
 
-def _port_accepts(port: int) -> bool:
+def port_accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -157,7 +158,7 @@ class LocalMLflowServer:
             # uvicorn runs in a child process of the same group: make sure it is gone too.
             _signal_group(process.pid, signal.SIGKILL)
             deadline = time.monotonic() + timeout
-            while _port_accepts(self.port) and time.monotonic() < deadline:
+            while port_accepts(self.port) and time.monotonic() < deadline:
                 time.sleep(0.05)
         if self._log is not None:
             self._log.close()

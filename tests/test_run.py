@@ -11,7 +11,6 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,13 @@ import pytest
 from aidp_metrics import (
     AIDPMetricsWarning,
     DeliveryError,
-    Endpoint,
     InvalidMetric,
     Metric,
     MetricsClient,
     Run,
 )
-from aidp_metrics.auth import oci_signer_auth
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, free_port, get_metric_history, get_run
-from tests.support.oci_keys import OCICredentials
 
 
 def history(server: MLflowServer, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -39,20 +35,6 @@ def history(server: MLflowServer, run_id: str, key: str) -> list[tuple[int, floa
 
 def _value(raw: object) -> float:
     return math.nan if raw == "NaN" else float(raw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def gateway_client(
-    aidp_gateway: AIDPGateway, oci_api_key: OCICredentials
-) -> Iterator[MetricsClient]:
-    endpoint = Endpoint.aidp(
-        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
-    )
-    auth = oci_signer_auth(
-        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
-    )
-    with MetricsClient(endpoint, auth=auth) as client:
-        yield client
 
 
 def test_start_log_end_reads_back_exactly(

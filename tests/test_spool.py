@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aidp_metrics import AIDPMetricsWarning, Endpoint, MetricsClient, Run
-from aidp_metrics.auth import oci_signer_auth
+from aidp_metrics import AIDPMetricsWarning, MetricsClient, Run
 from aidp_metrics.journal import Journal, RunRecord, decode_line, encode_line, find_journals
 from aidp_metrics.sync import sync_directory
 from tests.support.gateway import AIDPGateway
@@ -153,17 +152,11 @@ def test_no_endpoint_configured_warns_once_and_goes_offline(
 
 def test_server_down_at_start_creates_the_run_when_it_answers(
     aidp_gateway: AIDPGateway,
-    oci_api_key: OCICredentials,
+    gateway_client: MetricsClient,
     mlflow_server: MLflowServer,
     fresh_experiment: str,
 ) -> None:
-    endpoint = Endpoint.aidp(
-        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
-    )
-    auth = oci_signer_auth(
-        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
-    )
-    client = MetricsClient(endpoint, auth=auth)
+    client = gateway_client
     aidp_gateway.stop()
     with pytest.warns(AIDPMetricsWarning, match="starts locally"):
         run = Run.start(experiment_name=fresh_experiment, run_name="late", client=client)
@@ -185,18 +178,12 @@ def test_server_down_at_start_creates_the_run_when_it_answers(
 
 
 def test_the_journal_holds_no_credentials(
-    aidp_gateway: AIDPGateway,
+    gateway_client: MetricsClient,
     oci_api_key: OCICredentials,
     mlflow_server: MLflowServer,
     fresh_experiment: str,
 ) -> None:
-    endpoint = Endpoint.aidp(
-        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
-    )
-    auth = oci_signer_auth(
-        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
-    )
-    client = MetricsClient(endpoint, auth=auth)
+    client = gateway_client
     run = Run.start(experiment_name=fresh_experiment, client=client, spool="always")
     for step in range(20):
         run.log_metric("loss", 1.0, step=step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,6 +13,9 @@ from tests.support.chaos_proxy import ChaosProxy
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer
 from tests.support.oci_keys import OCICredentials, write_oci_config
+
+if TYPE_CHECKING:
+    from aidp_metrics import MetricsClient
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +71,21 @@ def chaos_proxy(mlflow_server: MLflowServer) -> Iterator[ChaosProxy]:
     mlflow_server.start()  # no-op unless an earlier test left it stopped
     with ChaosProxy(mlflow_server.url) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def gateway_client(
+    aidp_gateway: AIDPGateway, oci_api_key: OCICredentials
+) -> Iterator[MetricsClient]:
+    """A MetricsClient for the AIDP gateway, signing with the API-key profile."""
+    from aidp_metrics import Endpoint, MetricsClient
+    from aidp_metrics.auth import oci_signer_auth
+
+    endpoint = Endpoint.aidp(
+        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
+    )
+    auth = oci_signer_auth(
+        "api_key", config_file=oci_api_key.config_file, profile=oci_api_key.profile
+    )
+    with MetricsClient(endpoint, auth=auth) as client:
+        yield client
