@@ -17,7 +17,6 @@ import pytest
 torch = pytest.importorskip("torch")
 L = pytest.importorskip("lightning.pytorch")
 
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
@@ -27,7 +26,11 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from aidp_metrics import Endpoint  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.lightning import AIDPLogger  # noqa: E402
-from tests.support.mlflow_server import get_metric_history, get_run  # noqa: E402
+from tests.support.mlflow_server import (  # noqa: E402
+    get_metric_history,
+    get_run,
+    runs_in_experiment,
+)
 
 pytestmark = pytest.mark.lightning
 torch.set_num_threads(1)
@@ -134,26 +137,6 @@ def _as_sets(points: Points) -> dict[str, set[tuple[int, float]]]:
     return {key: set(values) for key, values in points.items()}
 
 
-def _runs_in_experiment(url: str, name: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{url}/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": name},
-        timeout=30,
-    )
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    experiment_id = response.json()["experiment"]["experiment_id"]
-    response = httpx.post(
-        f"{url}/api/2.0/mlflow/runs/search",
-        json={"experiment_ids": [experiment_id], "max_results": 1000},
-        timeout=30,
-    )
-    response.raise_for_status()
-    runs: list[dict[str, Any]] = response.json().get("runs", [])
-    return runs
-
-
 def _status(url: str, run_id: str) -> str:
     status: str = get_run(url, run_id)["info"]["status"]
     return status
@@ -187,7 +170,7 @@ def test_fit_validate_test_logs_every_point_at_lightnings_step(
     trainer.test(model)
 
     run_id = logger.version
-    assert [r["info"]["run_id"] for r in _runs_in_experiment(url, fresh_experiment)] == [run_id]
+    assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [run_id]
     run = get_run(url, run_id)
     assert run["info"]["status"] == "FINISHED"
     assert run["info"]["run_name"] == "tiny"
@@ -285,7 +268,7 @@ def test_finalize_statuses_and_test_after_fit_keeps_the_run(
     logger.log_metrics({"a": 3.0}, step=2)
     logger.finalize("success")
     assert _status(url, run_id) == "FAILED"
-    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+    assert len(runs_in_experiment(url, fresh_experiment)) == 1
 
 
 # -- Lightning's features that swap or add loggers -------------------------------------------
@@ -299,7 +282,7 @@ def test_fast_dev_run_sends_nothing(
     trainer.fit(TinyModule())
     trainer.test(TinyModule())
     assert logger._run is None
-    assert _runs_in_experiment(url, fresh_experiment) == []
+    assert runs_in_experiment(url, fresh_experiment) == []
 
 
 @pytest.mark.parametrize("tuner_method", ["lr_find", "scale_batch_size"])
@@ -320,7 +303,7 @@ def test_tuner_gives_the_same_logger_back(
     assert model.logger is logger
     trainer.fit(model)
     assert _status(url, logger.version) == "FINISHED"
-    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+    assert len(runs_in_experiment(url, fresh_experiment)) == 1
 
 
 def test_learning_rate_monitor_and_checkpoint_tags(
@@ -376,7 +359,7 @@ def test_pickle_round_trip_keeps_name_version_and_run(
     logger.finalize("success")
     points = _server_points(url, logger.version)
     assert points == {"a": [(0, 1.0)], "acc": [(3, 1.0)]}
-    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+    assert len(runs_in_experiment(url, fresh_experiment)) == 1
 
 
 # -- the logger API on its own -------------------------------------------------------------
@@ -393,7 +376,7 @@ def test_constructor_from_environment(
     assert logger.name == fresh_experiment
     logger.log_metrics({"x": 1}, step=2)
     logger.finalize("success")
-    runs = _runs_in_experiment(url, fresh_experiment)
+    runs = runs_in_experiment(url, fresh_experiment)
     assert [r["info"]["run_id"] for r in runs] == [logger.version]
 
     # AIDP_RUN_ID / MLFLOW_RUN_ID attach to that run
@@ -409,7 +392,7 @@ def test_constructor_from_environment(
     explicit.finalize("success")
     run = get_run(url, logger.version)
     assert {"key": "resumed", "value": "yes"} in run["data"]["tags"]
-    assert len(_runs_in_experiment(url, fresh_experiment)) == 1
+    assert len(runs_in_experiment(url, fresh_experiment)) == 1
 
 
 def test_metric_conversion_prefix_and_warnings(
@@ -517,7 +500,7 @@ def test_other_ranks_create_and_send_nothing(
     logger.save()
     logger.finalize("success")
     assert logger._run is None
-    assert _runs_in_experiment(url, fresh_experiment) == []
+    assert runs_in_experiment(url, fresh_experiment) == []
 
 
 def test_unreachable_server_without_spool_warns_once_and_training_goes_on(

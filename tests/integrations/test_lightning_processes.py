@@ -14,9 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lightning_utilities")
 
-import httpx  # noqa: E402
 
-from tests.support.mlflow_server import get_metric_history, get_run  # noqa: E402
+from tests.support.mlflow_server import (  # noqa: E402
+    get_metric_history,
+    get_run,
+    runs_in_experiment,
+)
 
 pytestmark = pytest.mark.lightning
 torch.set_num_threads(1)
@@ -107,26 +110,6 @@ def _run_script(
     return result
 
 
-def _runs_in_experiment(url: str, name: str) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{url}/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": name},
-        timeout=30,
-    )
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    experiment_id = response.json()["experiment"]["experiment_id"]
-    response = httpx.post(
-        f"{url}/api/2.0/mlflow/runs/search",
-        json={"experiment_ids": [experiment_id], "max_results": 1000},
-        timeout=30,
-    )
-    response.raise_for_status()
-    runs: list[dict[str, Any]] = response.json().get("runs", [])
-    return runs
-
-
 def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((int(m["step"]), float(m["value"])) for m in get_metric_history(url, run_id, key))
 
@@ -180,7 +163,7 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
         fresh_experiment,
     )
     assert "main process run None" in result.stdout
-    runs = _runs_in_experiment(url, fresh_experiment)
+    runs = runs_in_experiment(url, fresh_experiment)
     assert len(runs) == 1, runs
     run_id = runs[0]["info"]["run_id"]
     assert get_run(url, run_id)["info"]["status"] == "FINISHED"
@@ -216,7 +199,7 @@ def test_pytorch_lightning_trainer_accepts_the_logger(
     trainer.fit(model)
     trainer.test(model)
     run_id = logger.version
-    assert [r["info"]["run_id"] for r in _runs_in_experiment(url, fresh_experiment)] == [run_id]
+    assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [run_id]
     assert get_run(url, run_id)["info"]["status"] == "FINISHED"
     assert [s for s, _ in _history(url, run_id, "train_loss")] == list(range(8))
     assert [s for s, _ in _history(url, run_id, "test_loss")] == [8]

@@ -22,14 +22,17 @@ from transformers import TrainerCallback  # noqa: E402
 from aidp_metrics import AIDPError  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.transformers import AIDPCallback  # noqa: E402
-from tests.support.mlflow_server import get_metric_history, get_run  # noqa: E402
+from tests.support.mlflow_server import (  # noqa: E402
+    get_metric_history,
+    get_run,
+    runs_in_experiment,
+)
 
 from .test_transformers_support import (  # noqa: E402
     TinyRegressor,
     expected_points,
     make_trainer,
     points_of,
-    runs_in_experiment,
 )
 
 torch.set_num_threads(1)

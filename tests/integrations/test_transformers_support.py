@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
@@ -112,27 +111,6 @@ def make_trainer(
 
 
 # -- reading back ----------------------------------------------------------------------
-
-
-def runs_in_experiment(url: str, experiment_name: str) -> list[dict[str, Any]]:
-    """Every run of an experiment, straight from the MLflow server ([] if it doesn't exist)."""
-    response = httpx.get(
-        f"{url}/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": experiment_name},
-        timeout=30,
-    )
-    if response.status_code == 404:
-        return []
-    response.raise_for_status()
-    experiment_id = response.json()["experiment"]["experiment_id"]
-    found = httpx.post(
-        f"{url}/api/2.0/mlflow/runs/search",
-        json={"experiment_ids": [experiment_id], "max_results": 1000},
-        timeout=30,
-    )
-    found.raise_for_status()
-    runs: list[dict[str, Any]] = found.json().get("runs", [])
-    return runs
 
 
 def expected_points(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:

@@ -10,7 +10,7 @@ import httpx
 from aidp_metrics.local_server import LocalMLflowServer as MLflowServer
 from aidp_metrics.local_server import free_port
 
-__all__ = ["MLflowServer", "free_port", "get_metric_history", "get_run"]
+__all__ = ["MLflowServer", "free_port", "get_metric_history", "get_run", "runs_in_experiment"]
 
 
 def get_run(url: str, run_id: str) -> dict[str, Any]:
@@ -37,3 +37,24 @@ def get_metric_history(
             if not token:
                 return metrics
             params["page_token"] = token
+
+
+def runs_in_experiment(url: str, experiment_name: str) -> list[dict[str, Any]]:
+    """Every run of an experiment, straight from the MLflow server ([] if it doesn't exist)."""
+    response = httpx.get(
+        f"{url}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": experiment_name},
+        timeout=30,
+    )
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    experiment_id = response.json()["experiment"]["experiment_id"]
+    found = httpx.post(
+        f"{url}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [experiment_id], "max_results": 1000},
+        timeout=30,
+    )
+    found.raise_for_status()
+    runs: list[dict[str, Any]] = found.json().get("runs", [])
+    return runs
