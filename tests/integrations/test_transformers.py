@@ -435,6 +435,9 @@ trainer.train()
 rank = int(os.environ["RANK"])
 with open(os.path.join({output_dir!r}, f"run-id-{{rank}}.txt"), "w") as f:
     f.write(str(callback.run_id))
+# A clean DDP shutdown: without it gloo's threads can abort the process at exit (SIGABRT).
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 
