@@ -25,6 +25,7 @@ from .errors import (
     TooManyRequests,
     TransportError,
     Unauthorized,
+    UnexpectedResponse,
 )
 from .metric import Metric, sanitize_key, validate_key
 from .options import DeliveryOptions
@@ -63,6 +64,7 @@ __all__ = [
     "TooManyRequests",
     "TransportError",
     "Unauthorized",
+    "UnexpectedResponse",
     "__version__",
     "sanitize_key",
     "validate_key",

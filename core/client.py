@@ -7,6 +7,7 @@ its attempts and every attempt a fresh `opc-request-id`.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,6 +27,7 @@ from .errors import (
     TooManyRequests,
     TransportError,
     Unauthorized,
+    UnexpectedResponse,
 )
 from .metric import Metric, make_metric
 from .retry import RetryPolicy, parse_retry_after
@@ -90,13 +92,15 @@ class MetricsClient:
         principal = user_principal or endpoint.user_principal
         if principal:
             headers["dh-user-principal"] = principal
-        self._http = httpx.Client(
-            auth=self.auth,
-            timeout=timeout,
-            headers=headers,
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._http_options: dict[str, Any] = {
+            "auth": self.auth,
+            "timeout": timeout,
+            "headers": headers,
+            "transport": transport,
+            "follow_redirects": False,
+        }
+        self._http: httpx.Client | None = None  # opened on first use, again after close()
+        self._http_lock = threading.Lock()
         self._sleep: Callable[[float], None] = time.sleep
 
     def __repr__(self) -> str:
@@ -104,7 +108,29 @@ class MetricsClient:
         return f"MetricsClient({self.endpoint.describe()}, auth={auth})"
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections. The client stays usable: the next request reconnects."""
+        with self._http_lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
+
+    def copy_for_child(self) -> MetricsClient:
+        """The same endpoint and auth with connections of its own: for a forked child,
+        which must not share the parent's sockets (or a lock a parent thread held)."""
+        twin = object.__new__(MetricsClient)
+        twin.__dict__.update(self.__dict__)
+        twin._http = None
+        twin._http_lock = threading.Lock()
+        return twin
+
+    def _connection(self) -> httpx.Client:
+        http = self._http
+        if http is None:
+            with self._http_lock:
+                if self._http is None:
+                    self._http = httpx.Client(**self._http_options)
+                http = self._http
+        return http
 
     def __enter__(self) -> MetricsClient:
         return self
@@ -173,7 +199,7 @@ class MetricsClient:
             )
         except NotFound:
             return None
-        experiment: dict[str, Any] = reply.get("experiment", {})
+        experiment: dict[str, Any] = expect(reply, "experiment", path="experiments/get-by-name")
         return experiment
 
     def create_experiment(
@@ -196,7 +222,7 @@ class MetricsClient:
             if existing is None:
                 raise
             return str(existing["experiment_id"])
-        return str(reply["experiment_id"])
+        return str(expect(reply, "experiment_id", path="experiments/create"))
 
     def experiment_id_for(self, name: str, *, retry: RetryPolicy | None = None) -> str:
         """The id of experiment `name`, created if it does not exist."""
@@ -214,6 +240,7 @@ class MetricsClient:
         tags: Mapping[str, str] | None = None,
         start_time: int | None = None,
         retry: RetryPolicy | None = None,
+        retry_token: str | None = None,
     ) -> RunInfo:
         if experiment_id is None:
             experiment_id = self.experiment_id_for(experiment_name or "Default", retry=retry)
@@ -225,8 +252,8 @@ class MetricsClient:
             body["run_name"] = run_name
         if tags:
             body["tags"] = _tag_list(tags)
-        reply = self.request("POST", "runs/create", body=body, retry=retry)
-        return _run_info(reply["run"]["info"])
+        reply = self.request("POST", "runs/create", body=body, retry=retry, retry_token=retry_token)
+        return _run_info(expect(reply, "run", "info", path="runs/create"))
 
     def search_runs(
         self, experiment_ids: list[str], filter_string: str = "", max_results: int = 100
@@ -239,8 +266,10 @@ class MetricsClient:
         runs: list[dict[str, Any]] = self.request("POST", "runs/search", body=body).get("runs", [])
         return runs
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        run: dict[str, Any] = self.request("GET", "runs/get", params={"run_id": run_id})["run"]
+    def get_run(self, run_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        reply = self.request("GET", "runs/get", params={"run_id": run_id}, retry=retry)
+        expect(reply, "run", "info", path="runs/get")
+        run: dict[str, Any] = reply["run"]
         return run
 
     def get_run_info(self, run_id: str) -> RunInfo:
@@ -288,14 +317,17 @@ class MetricsClient:
         params: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         content: bytes | None = None,
+        retry_token: str | None = None,
     ) -> dict[str, Any]:
         """One logical call, retried per the policy; returns the decoded JSON reply.
 
-        `content` is an already encoded JSON body (instead of `body`)."""
+        `content` is an already encoded JSON body (instead of `body`); a write keeps one
+        `opc-retry-token` (`retry_token`, or a new one) on every attempt."""
         policy = retry or self.retry
         if body is not None:
             content = dumps(body)
-        retry_token = new_retry_token() if method != "GET" else None
+        if method != "GET" and retry_token is None:
+            retry_token = new_retry_token()
         started = time.monotonic()
         attempt = 0
         while True:
@@ -330,7 +362,7 @@ class MetricsClient:
         if retry_token is not None:
             headers["opc-retry-token"] = retry_token
         try:
-            response = self._http.request(
+            response = self._connection().request(
                 method, self.endpoint.url(path), content=content, params=params, headers=headers
             )
         except httpx.HTTPError as exc:
@@ -341,7 +373,7 @@ class MetricsClient:
                 path=path,
             ) from None
         if response.is_success:
-            return _json_object(response)
+            return _json_object(response, method, path, request_id)
         raise error_from_response(response, method, path, request_id)
 
 
@@ -424,14 +456,42 @@ def dumps(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _json_object(
+    response: httpx.Response, method: str, path: str, request_id: str
+) -> dict[str, Any]:
+    """The JSON object of a 2xx answer; anything else is `UnexpectedResponse`."""
     if not response.content:
         return {}
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    content_type = response.headers.get("content-type", "")
+    data: object = None
+    if "json" in content_type or not content_type:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+    if isinstance(data, dict):
+        return data
+    raise UnexpectedResponse(
+        f"expected a JSON object, got {content_type or 'no content type'} "
+        f"({len(response.content)} bytes): a proxy or login page in front of the server?",
+        status=response.status_code,
+        code=None,
+        opc_request_id=response.headers.get("opc-request-id") or request_id,
+        method=method,
+        path=path,
+    )
+
+
+def expect(reply: dict[str, Any], *keys: str, path: str) -> Any:
+    """`reply[k1][k2]...`, or `UnexpectedResponse` naming what was missing."""
+    value: Any = reply
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise UnexpectedResponse(
+                f"the answer has no {'.'.join(keys)}", status=200, method="", path=path
+            )
+        value = value[key]
+    return value
 
 
 def _pairs(items: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[dict[str, str]]:
@@ -444,6 +504,8 @@ def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def _run_info(info: Mapping[str, Any]) -> RunInfo:
+    if "run_id" not in info or "experiment_id" not in info:
+        raise UnexpectedResponse("the run has no run_id or experiment_id", status=200)
     return RunInfo(
         run_id=str(info["run_id"]),
         experiment_id=str(info["experiment_id"]),

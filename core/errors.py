@@ -82,6 +82,11 @@ class ServerError(APIError):
     """5xx, or any status the API does not document."""
 
 
+class UnexpectedResponse(ServerError):
+    """A 2xx answer that is not the JSON object the API returns (a login page from a proxy,
+    a truncated body): retried like a server error, since it says nothing about the data."""
+
+
 class TransportError(APIError):
     """The request did not get an HTTP answer (connection refused, reset, timeout)."""
 

@@ -1,9 +1,12 @@
-"""Process-level hooks shared by every live run: exit, uncaught exceptions, fork.
+"""Process-level hooks shared by every open run: exit, uncaught exceptions, fork.
 
+- Open runs are held here until they end (a run nobody references still delivers and is
+  ended at exit); `end()` lets go, so an ended run can be garbage-collected.
 - At interpreter exit, every run not yet ended is flushed (bounded wait) and ended with
   its `status_on_exit`, or FAILED/KILLED when an uncaught exception is ending the process.
 - In a child created by `os.fork()` (DataLoader workers), inherited runs turn into no-ops:
-  their queue and threads belong to the parent, and the parent delivers its own points.
+  their queue belongs to the parent, which delivers its own points. A child that is the
+  logging process calls `Run.take_over()`.
 """
 
 from __future__ import annotations
@@ -12,38 +15,44 @@ import atexit
 import os
 import sys
 import threading
-import weakref
 from types import TracebackType
 from typing import Protocol
 
 
-class _Exits(Protocol):
+class _Lifecycle(Protocol):
     def _on_exit(self, uncaught: type[BaseException] | None) -> None: ...
+
+    def _before_fork(self) -> None: ...
 
     def _on_fork_child(self) -> None: ...
 
 
-_live: weakref.WeakSet[_Exits] = weakref.WeakSet()
+_open: dict[int, _Lifecycle] = {}
 _lock = threading.Lock()
 _installed = False
 _uncaught: type[BaseException] | None = None
 
 
-def register(run: _Exits) -> None:
+def register(run: _Lifecycle) -> None:
     global _installed
     with _lock:
-        _live.add(run)
+        _open[id(run)] = run
         if _installed:
             return
         _installed = True
     atexit.register(_at_exit)
     _wrap_excepthook()
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
-def unregister(run: _Exits) -> None:
+def unregister(run: _Lifecycle) -> None:
     with _lock:
-        _live.discard(run)
+        _open.pop(id(run), None)
+
+
+def open_runs() -> list[_Lifecycle]:
+    with _lock:
+        return list(_open.values())
 
 
 def uncaught_exception() -> type[BaseException] | None:
@@ -65,13 +74,20 @@ def _wrap_excepthook() -> None:
 
 
 def _at_exit() -> None:
-    for run in list(_live):
+    for run in open_runs():
         try:
             run._on_exit(_uncaught)
         except Exception as exc:  # exit must go on whatever one run does
             print(f"aidp-metrics: could not finish a run at exit: {exc}", file=sys.stderr)
 
 
+def _before_fork() -> None:
+    for run in open_runs():
+        run._before_fork()
+
+
 def _after_fork_in_child() -> None:
-    for run in list(_live):
+    global _lock
+    _lock = threading.Lock()  # the parent's may have been held by another thread
+    for run in list(_open.values()):
         run._on_fork_child()

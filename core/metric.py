@@ -8,6 +8,7 @@ not JSON and httpx refuses it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import numbers
 import posixpath
@@ -26,7 +27,8 @@ KEY_RULE = (
     "with no empty, '.' or '..' path segment and no leading or trailing '/'"
 )
 
-_KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")
+# fullmatch: "$" would also match before a trailing newline ("loss\n")
+_KEY_PATTERN = re.compile(r"[/\w.\- :]*")
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 
 _NAN = "NaN"
@@ -88,7 +90,7 @@ def key_error(key: object) -> str | None:
         return "metric key is empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"metric key {key[:40]!r}... is {len(key)} characters, more than {MAX_KEY_LENGTH}"
-    if not _KEY_PATTERN.match(key):
+    if not _KEY_PATTERN.fullmatch(key):
         bad = "".join(sorted(set(_BAD_KEY_CHARS.findall(key))))
         return (
             f"metric key {key!r} has characters the server rejects ({bad!r}); allowed: {KEY_RULE}"
@@ -231,3 +233,22 @@ def decode_value(raw: object) -> float:
 
 
 _DECODED_SPECIALS = {"nan": math.nan, "infinity": math.inf, "-infinity": -math.inf}
+
+
+_KEY_JSON: dict[str, str] = {}
+
+
+def json_key(key: str) -> str:
+    """`key` as a JSON string, cached: the delivery thread encodes the same keys all run."""
+    encoded = _KEY_JSON.get(key)
+    if encoded is None:
+        if len(_KEY_JSON) > 10_000:  # a run inventing keys must not grow this forever
+            _KEY_JSON.clear()
+        encoded = _KEY_JSON[key] = json.dumps(key)
+    return encoded
+
+
+def json_number(value: float) -> str:
+    """A float as MLflow's JSON expects it, NaN and infinities as strings."""
+    # float.__repr__ is what json.dumps writes for a finite float
+    return repr(value) if math.isfinite(value) else json.dumps(encode_value(value))

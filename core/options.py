@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,11 +32,12 @@ class DeliveryOptions:
     strict: raise bad input and delivery failures to the caller instead of warning.
     end_timeout: how long `end()` waits for delivery before reporting what is left.
     atexit_timeout: the same for the flush at interpreter exit.
-    retry: how long one request is retried before its metrics count as failed (or,
-        with a spool, go to disk until the server answers again).
-    spool: "on_failure" (default, or `AIDP_METRICS_SPOOL`) writes metrics to a journal
-        on disk when they cannot be delivered or the queue is full, and replays them when
-        the server answers; "always" journals every metric before sending it (survives
+    retry: without a spool, how long one request is retried before its metrics count as
+        failed; with one, requests are retried (at most `max_delay` apart) while the run is
+        open and what is left at its end stays in the journal for `aidp-metrics sync`.
+    spool: "on_failure" (default, or `AIDP_METRICS_SPOOL`) starts journaling the run's
+        records on disk at the first failed request or when the queue is full, and replays
+        them in order when the server answers; "always" journals every record (survives
         `kill -9`); "off" keeps everything in memory.
     spool_dir: where journals go (default `AIDP_METRICS_DIR`, else ./aidp-metrics).
     commit_interval: group commit period of the journal (fsync at most this often).
@@ -81,13 +84,30 @@ class DeliveryOptions:
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> DeliveryOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}"
-            )
+        check_option_names(options, cls.names())
         return cls(**options)
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def check_option_names(given: Iterable[str], valid: Iterable[str], where: str = "") -> None:
+    """A TypeError naming each unknown keyword (and the closest valid one), as Python does
+    for a misspelt argument -- at construction, not at the first log call."""
+    known = sorted(valid)
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    prefix = f"{where}: " if where else ""
+    raise TypeError(
+        f"{prefix}unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
+        f"valid options: {', '.join(known)}"
+    )
 
 
 def _spool_from_env() -> SpoolMode:

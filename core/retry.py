@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from .errors import APIError, Conflict, TransportError
+from .errors import APIError, Conflict, TransportError, UnexpectedResponse
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRYABLE_CONFLICT_CODES = frozenset({"IncorrectState", "LockConflict"})
@@ -34,7 +34,7 @@ class RetryPolicy:
         return cls(max_attempts=1)
 
     def is_retryable(self, error: APIError) -> bool:
-        if isinstance(error, TransportError):
+        if isinstance(error, (TransportError, UnexpectedResponse)):
             return True
         if isinstance(error, Conflict):
             return error.code in self.retry_conflict_codes

@@ -1,36 +1,39 @@
 """`Run`: log metrics from a training loop without waiting on the network.
 
-The calling thread validates, converts and enqueues; a background sender delivers (see
-`delivery.py`). Nothing here raises into training code unless `strict=True`.
+The calling thread validates, converts and appends to the run's record stream
+(`stream.py`); the process-wide delivery loop (`delivery.py`) sends, and the spool writer
+(`spool.py`) keeps what must survive on disk. Nothing here raises into training code unless
+`strict=True`.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
+import mmap
 import os
 import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 from . import lifecycle
 from ._version import __version__
-from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
-from .delivery import Sender
+from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
+from .delivery import LOCAL_ID_TAG, StreamSender, last_steps, loop
 from .endpoint import Endpoint
 from .errors import (
-    AIDPError,
     AIDPMetricsWarning,
     APIError,
     DeliveryError,
     InvalidMetric,
     NoEndpointConfigured,
 )
-from .journal import Journal, Record, RunRecord, new_local_id, spool_root
+from .journal import Metric, RunDescriptor, new_local_id, spool_root
 from .metric import (
     INT64_MAX,
     INT64_MIN,
@@ -45,80 +48,142 @@ from .notify import Notifier
 from .options import DeliveryOptions
 from .params import flatten_params
 from .retry import RetryPolicy
+from .spool import SpoolTask, writer
 from .stats import RunStats
+from .stream import RunStream
+from .worker import ProcessWorker
 
-# Creating or finding a run happens before training starts: fail fast rather than stall.
-SETUP_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, total_timeout=10.0)
-STATUS_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=1.0, total_timeout=5.0)
 RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
 EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+RUN_NAME_TAG = "mlflow.runName"
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
 DOWN_WAIT = 2.0  # how long end() waits on a server known to be down before spooling
-LOCAL_ID_TAG = "aidp_metrics.local_id"
+SPOOL_WAIT = 10.0  # how long end() waits for the journal to be on disk
+THREAD_EXIT_WAIT = 2.0  # end() of the last run waits this long for the threads to go
+_ONE_ATTEMPT = RetryPolicy.never()
+# Answers that are definite: the run cannot be created or found, whatever we wait.
+_DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
+_OPENING = ("create", "attach")
+
+__all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
 
 class Run:
     """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
 
-    `client` is None for an offline run; `info` is None while the server has not created
-    the run yet (it is created by the sender as soon as the server answers, or by
-    `aidp-metrics sync`). Until then `run_id` is a local id (`local-...`).
+    `client` is None for an offline run. Until the server has created (or confirmed) the
+    run, `run_id` is the id it was given (attach) or a local id (`local-...`).
     """
 
     def __init__(
         self,
         client: MetricsClient | None,
-        info: RunInfo | None,
-        options: DeliveryOptions | None = None,
+        options: DeliveryOptions,
         *,
+        local_id: str,
+        run_id: str | None,
+        opening: tuple[str, dict[str, Any]] | None = None,
+        descriptor: RunDescriptor,
         owns_client: bool = False,
-        record: RunRecord | None = None,
+        params: Mapping[str, str] | None = None,
+        floors: dict[str, int] | None = None,
     ) -> None:
         self.client = client
-        self.options = options or DeliveryOptions()
-        self.record = record or RunRecord(local_id=new_local_id(), start_time=now_ms())
-        if info is not None:
-            self.record.run_id = info.run_id
-            self.record.experiment_id = info.experiment_id
-            self.record.run_name = info.run_name
-        if client is not None:
-            self.record.endpoint = client.endpoint.public_url()
+        self.options = options
+        self.local_id = local_id
         self.status_on_exit = "FINISHED"
-        self.ended = False
-        self._inactive = False  # set in a forked child: the run belongs to the parent
-        self._notifier = Notifier()
-        self._sender = Sender(
-            client,
-            self.record.run_id,
-            self.options,
-            notifier=self._notifier,
-            create_run=self._create_on_server if client is not None else None,
-            open_journal=self._open_journal if self.options.spool != "off" or not client else None,
-        )
+        self.last_step = 0  # the step of the last log call (system metrics sample at it)
+        self._owns_client = owns_client
+        self._descriptor = descriptor
+        self._params: dict[str, str] = dict(params or {})
         self._keys: dict[str, str] = {}
-        self._warned_keys: set[str] = set()
-        self._state_lock = threading.Lock()
-        if owns_client and client is not None:
-            weakref.finalize(self, client.close)
+        self._warned: set[str] = set()
+        self._end_lock = threading.Lock()
+        self._status: str | None = None  # the status end() last set
+        self._inactive = False  # an inherited run in a forked child (until take_over)
+        self._handoff: mmap.mmap | None = None  # set by a forked child that took over
+        self._logged_at_fork = -1
+        self._notifier = Notifier()
+        self._spec = opening[1] if opening is not None and opening[0] == "create" else None
+        self._stream = self._new_stream(run_id, opening, floors)
+
+    def _new_stream(
+        self,
+        run_id: str | None,
+        opening: tuple[str, dict[str, Any]] | None,
+        floors: dict[str, int] | None,
+    ) -> RunStream:
+        stream = RunStream(
+            self.options,
+            local_id=self.local_id,
+            run_id=run_id,
+            offline=self.client is None,
+            notifier=self._notifier,
+        )
+        if floors:
+            stream.floors = floors
+        if opening is not None:
+            stream.append_op(*opening)
+        me = weakref.ref(self)
+
+        def reopened() -> None:
+            run = me()
+            if run is not None:
+                run._connect()
+
+        stream.reopened = reopened
+        self._stream = stream
+        self._sender: StreamSender | None = None
+        self._spool: SpoolTask | None = None
+        if self.client is not None:
+            self._sender = StreamSender(stream, self.client, notifier=self._notifier)
+        if stream.spool_allowed:
+            root = spool_root(self.options.spool_dir)
+            self._spool = SpoolTask(stream, root, self._descriptor)
+            stream.wake_spool = self._spool.wake
+        self._connect()
+        return stream
+
+    def _connect(self) -> None:
+        """Hand the stream to the delivery loop and the spool writer (again, on reopen)."""
+        stream = self._stream
+        if self._sender is not None:
+            stream.wake_delivery = loop.wake
+            loop.register(stream, self._sender)
+        if self._spool is not None and (stream.spool_wanted or stream.run_id is None):
+            self._spool.wake()
         lifecycle.register(self)
+
+    # -- identity -------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
-        """The server's run id, or the local id while the run exists only on disk."""
-        return self._sender.run_id or self.record.local_id
+        """The server's run id, or the local id while the run exists only here."""
+        return self._stream.run_id or self._descriptor.run_id or self.local_id
 
     @property
     def experiment_id(self) -> str | None:
-        return self.record.experiment_id
+        return self._descriptor.experiment_id
 
     @property
     def run_name(self) -> str | None:
-        return self.record.run_name
+        return self._descriptor.run_name
 
     @property
     def offline(self) -> bool:
         return self.client is None
+
+    @property
+    def ended(self) -> bool:
+        """`end()` was called and nothing was logged since."""
+        stream = self._stream
+        return stream.closed or stream.closing
+
+    @property
+    def spool_directory(self) -> str | None:
+        """Where this run's journal is, while it has one."""
+        return self._stream.journal_dir
 
     # -- creating -------------------------------------------------------------------------
 
@@ -136,41 +201,72 @@ class Run:
     ) -> Run:
         """Create a run (and its experiment if missing) and return it, ready to log.
 
-        Offline (`AIDP_METRICS_MODE=offline`, or nothing configured) the run lives in the
-        spool until `aidp-metrics sync`. With a spool and an unreachable server, the run
-        starts locally and is created on the server as soon as it answers.
+        If the server does not answer, the run starts locally and is created as soon as it
+        does; training never waits for it. Only a definite refusal (400, 401, 403, 404)
+        raises. Offline (`AIDP_METRICS_MODE=offline`, or nothing configured) the run lives
+        in the spool until `aidp-metrics sync`.
         """
         delivery = DeliveryOptions.from_kwargs(options)
         all_tags = {**_default_tags(), **_string_tags(tags or {})}
-        record = RunRecord(
-            local_id=new_local_id(),
-            experiment_name=experiment_name or ("Default" if experiment_id is None else None),
+        if run_name:
+            all_tags.pop(RUN_NAME_TAG, None)  # run_name wins, as in MLflow's own loggers
+        local_id = new_local_id()
+        spec: dict[str, Any] = {
+            "experiment_name": experiment_name or ("Default" if experiment_id is None else None),
+            "experiment_id": experiment_id,
+            "run_name": run_name,
+            "tags": all_tags,
+            "start_time": now_ms(),
+        }
+        client, owns = _client_or_offline(endpoint, client)
+        descriptor = RunDescriptor(
+            local_id=local_id,
+            endpoint=client.endpoint.public_url() if client is not None else None,
+            experiment_name=spec["experiment_name"],
             experiment_id=experiment_id,
             run_name=run_name,
-            tags=all_tags,
-            start_time=now_ms(),
         )
-        client, owns = _client_or_offline(endpoint, client)
-        if client is None:
-            return cls(None, None, delivery, record=record)
-        setup = SETUP_RETRY if delivery.spool == "off" else RetryPolicy.never()
-        try:
-            info = create_run_for(client, record, retry=setup, tag_local_id=False)
-        except APIError as exc:
-            if delivery.spool == "off" or not delivery.retry.is_retryable(exc):
+        opening = ("create", spec)
+        run_id: str | None = None
+        if client is not None:
+            try:
+                experiment_id = experiment_id or client.experiment_id_for(
+                    spec["experiment_name"], retry=_ONE_ATTEMPT
+                )
+                descriptor.experiment_id = spec["experiment_id"] = experiment_id
+                info = client.create_run(
+                    experiment_id=experiment_id,
+                    run_name=run_name,
+                    tags={**all_tags, LOCAL_ID_TAG: local_id},
+                    start_time=spec["start_time"],
+                    retry=_ONE_ATTEMPT,
+                )
+            except APIError as exc:
+                if exc.status in _DEFINITE_STATUSES:
+                    if owns:
+                        client.close()
+                    raise
+                _notice_once(
+                    f"aidp-metrics: the server did not answer ({exc}); the run starts locally "
+                    "and is created on the server as soon as it answers"
+                )
+            except BaseException:
                 if owns:
                     client.close()
                 raise
-            _notice_once(
-                f"aidp-metrics: the server did not answer ({exc}); the run starts locally "
-                "and is created on the server as soon as it answers"
-            )
-            return cls(client, None, delivery, owns_client=owns, record=record)
-        except BaseException:
-            if owns:
-                client.close()
-            raise
-        return cls(client, info, delivery, owns_client=owns, record=record)
+            else:
+                run_id, opening = info.run_id, None
+                descriptor.run_id = run_id
+                descriptor.run_name = info.run_name or run_name
+        return cls(
+            client,
+            delivery,
+            local_id=local_id,
+            run_id=run_id,
+            opening=opening,
+            descriptor=descriptor,
+            owns_client=owns,
+        )
 
     @classmethod
     def attach(
@@ -179,37 +275,73 @@ class Run:
         *,
         endpoint: Endpoint | str | None = None,
         client: MetricsClient | None = None,
+        skip_logged_steps: bool = False,
         **options: Any,
     ) -> Run:
-        """Log into an existing run (marked RUNNING again if it had ended)."""
+        """Log into an existing run (marked RUNNING again if it had ended).
+
+        If the server does not answer, the run keeps its points (memory, then spool) and
+        attaches as soon as it does. Only a definite answer (404 for the run, 401, 403)
+        raises. With `skip_logged_steps`, points at or below the last step the run already
+        holds for their key are not sent again (a resumed job), and counted as skipped.
+        """
         delivery = DeliveryOptions.from_kwargs(options)
         client, owns = _client_or_offline(endpoint, client)
-        if client is None:
-            record = RunRecord(local_id=new_local_id(), run_id=run_id, start_time=now_ms())
-            return cls(None, None, delivery, record=record)
-        try:
-            run = client.request("GET", "runs/get", params={"run_id": run_id}, retry=SETUP_RETRY)
-            data = run["run"]
-            info = RunInfo(
-                run_id=str(data["info"]["run_id"]),
-                experiment_id=str(data["info"]["experiment_id"]),
-                run_name=data["info"].get("run_name"),
-                status=str(data["info"].get("status", "")),
-            )
-            params = {p["key"]: p["value"] for p in data.get("data", {}).get("params", [])}
-            if info.status != "RUNNING":
-                client.request(
-                    "POST",
-                    "runs/update",
-                    body={"run_id": run_id, "status": "RUNNING"},
-                    retry=SETUP_RETRY,
+        local_id = new_local_id()
+        descriptor = RunDescriptor(
+            local_id=local_id,
+            run_id=run_id,
+            endpoint=client.endpoint.public_url() if client is not None else None,
+        )
+        opening: tuple[str, dict[str, Any]] | None = (
+            "attach",
+            {"run_id": run_id, "skip_logged_steps": skip_logged_steps},
+        )
+        params: dict[str, str] = {}
+        floors: dict[str, int] = {}
+        if client is not None:
+            try:
+                stored = client.get_run(run_id, retry=_ONE_ATTEMPT)
+                info = stored["info"]
+                if info.get("status") != "RUNNING":
+                    client.request(
+                        "POST",
+                        "runs/update",
+                        body={"run_id": run_id, "status": "RUNNING"},
+                        retry=_ONE_ATTEMPT,
+                    )
+            except APIError as exc:
+                if exc.status in _DEFINITE_STATUSES:
+                    if owns:
+                        client.close()
+                    raise
+                _notice_once(
+                    f"aidp-metrics: the server did not answer ({exc}); points for run "
+                    f"{run_id} are kept and delivered as soon as it answers"
                 )
-        except BaseException:
-            if owns:
-                client.close()
-            raise
-        record = RunRecord(local_id=new_local_id(), start_time=now_ms(), params=dict(params))
-        return cls(client, info, delivery, owns_client=owns, record=record)
+            except BaseException:
+                if owns:
+                    client.close()
+                raise
+            else:
+                opening = None
+                descriptor.experiment_id = str(info.get("experiment_id") or "") or None
+                descriptor.run_name = info.get("run_name")
+                data = stored.get("data") or {}
+                params = {str(p["key"]): str(p["value"]) for p in data.get("params") or []}
+                if skip_logged_steps:
+                    floors = last_steps(stored)
+        return cls(
+            client,
+            delivery,
+            local_id=local_id,
+            run_id=run_id if opening is None else None,
+            opening=opening,
+            descriptor=descriptor,
+            owns_client=owns,
+            params=params,
+            floors=floors,
+        )
 
     @classmethod
     def from_env(
@@ -256,18 +388,19 @@ class Run:
         timestamp: int | None = None,
     ) -> None:
         """Queue every metric at `step` (0 when None), stamped with the time of this call."""
-        if self.ended or self._inactive:
-            if self._inactive:
-                return
-            self._reopen()
+        if self._inactive:
+            return
         try:
             at = _check_step(step)
             stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
         except InvalidMetric as exc:
             keys = ", ".join(repr(key) for key in metrics)
-            self._reject(f"step/timestamp of {keys}", str(exc), len(metrics))
+            if self.options.strict:
+                raise
+            self._stream.reject(len(metrics))
+            self._warn_once(f"step/timestamp of {keys}", f"aidp-metrics: not logged: {exc}")
             return
-        records: list[Record] = []
+        records: list[Metric] = []
         known = self._keys
         problems: list[tuple[str, str]] = []
         for raw_key, value in metrics.items():
@@ -292,9 +425,10 @@ class Run:
             records.append((key, number, stamp, at))
         if problems and self.options.strict:
             raise InvalidMetric("; ".join(reason for _, reason in problems))
-        self._sender.put(records)
+        self.last_step = at
+        self._stream.append(records, len(problems))
         for key, reason in problems:
-            self._reject(key, reason)
+            self._warn_once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
 
     def log_params(self, params: object) -> None:
         """Log hyperparameters, flattened with `/`; re-logging a value is a no-op and a
@@ -310,7 +444,7 @@ class Run:
             return
         new: dict[str, str] = {}
         for key, value in flat.items():
-            old = self.record.params.get(key)
+            old = self._params.get(key)
             if old is None:
                 new[key] = value
             elif old != value:
@@ -320,64 +454,58 @@ class Run:
                     f"cannot change within a run, so {value[:80]!r} is not logged",
                 )
         if new:
-            if self.ended:
-                self._reopen()
-            self.record.params.update(new)  # what the run has (or will have) on the server
-            self._save_record()
-            self._sender.put_meta("params", new.items())
+            self._params.update(new)
+            self._stream.append_op("params", {"items": [[k, v] for k, v in new.items()]})
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         if self._inactive:
             return
-        if self.ended:
-            self._reopen()
         clean = _string_tags(tags)
-        self.record.tags.update(clean)
-        self._save_record()
-        self._sender.put_meta("tags", clean.items())
+        if clean:
+            self._stream.append_op("tags", {"items": [[k, v] for k, v in clean.items()]})
 
     # -- delivery control -----------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything logged before this call is acknowledged by the server.
-
-        Returns False when `timeout` seconds passed first; a warning says what is pending.
-        """
+        """Wait until everything logged before this call is acknowledged by the server
+        (offline: on disk). Returns False when `timeout` seconds passed first."""
         if self._inactive:
             return True
-        done = self._sender.flush(timeout)
+        stream = self._stream
+        mark = stream.mark()
+        if self.offline:
+            with stream.lock:
+                stream.commit_now = True
+            stream.wake_spool()
+            done = self._wait(lambda: stream.durable_or_settled(mark), timeout, writer)
+        else:
+            stream.rush(mark)
+            done = self._wait(lambda: stream.settled(mark), timeout, loop)
         if not done:
+            pending = self.stats.pending
             self._notifier.throttled(
                 "flush-timeout",
-                f"aidp-metrics: flush timed out after {timeout} s with "
-                f"{self.stats.pending} metric(s) of run {self.run_id} still pending",
+                f"aidp-metrics: flush timed out after {timeout} s with {pending} metric(s) "
+                f"of run {self.run_id} still pending",
             )
             if self.options.strict:
-                raise DeliveryError(f"{self.stats.pending} metric(s) still pending after flush")
+                raise DeliveryError(f"{pending} metric(s) still pending after flush")
         return done
 
     def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
         """Flush (up to `timeout`, default the `end_timeout` option), then set the run's
         status and end time. Idempotent; on an ended run a different status replaces the
-        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it."""
+        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it.
+
+        What is still undelivered then stays in the spool (`aidp-metrics sync`), or without
+        one is counted as failed; an ended run holds no thread, connection or file."""
         if status not in TERMINAL_STATUSES:
             allowed = ", ".join(TERMINAL_STATUSES)
             raise ValueError(f"status must be one of {allowed}, got {status!r}")
-        with self._state_lock:
-            if self._inactive:
-                return self.stats
-            already = self.ended
-            self.ended = True
-        if already:
-            if status != self.record.status:
-                self.record.status = status
-                self._save_record()
-                if self.client is not None and self._sender.run_id is not None:
-                    self._set_status(status)
+        if self._inactive:
             return self.stats
         wait = self.options.end_timeout if timeout is None else timeout
-        self._finish(status, wait, why=f"within {wait:g} s of end()")
-        lifecycle.unregister(self)
+        self._end(status, wait, why=f"within {wait:g} s of end()")
         stats = self.stats
         if self.options.strict and (stats.failed or stats.dropped):
             raise DeliveryError(_summary(self.run_id, stats))
@@ -385,7 +513,9 @@ class Run:
 
     @property
     def stats(self) -> RunStats:
-        return self._sender.counters.snapshot()
+        stream = self._stream
+        with stream.lock:
+            return stream.counters.snapshot()
 
     def __enter__(self) -> Run:
         return self
@@ -399,119 +529,220 @@ class Run:
         self.end(_status_for(exc_type))
 
     def __repr__(self) -> str:
-        return (
-            f"Run(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, "
-            f"endpoint={self.client.endpoint.describe() if self.client else 'offline'!r})"
-        )
+        where = self.client.endpoint.describe() if self.client else "offline"
+        return f"Run(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, {where})"
 
-    # -- internals --------------------------------------------------------------------------
+    # -- ending ---------------------------------------------------------------------------
 
-    def _deliver_within(self, wait: float) -> bool:
-        """Flush for up to `wait` seconds; with a spool, stop early once the server is down
-        and nothing has been delivered for DOWN_WAIT seconds (the journal keeps the rest)."""
+    def _end(self, status: str, wait: float, *, why: str) -> None:
+        with self._end_lock:
+            stream = self._stream
+            with stream.lock:
+                if stream.closed and status == self._status:
+                    return  # idempotent
+                stream.closed = False
+                stream.closing = True
+                if not self._handed_off():
+                    payload = {"status": status, "end_time": now_ms()}
+                    stream.queue_op_locked("status", payload)
+                    stream.spool_idle = False
+            self._status = status
+            self._connect()
+            self._settle_everything(wait, why)
+            self._close()
+
+    def _settle_everything(self, wait: float, why: str) -> None:
+        """Deliver what can be delivered within `wait` seconds, keep the rest on disk (or
+        count it failed without a spool). Points logged meanwhile by other threads count."""
+        stream = self._stream
         deadline = time.monotonic() + wait
         while True:
-            delivered = self._sender.counters.delivered
+            mark = stream.mark()
+            if not self.offline:
+                stream.rush(mark)
+                self._deliver_until(mark, deadline)
+            with stream.lock:
+                if stream.settled(mark) and (stream.logged, stream.ops_logged) == mark:
+                    return
+                spool = stream.spool_allowed and not stream.spool_failed
+                if spool:
+                    stream.spool_wanted = True
+                    stream.commit_now = True
+                    stream.spool_idle = False
+            if spool and self._spool is not None:
+                self._spool.wake()
+                self._wait(functools.partial(stream.durable_or_settled, mark), SPOOL_WAIT, writer)
+            with stream.lock:
+                current = (stream.logged, stream.ops_logged)
+                if current == mark and (
+                    stream.settled(mark) or (spool and stream.durable_or_settled(mark))
+                ):
+                    return
+                if current == mark or time.monotonic() >= deadline:
+                    self._abandon_locked(f"not delivered {why}")
+                    return
+
+    def _deliver_until(self, mark: tuple[int, int], deadline: float) -> bool:
+        """Wait for delivery; with a spool, stop early once the server is down and nothing
+        has moved for DOWN_WAIT seconds (the journal keeps the rest)."""
+        stream = self._stream
+        sender = self._sender
+        while True:
+            before = (stream.acked, stream.ops_settled)
             remaining = deadline - time.monotonic()
-            if self._sender.flush(max(0.0, min(remaining, DOWN_WAIT))):
-                return True
-            if time.monotonic() >= deadline:
+            if remaining <= 0:
                 return False
-            stalled = self._sender.counters.delivered == delivered
-            if stalled and self._sender.server_down and self._sender.spooling:
+            if self._wait(lambda: stream.settled(mark), min(remaining, DOWN_WAIT), loop):
+                return True
+            moved = (stream.acked, stream.ops_settled) != before
+            spool = stream.spool_allowed and not stream.spool_failed
+            if not moved and sender is not None and spool and (sender.server_down or sender.stuck):
                 return False
 
-    def _finish(self, status: str, wait: float, *, why: str) -> None:
-        """Deliver what can be delivered within `wait` seconds, keep the rest on disk (or
-        count it failed without a spool), then record the status everywhere."""
-        if not self._deliver_within(wait):
-            self._sender.abandon(f"not delivered {why}")
-        self.record.status = status
-        self.record.end_time = now_ms()
-        self._save_record()
-        if self.client is not None and self._sender.run_id is not None:
-            self._set_status(status)
+    def _abandon_locked(self, reason: str) -> None:
+        """Count every metric not settled and not on disk as failed; drop queued ops."""
+        stream = self._stream
+        chunk = stream.chunk
+        if chunk is not None:
+            for i, outcome in enumerate(chunk.outcomes):
+                if outcome is None:
+                    chunk.outcomes[i] = reason
+            stream.settle_chunk_locked(chunk)
+        lost = 0
+        index = stream.acked
+        for start, stop in stream.holes:
+            lost += max(0, start - index)
+            index = max(index, stop)
+        lost += stream.logged - index
+        stream.holes.clear()
+        stream.counters.fail(lost, reason)
+        stream.acked = stream.written = stream.mem_start = stream.logged
+        stream.memory.clear()
+        stream.segments.clear()
+        # A run never created (or attached) keeps that op: logging again must still create it.
+        opening = stream.ops[0] if stream.ops and stream.ops[0].op[0] in _OPENING else None
+        while stream.ops:
+            stream.settle_op_locked()
+        if opening is not None:
+            stream.ops.append(opening)
+            stream.ops_settled -= 1
+
+    def _close(self) -> None:
+        """Let go of the delivery loop, the spool writer, the connection and the exit hook."""
+        stream = self._stream
+        with stream.lock:
+            stream.closed = True
+            stream.closing = False
+            stream.urgent = stream.logged
+        last = loop.unregister(stream)
+        spool = self._spool
+        if spool is not None and (spool.journal is not None or writer.registered(stream)):
+            spool.wake()
+            spool.finished.wait(SPOOL_WAIT)
+        if self._owns_client and self.client is not None:
+            self.client.close()
+        lifecycle.unregister(self)
+        if last:
+            loop.join_if_idle(THREAD_EXIT_WAIT)
+        writer.join_if_idle(THREAD_EXIT_WAIT)
+        self._report_end()
+
+    def _report_end(self) -> None:
         stats = self.stats
-        if self.offline or (self._sender.journal is not None and stats.pending):
-            self._sender.close_journal()
-            journal = self._sender.journal
-            where = journal.directory.parent.parent if journal is not None else "the spool"
+        spool = self._spool
+        if stats.pending and spool is not None and spool.journal is not None:
+            root = spool.root
             print(
                 f"aidp-metrics: {stats.pending} metric(s) of run {self.run_id} are saved in "
-                f"{where}; deliver them with: aidp-metrics sync {where}",
+                f"{root}; deliver them with: aidp-metrics sync {root}",
                 file=sys.stderr,
             )
         elif stats.failed or stats.dropped:
             print(_summary(self.run_id, stats), file=sys.stderr)
-        elif self._sender.journal is not None:
-            self._sender.discard_journal()  # everything is on the server
 
-    def _set_status(self, status: str) -> None:
-        run_id = self._sender.run_id
-        body = {"run_id": run_id, "status": status, "end_time": self.record.end_time or now_ms()}
-        try:
-            assert self.client is not None
-            self.client.request("POST", "runs/update", body=body, retry=STATUS_RETRY)
-        except AIDPError as exc:
-            if self.options.strict:
-                raise
-            message = f"aidp-metrics: could not mark run {self.run_id} {status}: {exc}"
-            self._notifier.once(f"status-{status}", message)
+    def _wait(
+        self, until: Callable[[], bool], timeout: float | None, worker: ProcessWorker
+    ) -> bool:
+        """Wait for `until()` (evaluated under the stream's lock) while `worker` works."""
+        stream = self._stream
+        if not worker.running():
+            worker.wake()
+        if worker.running() or timeout == 0:
+            return stream.wait(until, timeout)
+        # No thread could be started (interpreter shutdown on 3.12+): do the work here.
+        return worker.drive(lambda: _locked(stream, until), 3600.0 if timeout is None else timeout)
 
-    def _create_on_server(self) -> str:
-        """Called by the sender thread for a run that started without the server."""
-        assert self.client is not None
-        info = create_run_for(self.client, self.record, retry=RetryPolicy.never())
-        self.record.run_id = info.run_id
-        self.record.experiment_id = info.experiment_id
-        self._save_record()
-        return info.run_id
-
-    def _open_journal(self) -> Journal:
-        """Called (once, lazily) when the first point has to go to disk."""
-        return Journal.create(spool_root(self.options.spool_dir), self.record)
-
-    def _save_record(self) -> None:
-        journal = self._sender.journal
-        if journal is not None:
-            try:
-                journal.save_record()
-            except OSError as exc:
-                self._notifier.once("record", f"aidp-metrics: could not update the spool: {exc}")
-
-    def _reopen(self) -> None:
-        with self._state_lock:
-            if not self.ended:
-                return
-            self.ended = False
-        self._sender.reopen()
-        self._sender.put_meta("status", [("", "RUNNING")])
-        lifecycle.register(self)
-
-    def _reject(self, key: str, reason: str, count: int = 1) -> None:
-        with self._sender._lock:
-            self._sender.counters.rejected += count
-        if self.options.strict:
-            raise InvalidMetric(reason)
-        self._warn_once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
-
-    def _warn_once(self, topic: str, message: str) -> None:
-        if topic in self._warned_keys:
-            return
-        self._warned_keys.add(topic)
-        warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
+    # -- process events -------------------------------------------------------------------
 
     def _on_exit(self, uncaught: type[BaseException] | None) -> None:
-        if self.ended or self._inactive:
+        if self._inactive or self._stream.closed:
             return
         status = self.status_on_exit if uncaught is None else _status_for(uncaught)
-        with self._state_lock:
-            self.ended = True
         wait = self.options.atexit_timeout
-        self._finish(status, wait, why=f"within {wait:g} s of exit")
+        self._end(status, wait, why=f"within {wait:g} s of exit")
+
+    def _before_fork(self) -> None:
+        if self._handoff is None:
+            self._handoff = mmap.mmap(-1, 1)  # shared with the child: it flags a takeover
+        self._logged_at_fork = self._stream.logged
 
     def _on_fork_child(self) -> None:
         self._inactive = True
+
+    def take_over(self) -> None:
+        """In a child created by `os.fork()`, make this process the one that logs the run.
+
+        An inherited run is a no-op in a child (its queue belongs to the parent, which
+        delivers its own points). A child that is the logging process (Lightning's
+        `ddp_fork` rank zero, say) calls this: it gets its own delivery for the same run,
+        what the parent had queued is left to the parent, and the parent no longer sets
+        the run's status (the child ends it).
+        """
+        if not self._inactive:
+            return
+        run_id = self._stream.run_id
+        if self._handoff is not None:
+            self._handoff[0] = 1
+        self._handoff = None
+        self._inactive = False
+        self._notifier = Notifier()
+        self._end_lock = threading.Lock()
+        self._status = None
+        if self.client is not None:
+            self.client = self.client.copy_for_child()
+            self._owns_client = True
+        self.local_id = new_local_id()
+        self._descriptor = RunDescriptor(
+            local_id=self.local_id,
+            run_id=run_id,
+            endpoint=self._descriptor.endpoint,
+            experiment_name=self._descriptor.experiment_name,
+            experiment_id=self._descriptor.experiment_id,
+            run_name=self._descriptor.run_name,
+        )
+        opening = None if run_id is not None or self._spec is None else ("create", self._spec)
+        self._new_stream(run_id, opening, None)
+
+    def _handed_off(self) -> bool:
+        """A forked child took the run over and this process logged nothing since."""
+        return (
+            self._handoff is not None
+            and self._handoff[0] == 1
+            and self._stream.logged == self._logged_at_fork
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic in self._warned:
+            return
+        self._warned.add(topic)
+        warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
+
+
+def _locked(stream: RunStream, until: Callable[[], bool]) -> bool:
+    with stream.lock:
+        return bool(until())
 
 
 def _summary(run_id: str, stats: RunStats) -> str:
@@ -556,32 +787,6 @@ def _client_or_offline(
             )
             return None, False
     return MetricsClient(endpoint), True
-
-
-def create_run_for(
-    client: MetricsClient,
-    record: RunRecord,
-    *,
-    retry: RetryPolicy | None = None,
-    tag_local_id: bool = True,
-) -> RunInfo:
-    """Create on the server the run `record` describes (its experiment too, if missing).
-
-    Runs that started locally are tagged with their local id, so that `sync` can tell
-    whether an earlier attempt already created them.
-    """
-    experiment_id = record.experiment_id or client.experiment_id_for(
-        record.experiment_name or "Default", retry=retry
-    )
-    record.experiment_id = experiment_id
-    tags = {**record.tags, LOCAL_ID_TAG: record.local_id} if tag_local_id else record.tags
-    return client.create_run(
-        experiment_id=experiment_id,
-        run_name=record.run_name,
-        tags=tags,
-        start_time=record.start_time,
-        retry=retry,
-    )
 
 
 _noticed: set[str] = set()

@@ -9,13 +9,17 @@ MAX_REASONS = 20
 
 @dataclass(frozen=True)
 class RunStats:
-    """A snapshot. Every logged metric ends up delivered, failed or dropped; until then pending.
+    """A snapshot. Every metric handed to `log_metric(s)` is counted in `logged` once and,
+    at every moment, in exactly one of the other buckets:
 
-    logged: accepted by `log_metric(s)`. rejected: refused as invalid input (never queued).
-    delivered: acknowledged by the server. failed: given up on, with `failures` counting
-    reasons. dropped: pushed out of a full queue. retried: requests sent again.
-    requests / bytes: HTTP requests made for metrics and their body bytes.
-    spooled: written to the on-disk journal (they stay pending until delivered from it).
+        logged == delivered + failed + dropped + rejected + skipped + pending
+
+    rejected: refused at the call as invalid input. delivered: acknowledged by the server.
+    failed: given up on (`failures` counts the reasons). dropped: pushed out of a full queue
+    with no spool to hold it. skipped: already on the server when a run was resumed (a step
+    at or below the last one the run held for that key). pending: not settled yet, in memory
+    or in the spool; `spooled` of all logged points were written to the on-disk journal.
+    retried / requests / bytes: metric requests sent again, in all, and their body bytes.
     """
 
     logged: int
@@ -27,19 +31,36 @@ class RunStats:
     requests: int
     bytes: int
     spooled: int = 0
+    skipped: int = 0
     failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
-        return self.logged - self.delivered - self.failed - self.dropped
+        settled = self.delivered + self.failed + self.dropped + self.rejected + self.skipped
+        return self.logged - settled
 
     @property
     def undelivered(self) -> int:
+        """Valid points that did not reach the server (and never will, or not yet)."""
         return self.failed + self.dropped + self.pending
 
 
 class Counters:
-    """The mutable side, updated under the sender's lock or by its single thread."""
+    """The mutable side, updated under the stream's lock."""
+
+    __slots__ = (
+        "bytes",
+        "delivered",
+        "dropped",
+        "failed",
+        "failures",
+        "logged",
+        "rejected",
+        "requests",
+        "retried",
+        "skipped",
+        "spooled",
+    )
 
     def __init__(self) -> None:
         self.logged = 0
@@ -47,6 +68,7 @@ class Counters:
         self.failed = 0
         self.dropped = 0
         self.rejected = 0
+        self.skipped = 0
         self.retried = 0
         self.requests = 0
         self.bytes = 0
@@ -54,6 +76,8 @@ class Counters:
         self.failures: dict[str, int] = {}
 
     def fail(self, count: int, reason: str) -> None:
+        if count <= 0:
+            return
         self.failed += count
         if reason in self.failures or len(self.failures) < MAX_REASONS:
             self.failures[reason] = self.failures.get(reason, 0) + count
@@ -71,5 +95,6 @@ class Counters:
             requests=self.requests,
             bytes=self.bytes,
             spooled=self.spooled,
+            skipped=self.skipped,
             failures=dict(self.failures),
         )

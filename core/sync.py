@@ -1,26 +1,36 @@
-"""`aidp-metrics sync`: deliver what the spool holds, resumably and without duplicates.
+"""`aidp-metrics sync`: deliver what the spool holds, in order, resumably, without duplicates.
 
-Each journal is replayed from its `acked` offset in batches; the offset moves forward
-only after the server acknowledged a batch, so an interrupted sync resumes where it
-stopped. A batch acknowledged just before a crash may be sent again: it carries the same
-(key, timestamp, step, value) as before, and the server keeps one copy of identical points.
-A run that exists only locally is created first, tagged with its local id, so a second
-sync after a crash finds it instead of creating another.
+Each journal is replayed from its `acked` offset through the same `StreamSender` the
+delivery loop uses, a group of records at a time: create or attach, metrics, params, tags
+and status reach the server in the order they were logged (a status set while offline
+arrives after the metrics). The offset moves forward only once a group is settled, so an
+interrupted sync resumes where it stopped; a group acknowledged just before a crash may be
+sent again, and the server keeps one copy of identical points. A run that exists only
+locally is created first, tagged with its local id, so a sync after a crash finds the run
+an earlier attempt created instead of creating another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .client import MAX_BATCH_METRICS, MetricsClient
-from .delivery import batch_body
-from .errors import AIDPError, BadRequest
-from .journal import Journal, Record, find_journals
-from .run import LOCAL_ID_TAG, create_run_for
+from .client import MetricsClient
+from .delivery import LOCAL_ID_TAG, StreamSender
+from .errors import AIDPError
+from .journal import Journal, Line, Op, find_journals, save_run_id
+from .notify import Notifier
+from .options import DeliveryOptions
+from .retry import RetryPolicy
+from .stream import RunStream
 
 Progress = Callable[[int, int], None]
+_GROUP = 1000  # metrics replayed (and acknowledged) together, with the ops among them
+SYNC_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=5.0, total_timeout=30.0)
+_STALL = 60.0  # give up on a journal when nothing moved for this long
 
 
 @dataclass
@@ -32,6 +42,24 @@ class RunSyncResult:
     sent: int = 0
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+class _Recorder(Notifier):
+    """Collects what the sender would log, for the result instead of the console."""
+
+    def __init__(self, result: RunSyncResult) -> None:
+        super().__init__()
+        self.result = result
+
+    def once(self, topic: str, message: str, level: int = 0) -> None:
+        self._note(message)
+
+    def throttled(self, topic: str, message: str, level: int = 0) -> None:
+        self._note(message)
+
+    def _note(self, message: str) -> None:
+        if "refused" in message or "not logged" in message or "could not" in message:
+            self.result.skipped.append(message.removeprefix("aidp-metrics: "))
 
 
 def sync_directory(
@@ -47,20 +75,20 @@ def sync_directory(
     total = sum(points for _, (points, _) in plans)
     results: list[RunSyncResult] = []
     done = 0
-    for journal, (points, skipped) in plans:
-        record = journal.record
+    for journal, (points, problems) in plans:
+        descriptor = journal.descriptor
         result = RunSyncResult(
-            local_id=record.local_id,
-            run_id=record.run_id,
-            experiment=record.experiment_name or record.experiment_id,
+            local_id=descriptor.local_id,
+            run_id=descriptor.run_id,
+            experiment=descriptor.experiment_name or descriptor.experiment_id,
             points=points,
-            skipped=skipped,
+            skipped=list(problems),
         )
         results.append(result)
-        if dry_run or client is None:
+        if dry_run or client is None or (not points and not _has_unacked_ops(journal)):
             continue
         try:
-            done = _sync_one(journal, client, result, done, total, progress)
+            done = _replay(journal, root, client, result, done, total, progress)
         except AIDPError as exc:
             result.error = str(exc)
         finally:
@@ -70,89 +98,164 @@ def sync_directory(
 
 def count_unacked(journal: Journal) -> tuple[int, list[str]]:
     points = 0
-    skipped: list[str] = []
-    for chunk in journal.iter_unacked(MAX_BATCH_METRICS):
-        points += len(chunk.records)
-        skipped.extend(chunk.skipped)
-    return points, skipped
+    problems: list[str] = []
+    for line in journal.lines(journal.acked):
+        if line.record is None:
+            problems.append(f"skipped a {line.problem} at offset {line.start}")
+        elif len(line.record) == 4:
+            points += 1
+    return points, problems
 
 
-def _sync_one(
+def _has_unacked_ops(journal: Journal) -> bool:
+    if journal.legacy_fields is not None and journal.acked < journal.written:
+        return True
+    return any(
+        line.record is not None and len(line.record) == 2 for line in journal.lines(journal.acked)
+    )
+
+
+def _replay(
     journal: Journal,
+    root: Path,
     client: MetricsClient,
     result: RunSyncResult,
     done: int,
     total: int,
     progress: Progress | None,
 ) -> int:
-    record = journal.record
-    if record.run_id is None:
-        existing = _find_created(client, journal)
-        record.run_id = existing or create_run_for(client, record).run_id
-        journal.save_record()
-    run_id = record.run_id
-    result.run_id = run_id
-    if record.params or record.tags:
-        _log_params_and_tags(client, run_id, record.params, record.tags, result)
-    for chunk in journal.iter_unacked(MAX_BATCH_METRICS):
-        if chunk.records:
-            _send_chunk(client, run_id, chunk.records, result)
-        journal.ack(chunk.end)
-        result.sent += len(chunk.records)
-        done += len(chunk.records)
-        if progress is not None:
+    descriptor = journal.descriptor
+    options = DeliveryOptions(retry=SYNC_RETRY, flush_interval=0.0, spool="on_failure")
+    stream = RunStream(
+        options,
+        local_id=descriptor.local_id,
+        run_id=descriptor.run_id,
+        notifier=_Recorder(result),
+    )
+    sender = StreamSender(stream, client)
+    for group in _groups(journal):
+        ops_before = stream.ops_logged
+        for line in group:
+            record = line.record
+            if record is None:
+                continue
+            if len(record) == 4:
+                stream.append([record])  # type: ignore[list-item]
+            else:
+                _queue(stream, record, client, journal)  # type: ignore[arg-type]
+        _drive(stream, sender)
+        if stream.run_id is not None and descriptor.run_id != stream.run_id:
+            descriptor.run_id = stream.run_id
+            journal.save_descriptor()
+            save_run_id(root, descriptor.local_id, stream.run_id)
+        sent = stream.counters.delivered + stream.counters.failed + stream.counters.skipped
+        done += sent - result.sent
+        result.sent = sent
+        result.run_id = stream.run_id
+        if group and group[-1].end > journal.acked:
+            journal.save_acked(group[-1].end)
+        if progress is not None and (sent or stream.ops_logged > ops_before):
             progress(done, total)
-    if record.status != "RUNNING" or record.end_time is not None:
-        client.update_run(run_id, record.status, end_time=record.end_time)
+    for reason, count in stream.counters.failures.items():
+        result.skipped.append(f"{count} metric(s) {reason}")
     return done
 
 
-def _send_chunk(
-    client: MetricsClient, run_id: str, records: list[Record], result: RunSyncResult
-) -> None:
-    try:
-        client.request("POST", "runs/log-batch", content=batch_body(run_id, records))
-    except BadRequest:
-        # Find the points the server refuses; send the rest one by one.
-        for point in records:
-            try:
-                client.request("POST", "runs/log-batch", content=batch_body(run_id, [point]))
-            except BadRequest as exc:
-                result.skipped.append(
-                    f"metric {point[0]!r} step {point[3]} rejected: {exc.message}"
-                )
+def _queue(stream: RunStream, op: Op, client: MetricsClient, journal: Journal) -> None:
+    kind, payload = op
+    if kind == "create" and stream.run_id is None:
+        existing = _find_created(client, journal, payload)
+        if existing is not None:
+            with stream.lock:
+                stream.run_id = existing
+            return
+    if kind == "create" and stream.run_id is not None:
+        return  # created by an earlier sync (or the process, just before it stopped)
+    if stream.run_id is None and kind not in ("create", "attach"):
+        raise AIDPError(
+            f"journal {journal.directory} does not say which run it belongs to "
+            "(no run id and no create record)"
+        )
+    stream.append_op(kind, payload)
 
 
-def _log_params_and_tags(
-    client: MetricsClient,
-    run_id: str,
-    params: dict[str, str],
-    tags: dict[str, str],
-    result: RunSyncResult,
-) -> None:
-    try:
-        client.log_batch(run_id, params=params, tags=tags)
-    except BadRequest:
-        for key, value in params.items():
-            try:
-                client.log_batch(run_id, params={key: value})
-            except BadRequest as exc:  # a param the server already has with another value
-                result.skipped.append(f"param {key!r} not logged: {exc.message}")
-        if tags:
-            client.log_batch(run_id, tags=tags)
+def _drive(stream: RunStream, sender: StreamSender) -> None:
+    """Serve the sender on this thread until every queued record is settled."""
+    last_progress = time.monotonic()
+    before = (stream.acked, stream.ops_settled)
+    while True:
+        with stream.lock:
+            if stream.all_settled_locked():
+                return
+        delay = sender.serve()
+        now = time.monotonic()
+        state = (stream.acked, stream.ops_settled)
+        if state != before:
+            before, last_progress = state, now
+        elif now - last_progress > _STALL or sender.stuck:
+            raise AIDPError(sender.stuck or sender.last_error or "the server did not answer")
+        if delay > 0:
+            time.sleep(min(delay, 1.0))
 
 
-def _find_created(client: MetricsClient, journal: Journal) -> str | None:
-    """The server run an earlier, interrupted sync created for this journal, if any."""
-    record = journal.record
-    if not record.experiment_id and record.experiment_name:
-        experiment = client.get_experiment_by_name(record.experiment_name)
+def _groups(journal: Journal) -> Iterator[list[Line]]:
+    """The unacknowledged lines in groups; a 0.1 journal's run.json fields as records."""
+    legacy = journal.legacy_fields
+    if legacy is not None and journal.acked == 0:
+        yield [Line(0, 0, op) for op in _legacy_opening(legacy)]
+    group: list[Line] = []
+    metrics = 0
+    for line in journal.lines(journal.acked):
+        group.append(line)
+        metrics += line.record is not None and len(line.record) == 4
+        if metrics >= _GROUP:
+            yield group
+            group, metrics = [], 0
+    if legacy is not None:
+        status = legacy.get("status") or "RUNNING"
+        if status != "RUNNING" or legacy.get("end_time") is not None:
+            end = group[-1].end if group else journal.acked
+            group.append(Line(end, end, ("status", _status_payload(legacy))))
+    if group:
+        yield group
+
+
+def _legacy_opening(fields: dict[str, Any]) -> list[Op]:
+    ops: list[Op] = []
+    if not fields.get("run_id"):
+        spec = {
+            "experiment_name": fields.get("experiment_name"),
+            "experiment_id": fields.get("experiment_id"),
+            "run_name": fields.get("run_name"),
+            "tags": dict(fields.get("tags") or {}),
+            "start_time": fields.get("start_time"),
+        }
+        ops.append(("create", spec))
+    if fields.get("params"):
+        ops.append(("params", {"items": [[k, v] for k, v in fields["params"].items()]}))
+    if fields.get("tags"):
+        ops.append(("tags", {"items": [[k, v] for k, v in fields["tags"].items()]}))
+    return ops
+
+
+def _status_payload(fields: dict[str, Any]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"status": fields.get("status") or "FINISHED"}
+    if fields.get("end_time") is not None:
+        payload["end_time"] = fields["end_time"]
+    return payload
+
+
+def _find_created(client: MetricsClient, journal: Journal, spec: dict[str, Any]) -> str | None:
+    """The server run an earlier, interrupted sync (or the process) created, if any."""
+    experiment_id = spec.get("experiment_id") or journal.descriptor.experiment_id
+    name = spec.get("experiment_name") or journal.descriptor.experiment_name
+    if not experiment_id and name:
+        experiment = client.get_experiment_by_name(name)
         if experiment is None:
             return None
-        record.experiment_id = str(experiment["experiment_id"])
-    if not record.experiment_id:
+        experiment_id = str(experiment["experiment_id"])
+    if not experiment_id:
         return None
-    runs = client.search_runs(
-        [record.experiment_id], f"tags.`{LOCAL_ID_TAG}` = '{record.local_id}'", max_results=1
-    )
+    local_id = journal.descriptor.local_id
+    runs = client.search_runs([experiment_id], f"tags.`{LOCAL_ID_TAG}` = '{local_id}'", 1)
     return str(runs[0]["info"]["run_id"]) if runs else None

@@ -507,12 +507,20 @@ def test_sync_dry_run_on_empty_dir(tmp_path: Path) -> None:
 
 def test_sync_uploads_a_spooled_run(mlflow_server: MLflowServer, tmp_path: Path) -> None:
     pytest.importorskip("aidp_metrics.sync")
-    from aidp_metrics.journal import Journal, RunRecord, new_local_id
+    from aidp_metrics.journal import (
+        Journal,
+        RunDescriptor,
+        encode_metric,
+        encode_op,
+        new_local_id,
+    )
 
     mlflow_server.start()
-    record = RunRecord(local_id=new_local_id(), experiment_name=f"sync-{uuid.uuid4().hex}")
+    record = RunDescriptor(local_id=new_local_id(), experiment_name=f"sync-{uuid.uuid4().hex}")
     journal = Journal.create(tmp_path, record)
-    journal.append([("loss", 0.5 - i / 100, 1_700_000_000_000 + i, i) for i in range(25)])
+    create = ("create", {"experiment_name": record.experiment_name, "tags": {}})
+    points = [("loss", 0.5 - i / 100, 1_700_000_000_000 + i, i) for i in range(25)]
+    journal.append(encode_op(create) + b"".join(encode_metric(p) for p in points))
     journal.close()
     env = mlflow_env(mlflow_server)
 

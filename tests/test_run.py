@@ -100,14 +100,13 @@ def test_flush_returns_when_everything_before_is_acknowledged(
 
 
 def test_flush_timeout_reports_pending(fresh_experiment: str) -> None:
-    client = MetricsClient(f"http://127.0.0.1:{free_port()}")
-    from aidp_metrics.client import RunInfo
-
-    run = Run(client, RunInfo("r" * 32, "0", None, "RUNNING"))
+    client = MetricsClient(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    run = Run.attach("r" * 32, client=client, spool="off")
     run.log_metric("m", 1.0)
     assert run.flush(timeout=0.5) is False
     assert run.stats.pending == 1
-    run._sender.abandon("test over")
+    stats = run.end(timeout=0)
+    assert (stats.failed, stats.pending) == (1, 0)
 
 
 def test_exception_in_context_marks_failed_and_delivers(
@@ -196,10 +195,10 @@ def test_strict_mode_raises_on_bad_input(
     assert history(mlflow_server, run.run_id, "ok") == []
 
 
-def test_unknown_option_is_named(mlflow_server: MLflowServer) -> None:
-    from aidp_metrics import ConfigurationError
-
-    with pytest.raises(ConfigurationError, match="flush_intervall"):
+def test_unknown_option_is_a_type_error_naming_the_closest_option(
+    mlflow_server: MLflowServer,
+) -> None:
+    with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
         Run.start(endpoint=mlflow_server.url, flush_intervall=2)
 
 
@@ -275,7 +274,7 @@ def test_batch_with_a_key_the_server_rejects_delivers_the_rest(
     # A key that passed the client's checks but that the server refuses (the server's
     # rules can be stricter than ours): it must be isolated, the rest delivered.
     records.insert(137, ("bad/../key", 1.0, stamp, 0))
-    run._sender.put(records)
+    run._stream.append(records)
     assert run.flush(60)
     stats = run.stats
     assert stats.delivered == 200
@@ -291,28 +290,23 @@ def test_batch_with_a_key_the_server_rejects_delivers_the_rest(
 
 
 def test_bounded_queue_with_the_server_down(fresh_experiment: str) -> None:
-    from aidp_metrics.client import RunInfo
-
     client = MetricsClient(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    run = Run(client, RunInfo("f" * 32, "0", None, "RUNNING"))
-    run = Run(
-        client,
-        RunInfo("f" * 32, "0", None, "RUNNING"),
-        options=run.options.__class__(max_queue=1000, flush_interval=0.01, spool="off"),
-    )
+    run = Run.attach("f" * 32, client=client, max_queue=1000, flush_interval=0.01, spool="off")
     biggest = 0
     for step in range(20_000):
         run.log_metrics({"a": 1.0, "b": 2.0, "c": 3.0}, step=step)
         if step % 500 == 0:
-            biggest = max(biggest, len(run._sender._queue))
+            biggest = max(biggest, len(run._stream.memory))
     stats = run.stats
     assert biggest <= 1000
     assert stats.logged == 60_000
-    # Everything is accounted for: at most the queue plus one batch in flight is held.
-    assert stats.dropped >= 60_000 - 1000 - 1000
+    # Everything is accounted for: at most the queue is held (nothing is in flight: the run
+    # was never attached).
+    assert stats.dropped == 60_000 - 1000
     assert stats.delivered == 0
     assert stats.dropped + stats.pending + stats.failed == 60_000
-    run._sender.abandon("test over")
+    stats = run.end(timeout=0)
+    assert (stats.dropped, stats.failed, stats.pending) == (59_000, 1000, 0)
 
 
 def test_strict_end_raises_when_something_was_not_delivered(
@@ -320,7 +314,7 @@ def test_strict_end_raises_when_something_was_not_delivered(
 ) -> None:
     run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, strict=True)
     run.log_metric("good", 1.0, step=1)
-    run._sender.put([("bad/../key", 1.0, 1, 0)])  # the server refuses this one
+    run._stream.append([("bad/../key", 1.0, 1, 0)])  # the server refuses this one
     with pytest.raises(DeliveryError, match="1 of 2 metric"):
         run.end()
     assert history(mlflow_server, run.run_id, "good") == [(1, 1.0)]
@@ -425,7 +419,9 @@ def test_atexit_keeps_undelivered_points_on_disk_and_says_how_to_sync(
     assert "1 metric(s) of run" in lines[0]
     assert lines[0].endswith(f"aidp-metrics sync {spool}")
     (journal,) = (spool / "runs").iterdir()
-    assert (journal / "metrics.log").read_bytes().count(b"\n") == 1
+    lines = (journal / "records.log").read_bytes().splitlines()
+    # The metric, then the status the run ended with: both wait for `sync`.
+    assert [line.split(b" ", 1)[1][:2] for line in lines] == [b'["', b'{"']
 
 
 def test_fork_child_is_a_noop_and_parent_delivers(

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from aidp_metrics import AIDPMetricsWarning, MetricsClient, Run
-from aidp_metrics.journal import Journal, RunRecord, decode_line, encode_line, find_journals
+from aidp_metrics.journal import (
+    Journal,
+    RunDescriptor,
+    decode_line,
+    encode_metric,
+    encode_op,
+    find_journals,
+)
 from aidp_metrics.sync import sync_directory
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
@@ -28,22 +35,26 @@ def history(server: MLflowServer, run_id: str, key: str) -> list[tuple[int, floa
 
 def test_journal_lines_round_trip_and_detect_damage(tmp_path: Path) -> None:
     records = [("loss", 0.5, 1000, 1), ("acc/top-1", math.inf, 1001, 2), ("x", math.nan, 3, 4)]
-    journal = Journal.create(tmp_path, RunRecord(local_id="local-test"))
-    journal.append(records)
+    status = ("status", {"status": "FINISHED", "end_time": 7})
+    journal = Journal.create(tmp_path, RunDescriptor(local_id="local-test"))
+    journal.append(b"".join(encode_metric(r) for r in records) + encode_op(status))
     journal.commit()
-    with open(journal.metrics_path, "ab") as handle:
+    with open(journal.records_path, "ab") as handle:
         handle.write(b'deadbeef ["bad",1,2,3]\n')  # wrong checksum: corrupt
-        handle.write(encode_line(("after", 1.0, 5, 5)))  # a good record after it is kept
-        handle.write(encode_line(("torn", 2.0, 6, 6))[:-7])  # power cut mid-write
+        handle.write(encode_metric(("after", 1.0, 5, 5)))  # a good record after it is kept
+        handle.write(encode_metric(("torn", 2.0, 6, 6))[:-7])  # power cut mid-write
     reopened = Journal.open(journal.directory)
-    (chunk,) = list(reopened.iter_unacked())
-    assert chunk.records[:2] == records[:2]
-    assert math.isnan(chunk.records[2][1])
-    assert chunk.records[3] == ("after", 1.0, 5, 5)
-    assert len(chunk.records) == 4
-    assert len(chunk.skipped) == 2
-    assert "corrupt" in chunk.skipped[0]
-    assert "torn" in chunk.skipped[1]
+    lines = list(reopened.lines(reopened.acked))
+    got = [line.record for line in lines if line.record is not None]
+    assert got[:2] == records[:2]
+    assert math.isnan(got[2][1])  # type: ignore[arg-type]
+    assert got[3] == status
+    assert got[4] == ("after", 1.0, 5, 5)
+    assert len(got) == 5
+    problems = [line.problem for line in lines if line.record is None]
+    assert len(problems) == 2
+    assert "corrupt" in str(problems[0])
+    assert "torn" in str(problems[1])
     with pytest.raises(ValueError, match="checksum"):
         decode_line(b'00000000 ["k",1.0,1,1]')
 
@@ -83,7 +94,7 @@ def test_offline_run_is_synced_with_everything_carried_over(
     }
     tags = {t["key"]: t["value"] for t in stored["data"]["tags"]}
     assert tags["team"] == "ml"
-    assert tags["aidp_metrics.local_id"] == run.record.local_id
+    assert tags["aidp_metrics.local_id"] == run.local_id
     experiment = client.get_experiment_by_name(fresh_experiment)
     assert experiment is not None
     assert stored["info"]["experiment_id"] == experiment["experiment_id"]
@@ -189,9 +200,9 @@ def test_the_journal_holds_no_credentials(
         run.log_metric("loss", 1.0, step=step)
     run.log_params({"lr": 1})
     assert run.flush(30)
-    journal = run._sender.journal
-    assert journal is not None
-    blobs = b"".join(p.read_bytes() for p in journal.directory.iterdir() if p.is_file())
+    directory = run.spool_directory
+    assert directory is not None
+    blobs = b"".join(p.read_bytes() for p in Path(directory).iterdir() if p.is_file())
     key_pem = Path(oci_api_key.private_key_path).read_bytes()
     for secret in (key_pem, key_pem.splitlines()[1], b"Signature", b"BEGIN", b"authorization"):
         assert secret not in blobs

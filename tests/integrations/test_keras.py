@@ -378,11 +378,16 @@ def test_server_down_warns_and_training_continues(
     assert iterations(model) == 2 * STEPS_PER_EPOCH
     messages = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
     assert messages
-    if spool == "off":  # the run cannot be created: one warning, then the callback is idle
-        assert cb.run_id is None
-        assert any("training continues" in m for m in messages)
-    else:  # the core keeps the run locally (spool) until the server answers
-        assert cb.run is not None
+    # The run starts locally and keeps its points until the server answers (with a spool,
+    # on disk for `sync`; without one, in memory, counted failed when the run ends).
+    assert any("starts locally" in m for m in messages)
+    assert cb.run is not None
+    stats = cb.run.stats
+    assert stats.delivered == 0
+    if spool == "off":
+        assert (stats.failed, stats.pending) == (stats.logged, 0)
+    else:
+        assert (stats.failed, stats.pending) == (0, stats.logged)
 
 
 CRASH_SCRIPT = """

@@ -12,6 +12,8 @@ path ends with a suffix, thread-safely, and everything is recorded:
     reset_after(times=)                            forward (the server applies the write),
                                                    then close without answering
     hold(seconds, times=)                          forward, then answer `seconds` later
+    page(times=, path=)                            answer 200 with an HTML login page, as
+                                                   an SSO proxy in front of a server does
     down(duration) / up()                          stop listening (connection refused) and
                                                    drop open connections; `up()` re-listens
                                                    on the same port
@@ -35,7 +37,8 @@ from typing import Literal
 
 import httpx
 
-FaultKind = Literal["status", "reset_before", "reset_after", "hold"]
+FaultKind = Literal["status", "reset_before", "reset_after", "hold", "page"]
+LOGIN_PAGE = b"<!DOCTYPE html><html><body><form action='/sso/login'>Sign in</form></body></html>"
 
 # Never forwarded: they describe this hop, not the request (httpx sets its own).
 _HOP_HEADERS = frozenset(
@@ -238,6 +241,12 @@ class ChaosProxy:
         fault = Fault("hold", _default(path), times, _deadline(duration), seconds=seconds)
         return self._add(fault)
 
+    def page(
+        self, *, times: int | None = 1, duration: float | None = None, path: str | None = None
+    ) -> Fault:
+        """Answer 200 with an HTML page (an SSO login page) without forwarding."""
+        return self._add(Fault("page", path, times, _deadline(duration), status=200))
+
     def down(self, duration: float | None = None) -> None:
         """Go fully down: connections are refused and open ones dropped, for `duration`
         seconds (None: until `up()` or `clear()`)."""
@@ -431,6 +440,10 @@ def _make_handler(proxy: ChaosProxy) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.kind == "reset_before":
                 proxy._record(Exchange(now, self.command, path, body, kind, 0, False))
                 self._reset()
+                return
+            if fault is not None and fault.kind == "page":
+                proxy._record(Exchange(now, self.command, path, body, kind, 200, False))
+                self._answer(200, {"content-type": "text/html; charset=utf-8"}, LOGIN_PAGE)
                 return
             if fault is not None and fault.kind == "status":
                 proxy._record(Exchange(now, self.command, path, body, kind, fault.status, False))

@@ -1,0 +1,205 @@
+"""The spool writer: one thread per process copies runs' unsettled records to their journals.
+
+For each run with a spool (`spool="always"`, offline, or `"on_failure"` once a request
+failed or the queue filled up), the writer appends every record not yet settled to the
+run's journal in stream order, fsyncs at most every `commit_interval` (the group commit),
+records how far the server has acknowledged, and -- when memory holds more than
+`max_queue` metrics -- drops from memory what is safely on disk (the delivery loop reads it
+back). None of this happens on the training thread.
+
+A journal whose records are all settled is deleted: at the end of the run, or as soon as an
+`on_failure` spool has caught up. One that still holds records at the end stays for
+`aidp-metrics sync`. If the spool directory cannot be created or written, one warning names
+it and the run goes on in memory (the queue `policy` applies).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from array import array
+from pathlib import Path
+
+from .journal import Journal, RunDescriptor, encode_metric, encode_op, save_run_id
+from .stream import QueuedOp, RunStream
+from .worker import ProcessWorker
+
+writer = ProcessWorker("aidp-metrics-spool")
+
+_WRITE_BATCH = 5000  # records encoded per lock acquisition
+
+
+class SpoolTask:
+    """The spool side of one stream (kept for the stream's life, registered while needed)."""
+
+    def __init__(self, stream: RunStream, root: Path, descriptor: RunDescriptor) -> None:
+        self.stream = stream
+        self.root = root
+        self.descriptor = descriptor
+        self.journal: Journal | None = None
+        self.started_locally = descriptor.run_id is None
+        self.last_commit = time.monotonic()
+        self.finished = threading.Event()  # set when a closed stream's journal is finalized
+        self._saved_run_id = descriptor.run_id
+
+    @property
+    def directory(self) -> Path:
+        return self.root / "runs" / self.descriptor.local_id
+
+    def wake(self) -> None:
+        """Serve this stream soon (registering it again if it was let go)."""
+        self.finished.clear()
+        writer.register(self.stream, self)
+
+    def serve(self) -> float:
+        stream = self.stream
+        with stream.lock:
+            wanted = stream.spool_wanted and not stream.spool_failed
+            run_id = stream.run_id
+        if run_id is not None and run_id != self._saved_run_id:
+            self._record_run_id(run_id)
+        if wanted and self.journal is None and not self._open():
+            return math.inf
+        journal = self.journal
+        if journal is not None:
+            try:
+                while self._write(journal):
+                    pass
+                self._commit_when_due(journal)
+                with stream.lock:
+                    acked = stream.journal_ack_offset_locked(journal.written)
+                journal.save_acked(acked)
+            except OSError as exc:
+                self._failed(exc)
+                return math.inf
+        return self._settle_state()
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _open(self) -> bool:
+        try:
+            self.journal = Journal.create(self.root, self.descriptor)
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        with self.stream.lock:
+            self.stream.journal_dir = str(self.journal.directory)
+        return True
+
+    def _write(self, journal: Journal) -> bool:
+        """Append the next unwritten records; False when there were none."""
+        stream = self.stream
+        with stream.lock:
+            start, records, ops = stream.unwritten_locked(_WRITE_BATCH)
+        if not records and not ops:
+            return False
+        base = journal.written
+        parts: list[bytes] = []
+        ends = array("q")
+        op_offsets: list[tuple[QueuedOp, int]] = []
+        size = 0
+        next_op = 0
+        first_metric = base
+
+        def put_ops(upto: int) -> None:
+            nonlocal next_op, size
+            while next_op < len(ops) and ops[next_op].pos <= upto:
+                line = encode_op(ops[next_op].op)
+                op_offsets.append((ops[next_op], base + size))
+                parts.append(line)
+                size += len(line)
+                next_op += 1
+
+        for n, record in enumerate(records):
+            put_ops(start + n)
+            if n == 0:
+                first_metric = base + size
+            line = encode_metric(record)
+            parts.append(line)
+            size += len(line)
+            ends.append(base + size)
+        put_ops(start + len(records))
+        journal.append(b"".join(parts))
+        with stream.lock:
+            stream.mark_written_locked(start, len(records), ends, first_metric, op_offsets)
+        return True
+
+    def _commit_when_due(self, journal: Journal) -> None:
+        stream = self.stream
+        with stream.lock:
+            hurry = stream.commit_now or stream.closed or stream.closing
+            stream.commit_now = False
+        due = time.monotonic() - self.last_commit >= stream.options.commit_interval
+        if journal.committed < journal.written and (hurry or due):
+            journal.commit()
+            self.last_commit = time.monotonic()
+        with stream.lock:
+            if journal.committed >= journal.written:
+                stream.durable = (stream.written, stream.ops_written)
+                stream.changed.notify_all()
+
+    def _settle_state(self) -> float:
+        """Delete a journal nobody needs, let go of a stream with nothing left to write,
+        or say when to come back."""
+        stream = self.stream
+        journal = self.journal
+        remove = release = False
+        with stream.lock:
+            settled = stream.all_settled_locked()
+            caught_up = stream.options.spool == "on_failure" and not stream.offline
+            if journal is not None and settled and (stream.closed or caught_up):
+                remove = True
+                if not stream.closed:
+                    stream.spool_wanted = False
+                stream.journal_dir = None
+                stream.segments.clear()
+            everything_out = remove or stream.durable_or_settled((stream.logged, stream.ops_logged))
+            # A run that started locally: remember the id it gets, for checkpoints that
+            # saved the local one (while the run is open).
+            waiting_for_id = (
+                self.started_locally and self._saved_run_id is None and not stream.closed
+            )
+            if (stream.closed or not stream.spool_wanted) and everything_out and not waiting_for_id:
+                writer.unregister(stream)  # under the stream lock: a later wake re-registers
+                release = True
+            elif everything_out:
+                stream.spool_idle = True
+        if remove and journal is not None:
+            journal.remove()
+            self.journal = None
+        if release:
+            if self.journal is not None:
+                self.journal.close()  # the file handle; the records stay for sync
+            self.finished.set()
+            return math.inf
+        if everything_out:
+            return math.inf
+        return max(0.0, self.last_commit + stream.options.commit_interval - time.monotonic())
+
+    def _record_run_id(self, run_id: str) -> None:
+        self._saved_run_id = run_id
+        self.descriptor.run_id = run_id
+        try:
+            if self.started_locally:
+                save_run_id(self.root, self.descriptor.local_id, run_id)
+            if self.journal is not None:
+                self.journal.save_descriptor()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        stream = self.stream
+        with stream.lock:
+            first = not stream.spool_failed
+            stream.spool_failed = True
+            stream.spool_wanted = False
+            stream.changed.notify_all()
+        if first:
+            stream.notifier.once(
+                "spool-failed",
+                f"aidp-metrics: cannot write the spool in {self.root} "
+                f"({type(exc).__name__}: {exc.strerror or exc}); the run goes on in memory "
+                f"(queue policy {stream.options.policy!r}); set AIDP_METRICS_DIR or spool_dir= "
+                "to a writable directory",
+            )
