@@ -10,7 +10,8 @@ runs on a fresh machine without an OCI account (`pip install "aidp-metrics[local
 configured, the same runs go there.
 
 For each installed framework -- PyTorch Lightning (`AIDPLogger`), Hugging Face Transformers
-(`AIDPCallback`) and Keras 3 on the torch backend (`AIDPCallback`) -- it trains a small model
+(`AIDPCallback`), a plain loop with Hugging Face Accelerate (`AIDPTracker`) and Keras 3 on the
+torch backend (`AIDPCallback`) -- it trains a small model
 on synthetic data with a train/validation split, into experiment "aidp-metrics-quickstart".
 The integrations end their runs (flushing first) when training returns; the script then
 reads each run back through `MetricsClient`, prints a table and draws the loss curves into
@@ -221,6 +222,45 @@ def train_transformers(size: Size, workdir: Path) -> tuple[str, str]:
     return _require(callback.run_id, "transformers"), "loss"
 
 
+def train_accelerate(size: Size, workdir: Path) -> tuple[str, str]:
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from aidp_metrics.integrations.accelerate import AIDPTracker
+
+    def loader(samples: int, seed: int, shuffle: bool) -> DataLoader[tuple[torch.Tensor, ...]]:
+        x, y = synthetic(samples, seed)
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        return DataLoader(dataset, batch_size=size.batch_size, shuffle=shuffle)
+
+    torch.manual_seed(0)
+    tracker = AIDPTracker(run_name="accelerate")
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers(EXPERIMENT, config={"lr": 1e-2, "batch_size": size.batch_size})
+    model = nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train, val = loader(size.train_samples, 0, True), loader(size.val_samples, 1, False)
+    model, optimizer, train, val = accelerator.prepare(model, optimizer, train, val)
+    step = 0
+    for epoch in range(size.epochs):
+        for x, y in train:
+            loss = nn.functional.mse_loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % size.log_every == 0:
+                accelerator.log({"loss": loss.item()}, step=step)
+        with torch.no_grad():
+            val_loss = sum(nn.functional.mse_loss(model(x), y).item() for x, y in val) / len(val)
+        accelerator.log({"val_loss": val_loss, "epoch": epoch + 1}, step=step)
+    run_id = tracker.run_id
+    accelerator.end_training()  # flushes, marks the run FINISHED
+    return _require(run_id, "accelerate"), "loss"
+
+
 def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
     import keras
 
@@ -256,6 +296,7 @@ def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
 TRAINERS: dict[str, Callable[[Size, Path], tuple[str, str]]] = {
     "lightning": train_lightning,
     "transformers": train_transformers,
+    "accelerate": train_accelerate,
     "keras": train_keras,
 }
 
