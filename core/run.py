@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from . import lifecycle
+from . import lifecycle, system_metrics
 from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
 from .delivery import Sender
@@ -86,6 +86,7 @@ class Run:
             self.record.endpoint = client.endpoint.public_url()
         self.status_on_exit = "FINISHED"
         self.ended = False
+        self.last_step = 0  # the step of the last log_metrics call (system metrics use it)
         self._inactive = False  # set in a forked child: the run belongs to the parent
         self._notifier = Notifier()
         self._sender = Sender(
@@ -102,6 +103,8 @@ class Run:
         if owns_client and client is not None:
             weakref.finalize(self, client.close)
         lifecycle.register(self)
+        if self.options.system_metrics:
+            system_metrics.watch(self, self.options.system_metrics_interval)
 
     @property
     def run_id(self) -> str:
@@ -267,6 +270,7 @@ class Run:
             keys = ", ".join(repr(key) for key in metrics)
             self._reject(f"step/timestamp of {keys}", str(exc), len(metrics))
             return
+        self.last_step = at
         records: list[Record] = []
         known = self._keys
         problems: list[tuple[str, str]] = []
@@ -363,6 +367,7 @@ class Run:
         if status not in TERMINAL_STATUSES:
             allowed = ", ".join(TERMINAL_STATUSES)
             raise ValueError(f"status must be one of {allowed}, got {status!r}")
+        system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
         with self._state_lock:
             if self._inactive:
                 return self.stats
@@ -487,6 +492,8 @@ class Run:
         self._sender.reopen()
         self._sender.put_meta("status", [("", "RUNNING")])
         lifecycle.register(self)
+        if self.options.system_metrics:
+            system_metrics.watch(self, self.options.system_metrics_interval)
 
     def _reject(self, key: str, reason: str, count: int = 1) -> None:
         with self._sender._lock:
@@ -502,6 +509,7 @@ class Run:
         warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
 
     def _on_exit(self, uncaught: type[BaseException] | None) -> None:
+        system_metrics.unwatch(self)
         if self.ended or self._inactive:
             return
         status = self.status_on_exit if uncaught is None else _status_for(uncaught)
