@@ -390,9 +390,11 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         sources: list[Source] = []
         try:
-            sources = open_sources()
+            opened = time.monotonic()
+            sources = open_sources()  # the CPU baseline first, then the (slower) GPU libraries
+            window = FIRST_WINDOW - (time.monotonic() - opened)
             with self._changed:  # the first CPU percentage needs a window to measure
-                self._changed.wait_for(lambda: self._stopped, FIRST_WINDOW)
+                self._changed.wait_for(lambda: self._stopped, max(0.0, window))
             while True:
                 due = self._wait_for_due()
                 if due is None:

@@ -514,3 +514,41 @@ def test_plot_draws_system_metrics_in_their_own_panel(tmp_path: Path) -> None:
     image = tmp_path / "curves.png"
     write_png(series, image, title="run x")
     assert image.stat().st_size > 0
+
+
+def test_a_forked_child_does_not_sample(url: str, fresh_experiment: str) -> None:
+    run = Run.start(
+        experiment_name=fresh_experiment,
+        endpoint=url,
+        system_metrics=True,
+        system_metrics_interval=0.05,
+    )
+    wait_until(lambda: run.stats.logged > 0)
+    pid = os.fork()
+    if pid == 0:  # the child: no sampler thread, none started for the inherited run
+        run.log_metrics({"loss": 1.0}, step=1)
+        time.sleep(0.2)
+        alive = system_metrics._sampler is not None or bool(sampler_threads())
+        os._exit(1 if alive else 0)
+    _, status = os.waitpid(pid, 0)
+    run.end()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_reports_the_training_thread_and_the_sampler(mlflow_server: MLflowServer) -> None:
+    from benchmarks.bench_system_metrics import bench_system_metrics, build_rows
+
+    mlflow_server.start()
+    result = bench_system_metrics(mlflow_server, quick=True)
+    assert result["complete"]
+    assert result["samples"] > 0
+    assert len(result["cpu_per_step_on"].values) == len(result["cpu_per_step_off"].values) == 2
+    assert [row.name.strip()[:14] for row in build_rows(result)] == [
+        "system metrics",
+        "training-threa",
+        "sampler thread",
+    ]
