@@ -4,6 +4,11 @@ Every place that shows a URL, a configuration value or a server's message to a p
 (exception messages, warnings, the CLI, doctor) goes through `redact` or `redact_url`.
 A secret is replaced by `MARKER`, never shortened: a truncated token is still most of
 a token. Imports nothing heavy, so errors and the endpoint can use it.
+
+No logging filter is installed on httpx/httpcore: httpx logs each request's URL (INFO)
+and httpcore (1.0) the response headers (DEBUG), never a request header or body, and our
+URLs never hold credentials (`Endpoint` moves a URI's user:password into a credential).
+tests/test_secrets.py checks this with every logger at DEBUG.
 """
 
 from __future__ import annotations
