@@ -280,7 +280,10 @@ def open_sources() -> list[Source]:
             "psutil", 'no CPU/memory/disk/network metrics: pip install "aidp-metrics[system]"'
         )
     else:
-        sources.append(HostSource(psutil))
+        try:
+            sources.append(HostSource(psutil))
+        except Exception as exc:  # e.g. a sandbox without /proc
+            _debug_once("psutil-init", f"no CPU/memory/disk/network metrics: {exc}")
     gpu = _open_gpu()
     if gpu is not None:
         sources.append(gpu)
