@@ -1,6 +1,7 @@
 """Framework benchmark: training-loop overhead and tail of per-step logging, ours vs MLflow's.
 
-    python -m benchmarks.bench_frameworks [--quick] [--frameworks lightning,transformers,keras]
+    python -m benchmarks.bench_frameworks [--quick]
+        [--frameworks lightning,transformers,keras,accelerate]
         [--configs a,b,c,d,e] [--delay 0.05] [--repetitions 3] [--c-repetitions 1]
         [--json out.json] [--png out.png]
 
@@ -27,8 +28,12 @@ because synchronous logging through the far server takes minutes per run.
 
 Note: MLflow's Transformers `MLflowCallback` and `mlflow.keras.MlflowCallback` always log
 with `synchronous=False`, so for those two (c) is already asynchronous and (d) only adds
-MLFLOW_ENABLE_ASYNC_LOGGING=true. Numbers are informational: nothing here fails on a goal,
-and on a shared machine single runs are noisy.
+MLFLOW_ENABLE_ASYNC_LOGGING=true. Accelerate is a plain loop calling `accelerator.log` every
+step: (a) with no tracker configured (the call is then a no-op), (b) `AIDPTracker`, (c)-(e)
+Accelerate's own `log_with="mlflow"` (`MLflowTracker`, `mlflow.log_metrics` per call,
+synchronous unless MLFLOW_ENABLE_ASYNC_LOGGING); `end_training()` is part of the tail.
+Numbers are informational: nothing here fails on a goal, and on a shared machine single runs
+are noisy.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from ._common import (
     write_json,
 )
 
-FRAMEWORKS = ("lightning", "transformers", "keras")
+FRAMEWORKS = ("lightning", "transformers", "keras", "accelerate")
 CONFIGS = ("a", "b", "c", "d", "e")
 CONFIG_LABELS = {
     "a": "no logger",
@@ -70,7 +75,7 @@ CONFIG_LABELS = {
     "d": "MLflow async",
     "e": "MLflow async+buf 1s",
 }
-FULL_STEPS = {"lightning": 1000, "transformers": 300, "keras": 1000}
+FULL_STEPS = {"lightning": 1000, "transformers": 300, "keras": 1000, "accelerate": 1000}
 QUICK_STEPS = 30
 BATCH = 8
 FEATURES = 16
@@ -316,6 +321,45 @@ def train_keras(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None
     return _nothing
 
 
+def train_accelerate(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None]:
+    """A plain loop; returns `accelerator.end_training` (ends the run, flushes)."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader, TensorDataset
+
+    tracker: Any = None
+    if w.config == "b":
+        assert w.target is not None
+        from aidp_metrics.integrations.accelerate import AIDPTracker
+
+        tracker = AIDPTracker(endpoint=_endpoint(w.target))
+    elif w.config in ("c", "d", "e"):
+        tracker = "mlflow"  # MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME set by the parent
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers(w.experiment)
+    x, y = _data(w.steps)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False, num_workers=0)
+    model = torch.nn.Linear(FEATURES, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    for step, (inputs, targets) in enumerate(loader):
+        out = model(inputs)
+        loss = torch.nn.functional.mse_loss(out, targets)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        values = {
+            "train/loss": loss.item(),
+            "train/mae": (out - targets).abs().mean().item(),
+            "train/out_mean": out.mean().item(),
+        }
+        accelerator.log(values, step=step)
+        if tracker is not None:
+            probe.record(values, step)
+        probe.tick()
+    return accelerator.end_training
+
+
 def _nothing() -> None:
     return None
 
@@ -330,6 +374,7 @@ TRAINERS: dict[str, Callable[[WorkerArgs, Probe, Path], Callable[[], None]]] = {
     "lightning": train_lightning,
     "transformers": train_transformers,
     "keras": train_keras,
+    "accelerate": train_accelerate,
 }
 
 
@@ -409,7 +454,14 @@ def run_worker(w: WorkerArgs) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     import logging
 
-    for name in ("mlflow", "lightning", "lightning.pytorch", "transformers", "aidp_metrics"):
+    for name in (
+        "mlflow",
+        "lightning",
+        "lightning.pytorch",
+        "transformers",
+        "accelerate",
+        "aidp_metrics",
+    ):
         logging.getLogger(name).setLevel(logging.ERROR)
     import torch
 

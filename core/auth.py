@@ -1,7 +1,8 @@
 """httpx authentication: OCI request signing for AI Data Platform, token/basic auth for MLflow.
 
 The `oci` SDK is optional and imported only when a signer is built. Nothing here logs
-headers, and error messages never include keys, pass phrases or tokens.
+headers, reprs show where a credential came from and never its value, and error messages
+never include keys, pass phrases or tokens.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from aidp_metrics.endpoint import BasicCredential
 from aidp_metrics.errors import ConfigurationError
 from aidp_metrics.oci_config import AUTH_MODES, read_profile, resolve_location
+
+ENV_BASIC_SOURCE = "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
 
 # Headers the oci signers add or fill in; copied from the signed request back onto httpx's.
 _SIGNED_HEADERS = ("authorization", "date", "x-content-sha256", "content-length", "content-type")
@@ -265,26 +269,47 @@ def _key_error(where: str, e: Exception) -> str:
 class BearerToken(httpx.Auth):
     """`Authorization: Bearer <token>`; the token never appears in repr."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, source: str = "MLFLOW_TRACKING_TOKEN") -> None:
         self._token = token
+        self.source = source
 
     def __repr__(self) -> str:
-        return "BearerToken(token='***')"
+        return f"BearerToken(source={self.source!r})"
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
 
-def mlflow_auth_from_env() -> httpx.Auth | None:
-    """MLflow's own conventions: `MLFLOW_TRACKING_TOKEN`, else username + password, else None."""
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
-        return BearerToken(token)
+class BasicAuth(httpx.BasicAuth):
+    """httpx's Basic auth that also says where the credential came from, and shows nothing
+    else in repr."""
+
+    def __init__(self, username: str, password: str, *, source: str) -> None:
+        super().__init__(username, password)
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(source={self.source!r})"
+
+
+def mlflow_auth(credential: BasicCredential | None = None) -> httpx.Auth | None:
+    """Auth for an MLflow tracking server, in MLflow's own order of precedence.
+
+    The tracking URI's `user:password@` (`credential`) first, then
+    `MLFLOW_TRACKING_USERNAME` + `MLFLOW_TRACKING_PASSWORD`, then `MLFLOW_TRACKING_TOKEN`;
+    None when there is none. (MLflow's client sends the env credentials as a header and
+    `requests` then replaces it with the URI's.)
+    """
+    if credential is not None:
+        return BasicAuth(credential.username, credential.password, source=credential.source)
     username = os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
     if username and password:
-        return httpx.BasicAuth(username, password)
+        return BasicAuth(username, password, source=ENV_BASIC_SOURCE)
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return BearerToken(token)
     if username or password:
         have, need = ("USERNAME", "PASSWORD") if username else ("PASSWORD", "USERNAME")
         raise ConfigurationError(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._version import __version__
 from .errors import AIDPError, ConfigurationError
 from .oci_config import AUTH_MODES
+from .redact import redact
 
 if TYPE_CHECKING:
     from .client import MetricsClient
@@ -261,8 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException, debug: bool) -> str:
-    from .doctor import redact
-
     if isinstance(exc, AIDPError):
         text = str(exc)
     elif isinstance(exc, OSError) and exc.strerror:
@@ -605,9 +604,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         if result.error:
             failed += 1
             line += f"; error: {result.error}"
-        print(line)
+        print(redact(line))
         for reason in result.skipped[:5]:
-            print(f"    skipped: {reason}")
+            print(f"    skipped: {redact(reason)}")
         if len(result.skipped) > 5:
             print(f"    ... and {len(result.skipped) - 5} more")
     if failed:

@@ -1,6 +1,8 @@
 """`aidp-metrics plot`: metric curves against step, as a PNG (matplotlib) or in the terminal.
 
 The terminal chart is drawn here with plain characters, so it needs no extra package.
+System metrics (`system/...` keys: percentages, megabytes) get a panel of their own below
+the training curves, so that a loss of 0.1 is not flattened by a CPU at 80 %.
 """
 
 from __future__ import annotations
@@ -17,39 +19,60 @@ MARKERS = "*+ox#@%&"
 PNG_INSTALL_HINT = 'writing a PNG needs matplotlib: pip install "aidp-metrics[plot]"'
 
 
+SYSTEM_PREFIX = "system/"
+
+
+def split_system(series: Series) -> tuple[Series, Series]:
+    """(training curves, system metrics): keys starting with `system/` go to the second."""
+    training = {k: v for k, v in series.items() if not k.startswith(SYSTEM_PREFIX)}
+    system = {k: v for k, v in series.items() if k.startswith(SYSTEM_PREFIX)}
+    return training, system
+
+
 def write_png(series: Series, path: Path, *, title: str | None = None) -> None:
-    """Draw every series against step into a PNG at `path` (needs matplotlib)."""
+    """Draw every series against step into a PNG at `path` (needs matplotlib); system
+    metrics in a second panel under the training curves, on the same steps."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ConfigurationError(PNG_INSTALL_HINT) from None
+    panels = [part for part in split_system(series) if part] or [series]
     # A bare Figure uses the Agg canvas for savefig: no pyplot, no GUI backend.
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    for key, points in series.items():
-        finite = [(s, v) for s, v in points if math.isfinite(v)]
-        axes.plot(
-            [s for s, _ in finite],
-            [v for _, v in finite],
-            label=key,
-            marker="." if len(finite) <= 50 else None,
-        )
-    axes.set_xlabel("step")
-    axes.set_ylabel("value")
+    figure = Figure(figsize=(8, 4.5 if len(panels) == 1 else 7), layout="constrained")
+    all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, panel in zip(all_axes, panels, strict=True):
+        for key, points in panel.items():
+            finite = [(s, v) for s, v in points if math.isfinite(v)]
+            axes.plot(
+                [s for s, _ in finite],
+                [v for _, v in finite],
+                label=key,
+                marker="." if len(finite) <= 50 else None,
+            )
+        axes.set_ylabel("value")
+        axes.grid(True, alpha=0.3)
+        if panel:
+            axes.legend()
+    all_axes[-1].set_xlabel("step")
     if title:
-        axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    if series:
-        axes.legend()
+        all_axes[0].set_title(title)
     figure.savefig(path, format="png", dpi=120)
 
 
 def render_chart(series: Series, *, width: int = 72, height: int = 16, unicode: bool = True) -> str:
-    """A character chart of every series against step, with axes and a legend.
+    """A character chart of every series against step, with axes and a legend; system
+    metrics in a second chart under the first.
 
     Non-finite values are left out (and counted in the legend). Between two points of a
     series the chart interpolates column by column, so sparse curves read as lines.
     """
+    training, system = split_system(series)
+    if training and system:
+        return "\n".join(_chart(part, width, height, unicode) for part in (training, system))
+    return _chart(series, width, height, unicode)
+
+
+def _chart(series: Series, width: int, height: int, unicode: bool) -> str:
     finite = {
         key: sorted((s, v) for s, v in points if math.isfinite(v)) for key, points in series.items()
     }

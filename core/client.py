@@ -378,11 +378,12 @@ class MetricsClient:
 
 
 def default_auth(endpoint: Endpoint) -> httpx.Auth | None:
+    """OCI request signing for AIDP; for MLflow the URI's user:password, else the env's."""
     from . import auth
 
     if endpoint.kind == "aidp":
         return auth.oci_signer_auth()
-    return auth.mlflow_auth_from_env()
+    return auth.mlflow_auth(endpoint.credential)
 
 
 def new_request_id() -> str:

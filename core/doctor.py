@@ -4,7 +4,8 @@ Doctor resolves the endpoint and credentials exactly as the other commands do, s
 signed read request (`GET experiments/get-by-name?experiment_name=Default`: even a 404
 `RESOURCE_DOES_NOT_EXIST` proves the server is reachable and accepted the credentials) and
 prints a checklist with a fix for each failure. It never prints a secret: no header, token,
-key content or pass phrase; server messages are redacted of anything shaped like a token.
+password, key content or pass phrase (credentials are named by where they came from), and
+every line goes through `aidp_metrics.redact`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import email.utils
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Generator
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ._version import __version__
 from .endpoint import Endpoint
 from .errors import APIError, ConfigurationError, NoEndpointConfigured
+from .redact import redact
 
 if TYPE_CHECKING:
     import httpx
@@ -32,21 +33,7 @@ MAX_CLOCK_SKEW = 300.0  # seconds; OCI rejects signed requests whose date is fur
 PROBE_PATH = "experiments/get-by-name"
 PROBE_PARAMS = {"experiment_name": "Default"}
 PROBE_TIMEOUT = 15.0
-
-# `ST$<token>` key ids and JWTs (three base64url parts) that a server might echo back.
-_SECRET_PATTERNS = (
-    re.compile(r"ST\$[A-Za-z0-9_\-.=+/]+"),
-    re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?"),
-    re.compile(r"(?i)(bearer|basic)\s+[A-Za-z0-9_\-.=+/]+"),
-)
-
-
-def redact(text: str) -> str:
-    """`text` with token-shaped substrings replaced by `***`."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(0)[:3] + "***", text)
-    return text
-
+_PRECEDENCE = "MLflow's order: user:password in the URI, USERNAME/PASSWORD, TOKEN"
 
 # -- resolution shared by all commands -----------------------------------------------------
 
@@ -69,7 +56,7 @@ def resolve_endpoint(options: ConnectionOptions) -> Endpoint:
             "--tracking-uri (MLflow) and --endpoint (AIDP) exclude each other; pass one"
         )
     if options.tracking_uri:
-        return Endpoint.mlflow(options.tracking_uri)
+        return Endpoint.mlflow(options.tracking_uri, source="--tracking-uri")
     if options.endpoint:
         env = os.environ
         return Endpoint.aidp(
@@ -89,7 +76,7 @@ def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | N
         return auth.oci_signer_auth(
             options.auth, config_file=options.config_file, profile=options.profile
         )
-    return auth.mlflow_auth_from_env()
+    return auth.mlflow_auth(endpoint.credential)
 
 
 def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:
@@ -252,6 +239,8 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
         report.check(False, "auth: credentials could not be loaded", *fixes)
         return
     report.info("auth", _auth_description(endpoint, auth, options))
+    for name in _ignored_mlflow_credentials(endpoint, auth):
+        report.info("note", f"{name} is set but not used: {_source(auth)} wins ({_PRECEDENCE})")
 
     # 3. one read request
     from .client import MetricsClient
@@ -398,13 +387,12 @@ def _unauthorized_fixes(
     if endpoint.kind != "aidp":
         if auth is None:
             fixes.append(
-                "the server wants credentials: set MLFLOW_TRACKING_TOKEN, or "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                "the server wants credentials: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or put user:password@ in the tracking URI), "
+                "or MLFLOW_TRACKING_TOKEN"
             )
         else:
-            fixes.append(
-                "check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
-            )
+            fixes.append(f"the server refused the credentials from {_source(auth)}: check them")
         return fixes
     mode = getattr(auth, "mode", None)
     profile, path = _profile_location(options)
@@ -468,7 +456,7 @@ def _profile_keys(options: ConnectionOptions) -> dict[str, str]:
 
 def _auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
     if endpoint.kind != "aidp":
-        return "MLflow token / basic auth from MLFLOW_TRACKING_* variables"
+        return "MLflow basic / bearer auth from the tracking URI or MLFLOW_TRACKING_* variables"
     mode = options.auth or os.environ.get("OCI_CLI_AUTH") or "auto (api_key or security_token)"
     profile, path = _profile_location(options)
     return f"OCI request signing, mode {mode}, profile {profile} in {path}"
@@ -492,10 +480,31 @@ def _auth_description(
 
 def _mlflow_auth_name(auth: object) -> str:
     if auth is None:
-        return "none (no MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD set)"
-    name = type(auth).__name__
-    if name == "BearerToken":
-        return "bearer token from MLFLOW_TRACKING_TOKEN"
-    if name == "BasicAuth":
-        return "basic auth from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
-    return name
+        return (
+            "none (no user:password in the tracking URI, no MLFLOW_TRACKING_USERNAME/PASSWORD "
+            "or MLFLOW_TRACKING_TOKEN set)"
+        )
+    from .auth import BearerToken
+
+    kind = "bearer token" if isinstance(auth, BearerToken) else "basic"
+    return f"{kind} (from {_source(auth)})"
+
+
+def _source(auth: object) -> str:
+    return str(getattr(auth, "source", None) or type(auth).__name__)
+
+
+def _ignored_mlflow_credentials(endpoint: Endpoint, auth: object) -> list[str]:
+    """The MLFLOW_TRACKING_* credential variables that are set but lose to `auth`."""
+    if endpoint.kind != "mlflow" or auth is None:
+        return []
+    from .auth import ENV_BASIC_SOURCE
+
+    ignored = []
+    if _source(auth) != ENV_BASIC_SOURCE and (
+        os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    ):
+        ignored.append("MLFLOW_TRACKING_USERNAME/PASSWORD")
+    if _source(auth) != "MLFLOW_TRACKING_TOKEN" and os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        ignored.append("MLFLOW_TRACKING_TOKEN")
+    return ignored

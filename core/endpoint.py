@@ -4,18 +4,57 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from .errors import ConfigurationError, NoEndpointConfigured
+from .redact import redact_url
 
 DEFAULT_API_VERSION = "20260430"
 MLFLOW_API_PREFIX = "api/2.0/mlflow"
 
 EndpointKind = Literal["aidp", "mlflow"]
 
+_AIDP_USERINFO = (
+    "AIDP endpoint {url!r} must not contain a user name or password: AIDP requests are "
+    "signed with your OCI credentials"
+)
 _AIDP_VARIABLES = "AIDP_INSTANCE_ID and AIDP_WORKSPACE_KEY (plus OCI_CLI_REGION or AIDP_ENDPOINT)"
+
+
+class BasicCredential:
+    """A username and password for HTTP Basic auth, and where they came from.
+
+    Neither value ever appears in `repr`, `str` or `dataclasses.asdict` output (the object
+    is kept whole, so it cannot be serialised by accident).
+    """
+
+    __slots__ = ("_password", "_username", "source")
+
+    def __init__(self, username: str, password: str, *, source: str) -> None:
+        self._username = username
+        self._password = password
+        self.source = source
+
+    @property
+    def username(self) -> str:
+        return self._username
+
+    @property
+    def password(self) -> str:
+        return self._password
+
+    def __repr__(self) -> str:
+        return f"BasicCredential(source={self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BasicCredential):
+            return NotImplemented
+        return (self._username, self._password) == (other._username, other._password)
+
+    def __hash__(self) -> int:
+        return hash((self._username, self._password))
 
 
 @dataclass(frozen=True)
@@ -23,7 +62,9 @@ class Endpoint:
     """The root of the MLflow REST API the client talks to.
 
     `base_url` ends where the MLflow path (`api/2.0/mlflow/...`) begins: the workspace's
-    `.../mlops` for AIDP, the tracking URI for MLflow.
+    `.../mlops` for AIDP, the tracking URI for MLflow. It never holds credentials: a
+    tracking URI's `user:password@` becomes `credential` (HTTP Basic auth) when the
+    endpoint is built, so no request URL, log line, error or file can carry it.
     """
 
     kind: EndpointKind
@@ -32,6 +73,17 @@ class Endpoint:
     region: str | None = None
     instance_id: str | None = None
     workspace_key: str | None = None
+    credential: BasicCredential | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Also for endpoints built directly or with dataclasses.replace().
+        bare, userinfo = _split_userinfo(self.base_url, "base URL")
+        if userinfo is None:
+            return
+        if self.kind == "aidp":
+            raise ConfigurationError(_AIDP_USERINFO.format(url=redact_url(self.base_url)))
+        object.__setattr__(self, "base_url", bare)
+        object.__setattr__(self, "credential", _credential(userinfo, "the base URL"))
 
     @classmethod
     def aidp(
@@ -49,8 +101,8 @@ class Endpoint:
         if not workspace_key:
             raise ConfigurationError("AIDP workspace key is empty: set AIDP_WORKSPACE_KEY")
         if endpoint:
-            host = endpoint.rstrip("/")
-            _check_aidp_scheme(host)
+            host = endpoint.strip().rstrip("/")
+            _check_aidp_url(host)
         elif region:
             host = f"https://aidp.{region}.oci.oraclecloud.com"
         else:
@@ -74,15 +126,22 @@ class Endpoint:
         )
 
     @classmethod
-    def mlflow(cls, tracking_uri: str) -> Endpoint:
+    def mlflow(cls, tracking_uri: str, *, source: str = "the tracking URI") -> Endpoint:
+        """An MLflow tracking server; `http://user:password@host` gives Basic auth.
+
+        `source` names where the URI came from (`MLFLOW_TRACKING_URI`, `--tracking-uri`),
+        for doctor's "basic (from ...)" line.
+        """
         uri = tracking_uri.strip().rstrip("/")
-        scheme = urlsplit(uri).scheme
-        if scheme not in ("http", "https"):
+        scheme, separator, _ = uri.partition("://")
+        if not separator or scheme.lower() not in ("http", "https"):
             raise ConfigurationError(
-                f"MLflow tracking URI {tracking_uri!r} is not an http(s) URL; aidp-metrics talks "
-                "to a tracking server's REST API (e.g. http://127.0.0.1:5000)"
+                f"MLflow tracking URI {redact_url(uri)!r} is not an http(s) URL; aidp-metrics "
+                "talks to a tracking server's REST API (e.g. http://127.0.0.1:5000)"
             )
-        return cls(kind="mlflow", base_url=uri)
+        bare, userinfo = _split_userinfo(uri, "MLflow tracking URI")
+        credential = _credential(userinfo, source) if userinfo is not None else None
+        return cls(kind="mlflow", base_url=bare, credential=credential)
 
     @classmethod
     def from_env(cls) -> Endpoint:
@@ -117,7 +176,7 @@ class Endpoint:
             )
         tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip()
         if tracking_uri:
-            return cls.mlflow(tracking_uri)
+            return cls.mlflow(tracking_uri, source="MLFLOW_TRACKING_URI")
         if explicit:
             raise ConfigurationError(
                 f"AIDP_ENDPOINT is set but the workspace is not: set {_AIDP_VARIABLES}"
@@ -128,35 +187,39 @@ class Endpoint:
         )
 
     def __repr__(self) -> str:
-        return f"Endpoint(kind={self.kind!r}, base_url={_without_userinfo(self.base_url)!r})"
+        credential = f", credential={self.credential!r}" if self.credential else ""
+        return f"Endpoint(kind={self.kind!r}, base_url={self.base_url!r}{credential})"
 
     def url(self, path: str) -> str:
         """Absolute URL of an MLflow REST call such as `runs/log-metric`."""
         return f"{self.base_url}/{MLFLOW_API_PREFIX}/{path}"
 
     def public_url(self) -> str:
-        """`base_url` without any user:password part, safe to print or store."""
-        return _without_userinfo(self.base_url)
+        """The base URL, safe to print or store: it never holds credentials."""
+        return self.base_url
 
     def describe(self) -> str:
-        """One line for humans; holds no secret (endpoints never carry credentials)."""
+        """One line for humans; holds no secret."""
         if self.kind == "aidp":
             return (
                 f"AIDP instance {self.instance_id} workspace {self.workspace_key} "
                 f"at {urlsplit(self.base_url).netloc}"
             )
-        return f"MLflow tracking server {_without_userinfo(self.base_url)}"
+        return f"MLflow tracking server {self.base_url}"
 
 
-def _check_aidp_scheme(url: str) -> None:
+def _check_aidp_url(url: str) -> None:
+    _, userinfo = _split_userinfo(url, "AIDP endpoint")
+    if userinfo is not None:
+        raise ConfigurationError(_AIDP_USERINFO.format(url=redact_url(url)))
     parts = urlsplit(url)
     if parts.scheme == "https":
         return
     if parts.scheme == "http" and _is_loopback(parts.hostname or ""):
         return
     raise ConfigurationError(
-        f"AIDP endpoint {url!r} must use https:// (plain http is only accepted for a "
-        "loopback test gateway)"
+        f"AIDP endpoint {redact_url(url)!r} must use https:// (plain http is only accepted for "
+        "a loopback test gateway)"
     )
 
 
@@ -169,8 +232,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+def _split_userinfo(url: str, label: str) -> tuple[str, str | None]:
+    """`url` without its `user:password@` part, and that part (None when there is none).
+
+    Also checks that the host and port can be read: httpx's own errors for a bad
+    authority quote it, and a mistyped one (`http://alice:S3cret/`) holds a password.
+    """
+    try:
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigurationError(
+            f"{label} has an unreadable host or port (not shown: it may hold a password); "
+            "expected scheme://host[:port][/path]"
+        ) from None
+    if not hostname:
+        raise ConfigurationError(f"{label} {redact_url(url)!r} has no host name")
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    return parts._replace(netloc=host).geturl(), userinfo
+
+
+def _credential(userinfo: str, source: str) -> BasicCredential:
+    # As httpx and curl do, a user name alone is sent with an empty password.
+    username, _, password = userinfo.partition(":")
+    return BasicCredential(unquote(username), unquote(password), source=source)

@@ -6,13 +6,22 @@ Every error that comes from a server carries what support needs to find the requ
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class AIDPError(Exception):
     """Base class of every error raised by aidp-metrics."""
 
 
 class ConfigurationError(AIDPError, ValueError):
-    """Missing or inconsistent configuration: the message says what to set."""
+    """Missing or inconsistent configuration: the message says what to set.
+
+    The message is redacted (`aidp_metrics.redact`): it may quote a URL or a library's
+    error about a key file.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class NoEndpointConfigured(ConfigurationError):
@@ -37,6 +46,8 @@ class APIError(AIDPError):
         path: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        # A server's message may echo what it was sent (a key id, a header).
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.status = status

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigurationError
+from .errors import AIDPMetricsWarning, ConfigurationError
 from .retry import RetryPolicy
 
 Transport = Literal["batch", "metric"]
@@ -41,6 +42,10 @@ class DeliveryOptions:
         `kill -9`); "off" keeps everything in memory.
     spool_dir: where journals go (default `AIDP_METRICS_DIR`, else ./aidp-metrics).
     commit_interval: group commit period of the journal (fsync at most this often).
+    system_metrics: sample CPU, memory, disk, network and GPU metrics into the run (see
+        `system_metrics.py`); None (default) reads `AIDP_METRICS_SYSTEM_METRICS`, else
+        MLflow's `MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`, else off. Resolved to a bool here.
+    system_metrics_interval: seconds between two samples (the first is taken at start).
     """
 
     transport: Transport = "batch"
@@ -56,8 +61,16 @@ class DeliveryOptions:
     spool: SpoolMode = field(default_factory=lambda: _spool_from_env())
     spool_dir: str | None = None
     commit_interval: float = 0.1
+    system_metrics: bool | None = None
+    system_metrics_interval: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.system_metrics is None:  # frozen: set once, when the run is created
+            object.__setattr__(self, "system_metrics", _system_metrics_from_env())
+        if not self.system_metrics_interval > 0:
+            raise ConfigurationError(
+                f"system_metrics_interval must be > 0, got {self.system_metrics_interval!r}"
+            )
         if self.transport not in ("batch", "metric"):
             raise ConfigurationError(
                 f"transport={self.transport!r} is not one of 'batch', 'metric'"
@@ -108,6 +121,30 @@ def check_option_names(given: Iterable[str], valid: Iterable[str], where: str = 
         f"{prefix}unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; "
         f"valid options: {', '.join(known)}"
     )
+
+
+_SYSTEM_METRICS_VARIABLES = ("AIDP_METRICS_SYSTEM_METRICS", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _system_metrics_from_env() -> bool:
+    """The first of the variables that is set decides; a value that is not a boolean warns."""
+    for name in _SYSTEM_METRICS_VARIABLES:
+        value = os.environ.get(name, "").strip().lower()
+        if not value:
+            continue
+        if value in _TRUE:
+            return True
+        if value not in _FALSE:
+            warnings.warn(
+                f"aidp-metrics: {name}={os.environ[name]!r} is not true or false; "
+                "system metrics stay off",
+                AIDPMetricsWarning,
+                stacklevel=2,
+            )
+        return False
+    return False
 
 
 def _spool_from_env() -> SpoolMode:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from . import lifecycle
+from . import lifecycle, system_metrics
 from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
 from .delivery import LOCAL_ID_TAG, StreamSender, last_steps, loop
@@ -145,8 +145,9 @@ class Run:
         self._connect()
         return stream
 
-    def _connect(self) -> None:
-        """Hand the stream to the delivery loop and the spool writer (again, on reopen)."""
+    def _connect(self, *, sample: bool = True) -> None:
+        """Hand the stream to the delivery loop and the spool writer (again, on reopen),
+        and, when asked for, to the system-metrics sampler."""
         stream = self._stream
         if self._sender is not None:
             stream.wake_delivery = loop.wake
@@ -154,6 +155,8 @@ class Run:
         if self._spool is not None and (stream.spool_wanted or stream.run_id is None):
             self._spool.wake()
         lifecycle.register(self)
+        if sample and self.options.system_metrics:
+            system_metrics.watch(self, self.options.system_metrics_interval)
 
     # -- identity -------------------------------------------------------------------------
 
@@ -430,6 +433,13 @@ class Run:
         for key, reason in problems:
             self._warn_once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
 
+    def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
+        """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
+        the sample's time, without moving `last_step` (the training loop's)."""
+        if self._inactive:
+            return
+        self._stream.append([(key, float(v), timestamp, step) for key, v in metrics.items()])
+
     def log_params(self, params: object) -> None:
         """Log hyperparameters, flattened with `/`; re-logging a value is a no-op and a
         changed value is kept as first logged (MLflow params are immutable), with a warning."""
@@ -535,6 +545,7 @@ class Run:
     # -- ending ---------------------------------------------------------------------------
 
     def _end(self, status: str, wait: float, *, why: str) -> None:
+        system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
         with self._end_lock:
             stream = self._stream
             with stream.lock:
@@ -547,7 +558,7 @@ class Run:
                     stream.queue_op_locked("status", payload)
                     stream.spool_idle = False
             self._status = status
-            self._connect()
+            self._connect(sample=False)
             self._settle_everything(wait, why)
             self._close()
 

@@ -10,11 +10,13 @@ runs on a fresh machine without an OCI account (`pip install "aidp-metrics[local
 configured, the same runs go there.
 
 For each installed framework -- PyTorch Lightning (`AIDPLogger`), Hugging Face Transformers
-(`AIDPCallback`) and Keras 3 on the torch backend (`AIDPCallback`) -- it trains a small model
+(`AIDPCallback`), a plain loop with Hugging Face Accelerate (`AIDPTracker`) and Keras 3 on the
+torch backend (`AIDPCallback`) -- it trains a small model
 on synthetic data with a train/validation split, into experiment "aidp-metrics-quickstart".
 The integrations end their runs (flushing first) when training returns; the script then
 reads each run back through `MetricsClient`, prints a table and draws the loss curves into
-`quickstart-curves.png`. A framework that is not installed is skipped.
+`quickstart-curves.png`, with each run's CPU utilisation in a panel below (system metrics,
+sampled every 0.05 s here). A framework that is not installed is skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports Keras
 
@@ -37,6 +40,9 @@ from aidp_metrics.local_server import LocalMLflowServer
 
 EXPERIMENT = "aidp-metrics-quickstart"
 FEATURES = 8
+# System metrics every 0.05 s instead of 10 s: these runs train for well under a second.
+SYSTEM_METRICS: dict[str, Any] = {"system_metrics": True, "system_metrics_interval": 0.05}
+CPU_KEY = "system/cpu_utilization_percentage"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Result:
     status: str = "?"
     points: int = 0
     curve: list[tuple[int, float]] = field(default_factory=list)
+    cpu: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def last_loss(self) -> float | None:
@@ -137,7 +144,7 @@ def train_lightning(size: Size, workdir: Path) -> tuple[str, str]:
         return DataLoader(dataset, batch_size=size.batch_size, shuffle=shuffle)
 
     L.seed_everything(0, verbose=False)
-    logger = AIDPLogger(experiment_name=EXPERIMENT, run_name="lightning")
+    logger = AIDPLogger(experiment_name=EXPERIMENT, run_name="lightning", **SYSTEM_METRICS)
     trainer = L.Trainer(
         max_epochs=size.epochs,
         accelerator="cpu",
@@ -208,7 +215,7 @@ def train_transformers(size: Size, workdir: Path) -> tuple[str, str]:
         disable_tqdm=True,
         use_cpu=True,
     )
-    callback = AIDPCallback(experiment_name=EXPERIMENT, run_name="transformers")
+    callback = AIDPCallback(experiment_name=EXPERIMENT, run_name="transformers", **SYSTEM_METRICS)
     trainer = Trainer(
         model=BertForSequenceClassification(config),
         args=args,
@@ -219,6 +226,45 @@ def train_transformers(size: Size, workdir: Path) -> tuple[str, str]:
     trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log dict
     trainer.train()
     return _require(callback.run_id, "transformers"), "loss"
+
+
+def train_accelerate(size: Size, workdir: Path) -> tuple[str, str]:
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from aidp_metrics.integrations.accelerate import AIDPTracker
+
+    def loader(samples: int, seed: int, shuffle: bool) -> DataLoader[tuple[torch.Tensor, ...]]:
+        x, y = synthetic(samples, seed)
+        dataset = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        return DataLoader(dataset, batch_size=size.batch_size, shuffle=shuffle)
+
+    torch.manual_seed(0)
+    tracker = AIDPTracker(run_name="accelerate", **SYSTEM_METRICS)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers(EXPERIMENT, config={"lr": 1e-2, "batch_size": size.batch_size})
+    model = nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train, val = loader(size.train_samples, 0, True), loader(size.val_samples, 1, False)
+    model, optimizer, train, val = accelerator.prepare(model, optimizer, train, val)
+    step = 0
+    for epoch in range(size.epochs):
+        for x, y in train:
+            loss = nn.functional.mse_loss(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % size.log_every == 0:
+                accelerator.log({"loss": loss.item()}, step=step)
+        with torch.no_grad():
+            val_loss = sum(nn.functional.mse_loss(model(x), y).item() for x, y in val) / len(val)
+        accelerator.log({"val_loss": val_loss, "epoch": epoch + 1}, step=step)
+    run_id = tracker.run_id
+    accelerator.end_training()  # flushes, marks the run FINISHED
+    return _require(run_id, "accelerate"), "loss"
 
 
 def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
@@ -240,6 +286,7 @@ def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
         log_every_n_steps=size.log_every,
         experiment_name=EXPERIMENT,
         run_name=f"keras-{keras.backend.backend()}",
+        **SYSTEM_METRICS,
     )
     model.fit(
         x,
@@ -256,6 +303,7 @@ def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
 TRAINERS: dict[str, Callable[[Size, Path], tuple[str, str]]] = {
     "lightning": train_lightning,
     "transformers": train_transformers,
+    "accelerate": train_accelerate,
     "keras": train_keras,
 }
 
@@ -279,6 +327,8 @@ def read_back(client: MetricsClient, result: Result) -> None:
         result.points += len(history)
         if key == result.loss_key:
             result.curve = sorted((point.step, point.value) for point in history)
+        elif key == CPU_KEY:
+            result.cpu = sorted((point.step, point.value) for point in history)
 
 
 def table(results: list[Result]) -> str:
@@ -299,8 +349,10 @@ def plot(results: list[Result], path: Path) -> bool:
     from aidp_metrics.cli_plot import write_png
 
     series = {f"{r.framework} ({r.loss_key})": r.curve for r in results if r.curve}
+    # system/ keys go to a panel of their own under the loss
+    series.update({f"{CPU_KEY} ({r.framework})": r.cpu for r in results if r.cpu})
     try:
-        write_png(series, path, title=f"{EXPERIMENT}: training loss")
+        write_png(series, path, title=f"{EXPERIMENT}: training loss; CPU below")
     except ConfigurationError as exc:  # matplotlib missing
         print(f"no plot: {exc}")
         return False

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from aidp_metrics import auth, oci_config
+from aidp_metrics import Endpoint, auth, oci_config
 from aidp_metrics.errors import ConfigurationError
 
 pytest.importorskip("oci")
@@ -319,25 +319,70 @@ def _authorization(auth_: httpx.Auth) -> str:
 
 def test_mlflow_bearer_token(mlflow_env: pytest.MonkeyPatch) -> None:
     mlflow_env.setenv("MLFLOW_TRACKING_TOKEN", "tok")
-    mlflow_env.setenv("MLFLOW_TRACKING_USERNAME", "ignored")
-    found = auth.mlflow_auth_from_env()
+    mlflow_env.setenv("MLFLOW_TRACKING_USERNAME", "ignored")  # half a pair: the token wins
+    found = auth.mlflow_auth()
     assert isinstance(found, auth.BearerToken)
     assert _authorization(found) == "Bearer tok"
+    assert repr(found) == "BearerToken(source='MLFLOW_TRACKING_TOKEN')"
 
 
 def test_mlflow_basic_auth(mlflow_env: pytest.MonkeyPatch) -> None:
     mlflow_env.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     mlflow_env.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
-    found = auth.mlflow_auth_from_env()
+    found = auth.mlflow_auth()
     assert isinstance(found, httpx.BasicAuth)
     assert _authorization(found) == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert repr(found) == f"BasicAuth(source={auth.ENV_BASIC_SOURCE!r})"
+
+
+def test_mlflow_precedence_is_mlflows_uri_then_basic_then_token(
+    mlflow_env: pytest.MonkeyPatch,
+) -> None:
+    # MLflow 3.17's client (requests) sends the URI's user:password over the env's Basic
+    # header, and Basic from USERNAME/PASSWORD over the token.
+    mlflow_env.setenv("MLFLOW_TRACKING_TOKEN", "tok")
+    mlflow_env.setenv("MLFLOW_TRACKING_USERNAME", "envuser")
+    mlflow_env.setenv("MLFLOW_TRACKING_PASSWORD", "envpass")
+    basic = "Basic " + base64.b64encode(b"envuser:envpass").decode()
+    assert _authorization(auth.mlflow_auth()) == basic  # type: ignore[arg-type]
+    endpoint = Endpoint.mlflow("http://uri%40user:p%3Ass@mlflow.local", source="X")
+    found = auth.mlflow_auth(endpoint.credential)
+    assert isinstance(found, auth.BasicAuth)
+    assert found.source == "X"
+    assert _authorization(found) == "Basic " + base64.b64encode(b"uri@user:p:ss").decode()
 
 
 def test_mlflow_no_auth_and_half_basic(mlflow_env: pytest.MonkeyPatch) -> None:
-    assert auth.mlflow_auth_from_env() is None
+    assert auth.mlflow_auth() is None
     mlflow_env.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_PASSWORD"):
-        auth.mlflow_auth_from_env()
+        auth.mlflow_auth()
+
+
+def test_wrong_pass_phrase_is_named_not_shown(
+    tmp_path: Path, private_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in OCI_ENV:
+        monkeypatch.delenv(name, raising=False)
+    key_file = tmp_path / "encrypted.pem"
+    key_file.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"the-right-phrase"),
+        )
+    )
+    config = tmp_path / "config"
+    config.write_text(
+        f"[DEFAULT]\nuser={USER}\nfingerprint={FINGERPRINT}\ntenancy={TENANCY}\n"
+        f"key_file={key_file}\npass_phrase=Wr0ng-Phrase-7f3a\n"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        auth.oci_signer_auth("api_key", config_file=config)
+    message = str(info.value)
+    assert str(key_file) in message
+    assert "Wr0ng-Phrase-7f3a" not in message
+    assert "the-right-phrase" not in message
 
 
 def test_through_httpx_client_401_is_retried_once_with_a_fresh_signature(

@@ -1,10 +1,12 @@
-"""Smoke test of the framework benchmark: one quick Lightning run of (a) and (b).
+"""Smoke test of the framework benchmark: one quick run of (a) and (b) for Lightning and
+Accelerate (whichever is installed), in one benchmark process.
 
 No timing assertions: the benchmark's numbers are informational.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lightning")
-
 ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = [f for f in ("lightning", "accelerate") if importlib.util.find_spec(f) is not None]
 
 
 @pytest.mark.slow
 @pytest.mark.lightning
-def test_bench_frameworks_quick_lightning(tmp_path: Path) -> None:
+def test_bench_frameworks_quick(tmp_path: Path) -> None:
+    if not FRAMEWORKS:
+        pytest.skip("neither lightning nor accelerate is installed")
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
@@ -28,7 +31,7 @@ def test_bench_frameworks_quick_lightning(tmp_path: Path) -> None:
             "benchmarks.bench_frameworks",
             "--quick",
             "--frameworks",
-            "lightning",
+            ",".join(FRAMEWORKS),
             "--configs",
             "a,b",
             "--json",
@@ -44,19 +47,21 @@ def test_bench_frameworks_quick_lightning(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["benchmark"] == "frameworks"
     assert data["quick"] is True
-    assert data["plan"]["frameworks"] == ["lightning"]
+    assert data["plan"]["frameworks"] == FRAMEWORKS
     assert data["plan"]["servers"] == ["near"]
     runs = data["runs"]
-    assert {(r["config"], r["server"]) for r in runs} == {("a", "-"), ("b", "near")}
     assert not [r for r in runs if "error" in r]
-    ours = next(r for r in runs if r["config"] == "b")
-    assert ours["steps"] == data["plan"]["steps"]["lightning"]
-    assert ours["logged_points"] >= 3 * ours["steps"]
-    assert ours["read_back_points"] == ours["logged_points"]
-    assert ours["completeness"] == 1.0
-    assert ours["timed_out"] is False
-    cells = data["summary"]["lightning"]["cells"]
-    assert set(cells) == {"a/-", "b/near"}
-    assert cells["b/near"]["completeness_min"] == 1.0
-    assert "overhead_seconds_per_step" in cells["b/near"]
+    for framework in FRAMEWORKS:
+        mine = [r for r in runs if r["framework"] == framework]
+        assert {(r["config"], r["server"]) for r in mine} == {("a", "-"), ("b", "near")}
+        ours = next(r for r in mine if r["config"] == "b")
+        assert ours["steps"] == data["plan"]["steps"][framework]
+        assert ours["logged_points"] >= 3 * ours["steps"]
+        assert ours["read_back_points"] == ours["logged_points"]
+        assert ours["completeness"] == 1.0
+        assert ours["timed_out"] is False
+        cells = data["summary"][framework]["cells"]
+        assert set(cells) == {"a/-", "b/near"}
+        assert cells["b/near"]["completeness_min"] == 1.0
+        assert "overhead_seconds_per_step" in cells["b/near"]
     assert "results" in result.stdout

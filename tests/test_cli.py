@@ -280,7 +280,7 @@ def test_clock_skew_computation() -> None:
 
 
 def test_redact_hides_token_shaped_text() -> None:
-    from aidp_metrics.doctor import redact
+    from aidp_metrics.redact import redact
 
     token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     text = redact(f"unknown keyId 'ST${token}' and {token} and Bearer abc.def")

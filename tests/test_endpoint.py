@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 
 from aidp_metrics import ConfigurationError, Endpoint
@@ -136,3 +139,95 @@ def test_describe_hides_userinfo() -> None:
     endpoint = Endpoint.mlflow("http://user:secret@127.0.0.1:5000")
     assert "secret" not in endpoint.describe()
     assert "secret" not in repr(endpoint)
+
+
+SECRET = "S3cret%40PW"  # percent-encoded in the URI: the password is "S3cret@PW"
+
+
+def test_userinfo_becomes_a_credential_and_leaves_every_url() -> None:
+    endpoint = Endpoint.mlflow(f"http://alice:{SECRET}@127.0.0.1:5000/")
+    assert endpoint.base_url == "http://127.0.0.1:5000"
+    assert endpoint.url("runs/get") == "http://127.0.0.1:5000/api/2.0/mlflow/runs/get"
+    assert endpoint.public_url() == "http://127.0.0.1:5000"
+    assert endpoint.credential is not None
+    assert (endpoint.credential.username, endpoint.credential.password) == ("alice", "S3cret@PW")
+    assert endpoint.credential.source == "the tracking URI"
+    shown = [repr(endpoint), str(endpoint), endpoint.describe(), repr(endpoint.credential)]
+    shown.append(repr(dataclasses.asdict(endpoint)))
+    for text in shown:
+        assert "S3cret" not in text
+        assert "alice" not in text
+    assert "credential=BasicCredential(source='the tracking URI')" in repr(endpoint)
+
+
+def test_username_alone_is_a_credential_with_an_empty_password() -> None:
+    endpoint = Endpoint.mlflow("https://tok3n-abc@mlflow.example.com")
+    assert endpoint.base_url == "https://mlflow.example.com"
+    assert endpoint.credential is not None
+    assert (endpoint.credential.username, endpoint.credential.password) == ("tok3n-abc", "")
+
+
+def test_from_env_names_the_variable_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:{SECRET}@127.0.0.1:5000")
+    endpoint = Endpoint.from_env()
+    assert endpoint.credential is not None
+    assert endpoint.credential.source == "MLFLOW_TRACKING_URI"
+    assert endpoint == Endpoint.mlflow(f"http://alice:{SECRET}@127.0.0.1:5000")
+    assert endpoint != Endpoint.mlflow("http://127.0.0.1:5000")
+
+
+def test_built_directly_or_replaced_the_base_url_still_holds_no_userinfo() -> None:
+    direct = Endpoint(kind="mlflow", base_url="http://bob:hunter2@127.0.0.1:1")
+    assert direct.base_url == "http://127.0.0.1:1"
+    assert direct.credential is not None
+    assert direct.credential.password == "hunter2"
+    replaced = dataclasses.replace(Endpoint.mlflow("http://h:1"), base_url="http://c:pw2@h:2")
+    assert replaced.base_url == "http://h:2"
+    assert replaced.credential is not None
+    assert replaced.credential.password == "pw2"
+    assert pickle.loads(pickle.dumps(replaced)) == replaced
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("htps://alice:S3cretPW@host:5000", "'htps://alice:***@host:5000'"),
+        ("http:/alice:S3cretPW@host", "'http:/alice:***@host'"),
+        ("alice:S3cretPW@host:5000", "'alice:***@host:5000'"),
+        ("ftp://S3cretPW@host", "'ftp://***@host'"),
+    ],
+)
+def test_bad_scheme_error_shows_the_uri_redacted(uri: str, shown: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Endpoint.mlflow(uri)
+    message = str(info.value)
+    assert shown in message
+    assert "S3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://alice:S3cretPW", "http://alice:S3cretPW/path", "http://alice:S3cretPW@"]
+)
+def test_unreadable_authority_error_never_shows_a_password(uri: str) -> None:
+    # Without the '@' the password reads as a port; httpx's own error would quote it.
+    with pytest.raises(ConfigurationError) as info:
+        Endpoint.mlflow(uri)
+    assert "S3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://alice:S3cretPW@aidp.example.com", "http://u:S3cretPW@[::1]:9"]
+)
+def test_aidp_endpoint_with_userinfo_is_refused_redacted(url: str) -> None:
+    with pytest.raises(
+        ConfigurationError, match="must not contain a user name or password"
+    ) as info:
+        Endpoint.aidp(OCID, "ws", endpoint=url)
+    assert "S3cret" not in str(info.value)
+    assert ":***@" in str(info.value)
+
+
+def test_aidp_bad_scheme_error_is_redacted() -> None:
+    with pytest.raises(ConfigurationError, match="https") as info:
+        Endpoint.aidp(OCID, "ws", endpoint="htps://aidp.example.com")
+    assert "'htps://aidp.example.com'" in str(info.value)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TIMEOUT = 300
 QUICKSTART_EXPERIMENT = "aidp-metrics-quickstart"
-FRAMEWORKS = ("lightning", "transformers", "keras")
+FRAMEWORKS = ("lightning", "transformers", "accelerate", "keras")
 # Inherited variables that would point a child process elsewhere or into another run.
 _SCRUBBED = (
     "AIDP_INSTANCE_ID",

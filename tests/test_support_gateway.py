@@ -166,6 +166,30 @@ def test_unknown_key_id_is_rejected(
     assert "unknown keyId" in response.json()["message"]
 
 
+def test_rejections_never_echo_credentials(
+    aidp_gateway: AIDPGateway, oci_security_token: OCICredentials, tmp_path: Path
+) -> None:
+    # A session token the gateway does not know: its keyId is `ST$<token>`.
+    token = oci_security_token.token
+    assert token is not None
+    other = write_private_key(generate_private_key(), tmp_path / "other.pem")
+    signer = oci.auth.signers.SecurityTokenSigner(
+        token[::-1], oci.signer.load_private_key_from_file(str(other))
+    )
+    url = f"{aidp_gateway.mlflow_url}/experiments/get-by-name"
+    unknown = send(signed(signer, "GET", url, params={"experiment_name": "x"}))
+    bare = httpx.get(url, headers={"authorization": "not-a-scheme-S3cretT0ken"}, timeout=30)
+    basic = httpx.get(url, auth=("alice", "S3cretPW"), timeout=30)
+
+    assert [unknown.status_code, bare.status_code, basic.status_code] == [401, 401, 401]
+    assert unknown.json()["message"] == "unknown keyId"
+    assert bare.json()["message"] == "unsupported authorization scheme"
+    assert basic.json()["message"] == "unsupported authorization scheme 'Basic'"
+    replies = unknown.text + bare.text + basic.text + " ".join(aidp_gateway.auth_failures)
+    for secret in (token[::-1][:16], "S3cretT0ken", "S3cretPW", "YWxpY2U6UzNjcmV0UFc"):
+        assert secret not in replies
+
+
 def test_tampered_body_is_rejected(
     aidp_gateway: AIDPGateway,
     mlflow_server: MLflowServer,

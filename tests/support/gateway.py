@@ -30,6 +30,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _GENERIC_SIGNED = ("(request-target)", "host")
 _BODY_SIGNED = ("content-length", "content-type", "x-content-sha256")
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_KNOWN_SCHEMES = frozenset({"Basic", "Bearer", "Digest", "Negotiate", "AWS4-HMAC-SHA256"})
 _DEFAULT_CODES = {
     400: "InvalidParameter",
     401: "NotAuthenticated",
@@ -271,7 +272,9 @@ class AIDPGateway:
             raise _AuthError("missing Authorization header")
         scheme, _, rest = auth.partition(" ")
         if scheme != "Signature":
-            raise _AuthError(f"unsupported authorization scheme {scheme!r}")
+            # Named only when it is a scheme name: a bare token would be echoed otherwise.
+            named = f" {scheme!r}" if scheme in _KNOWN_SCHEMES else ""
+            raise _AuthError(f"unsupported authorization scheme{named}")
         params = dict(_AUTH_PARAM.findall(rest))
         missing = {"version", "keyId", "algorithm", "headers", "signature"} - params.keys()
         if missing:
@@ -299,7 +302,8 @@ class AIDPGateway:
         with self._lock:
             key = self._keys.get(params["keyId"])
         if key is None:
-            raise _AuthError(f"unknown keyId {params['keyId'][:80]!r}")
+            # Never echoed: a session token's keyId is `ST$<token>`.
+            raise _AuthError("unknown keyId")
         try:
             signature = base64.b64decode(params["signature"], validate=True)
             key.verify(signature, "\n".join(lines).encode(), padding.PKCS1v15(), hashes.SHA256())

@@ -1,0 +1,313 @@
+"""Hugging Face Accelerate: `Accelerator(log_with=AIDPTracker(...))` streams `accelerator.log`
+into an AIDP / MLflow run.
+
+    from accelerate import Accelerator
+    from aidp_metrics.integrations.accelerate import AIDPTracker
+
+    accelerator = Accelerator(log_with=AIDPTracker(run_name="lr-3e-4"))
+    accelerator.init_trackers("resnet", config={"lr": 3e-4})  # experiment "resnet"
+    for step, batch in enumerate(loader):
+        ...
+        accelerator.log({"loss": loss.item()}, step=step)
+    accelerator.end_training()  # FINISHED
+
+With Accelerate >= 1.15 importing this module also registers the tracker under the name
+"aidp" (`accelerate.tracking.register_tracker_class`), so `Accelerator(log_with="aidp")`
+works too, with the tracker's arguments in `init_trackers(..., init_kwargs={"aidp": {...}})`.
+Older versions only take a tracker instance (a name must be one of Accelerate's own).
+
+What lands where:
+
+- **Experiment**: `experiment_name` if given, else the `project_name` of `init_trackers`,
+  else `AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME` (only a tracker used without
+  `init_trackers` gets that far), else "Default". `run_id`, `AIDP_RUN_ID` /
+  `MLFLOW_RUN_ID` attach to an existing run instead.
+- **Params**: the `config` of `init_trackers`, flattened with `/` like every integration's.
+  Tags: `framework`, `accelerate_version`, plus `tags`.
+- **Metrics**: every numeric value of `accelerator.log(values, step=...)` under its key (a
+  nested dict `{"loss": {"train": x}}` as `loss/train`), at `step`. With `step=None` the
+  point lands on this tracker's own count of `log` calls before it (0, 1, 2, ...; calls
+  with a step count too), so un-stepped curves do not pile up at step 0. A value that is
+  not a number (a string, an image) is skipped with one warning per key.
+
+Lifecycle: the run is created by `init_trackers` (Accelerate >= 1.8 calls `start()`; before
+that, at the first `store_init_configuration` or `log`), on the main process only
+(`main_process_only = True`: Accelerate's global process index 0, so on a multi-node job
+the local rank 0 of every other node creates and sends nothing). While training, the run's
+`status_on_exit` is FAILED, so an exception escaping the script (or an exit without
+`end_training()`) leaves it FAILED, with everything logged before delivered by the exit
+hook. `accelerator.end_training()` ends it FINISHED (flushing first, at most the run's
+`end_timeout`). `tracker.tracker` (`accelerator.get_tracker("aidp", unwrap=True)`) is the
+`aidp_metrics.Run`. Logging never raises into training: a run that cannot be created, or
+any error in the tracker, gives one `AIDPMetricsWarning`, unless `strict=True`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import accelerate
+from accelerate import tracking
+from accelerate.tracking import GeneralTracker
+
+from aidp_metrics.errors import AIDPError
+from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.params import flatten_params
+
+if TYPE_CHECKING:
+    from aidp_metrics import Endpoint, MetricsClient, Run
+
+__all__ = ["AIDPTracker"]
+
+TRACKER_NAME = "aidp"
+TAG_FRAMEWORK = "framework"
+TAG_ACCELERATE_VERSION = "accelerate_version"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+# Runs the method on the main process only when `self.main_process_only` (Accelerate's own).
+_on_main_process = cast("Callable[[_F], _F]", tracking.on_main_process)
+# How far up the stack `init_trackers` can be from our `start` / `store_init_configuration`
+# (the on_main_process wrappers sit in between).
+_MAX_FRAMES = 8
+
+
+class AIDPTracker(GeneralTracker):  # type: ignore[misc]
+    """An Accelerate tracker sending `accelerator.log` metrics and the config to a run.
+
+    Args:
+        project_name: the experiment, when `experiment_name` is not given. Accelerate passes
+            `init_trackers`'s `project_name` here for `log_with="aidp"`; for an instance the
+            tracker reads it from the `init_trackers` call that starts it.
+        experiment_name: experiment of a new run (wins over `project_name`).
+        run_name: name of a new run.
+        run_id: log into this existing run instead of starting one.
+        tags: extra tags set on the run.
+        log_params: log `init_trackers`'s `config` as params.
+        endpoint, client: where to send; by default from the environment.
+        strict: raise when the run cannot be created or the tracker fails (default: warn
+            once and go on; training never dies from logging).
+        **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
+    """
+
+    name = TRACKER_NAME
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(
+        self,
+        project_name: str | None = None,
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        log_params: bool = True,
+        endpoint: Endpoint | None = None,
+        client: MetricsClient | None = None,
+        strict: bool = False,
+        **run_options: Any,
+    ) -> None:
+        super().__init__()
+        self.project_name = project_name
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.log_params = log_params
+        self.strict = strict
+        self._run_id = run_id
+        self._endpoint = endpoint
+        self._client = client
+        self._run_options = run_options
+        self._run: Run | None = None
+        self._disabled = False
+        self._calls = 0  # `log` calls so far: the step of a point logged without one
+        self._converter = MetricConverter()
+        self._warned: set[str] = set()
+
+    # -- Accelerate's tracker API ------------------------------------------------------------
+
+    @property
+    def tracker(self) -> Run | None:
+        """The `aidp_metrics.Run` (created if needed) on the main process; None elsewhere,
+        or when the run could not be created."""
+        return self._main_process_run("tracker")
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run, once it exists on the main process."""
+        return None if self._run is None else self._run.run_id
+
+    @_on_main_process
+    def start(self) -> None:
+        """Create (or attach) the run; `init_trackers` calls this (Accelerate >= 1.8)."""
+        try:
+            if self.project_name is None:
+                self.project_name = _project_name_of_init_trackers()
+            self._ensure_run()
+        except Exception as exc:
+            self._failed("start", exc)
+
+    @_on_main_process
+    def store_init_configuration(self, values: Mapping[str, Any]) -> None:
+        """`init_trackers`'s `config`, flattened into run params."""
+        try:
+            if self.project_name is None and self._run is None:
+                self.project_name = _project_name_of_init_trackers()
+            run = self._ensure_run()
+            if run is not None and self.log_params:
+                run.log_params(flatten_params(values))
+        except Exception as exc:
+            self._failed("store_init_configuration", exc)
+
+    def log(self, values: Mapping[str, Any], step: int | None = None, **kwargs: Any) -> None:
+        """`accelerator.log(values, step)`: the numeric values at `step` (or the call count)."""
+        run = self._run
+        if run is None:
+            # Only where the main-process check lets a run be created. Once it exists the
+            # check (Accelerate's decorator, ~9 us a call, more than the logging) is done.
+            run = self._main_process_run("log")
+            if run is None:
+                return
+        at = self._calls if step is None else step
+        self._calls += 1
+        try:
+            if kwargs:
+                self._warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
+            metrics = self._converter.convert(_flat(values))
+            if metrics:
+                run.log_metrics(metrics, step=at)
+        except Exception as exc:
+            self._failed("log", exc)
+
+    @_on_main_process
+    def finish(self) -> None:
+        """`accelerator.end_training()`: flush and end the run FINISHED."""
+        run = self._run
+        if run is None:
+            return
+        try:
+            run.status_on_exit = "FINISHED"
+            if not run.ended:
+                run.end("FINISHED")
+        except Exception as exc:
+            self._failed("finish", exc)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @_on_main_process
+    def _main_process_run(self, hook: str) -> Run | None:
+        try:
+            return self._ensure_run()
+        except Exception as exc:
+            self._failed(hook, exc)
+            return None
+
+    def _ensure_run(self) -> Run | None:
+        """The run, started or attached on first use; None once that has failed."""
+        if self._run is not None or self._disabled:
+            return self._run
+        from aidp_metrics import Run  # here: importing this module stays cheap
+
+        options: dict[str, Any] = dict(self._run_options)
+        options["strict"] = self.strict
+        tags = {
+            TAG_FRAMEWORK: "accelerate",
+            TAG_ACCELERATE_VERSION: accelerate.__version__,
+            **self.tags,
+        }
+        try:
+            if self._run_id is not None:
+                run = Run.attach(
+                    self._run_id, endpoint=self._endpoint, client=self._client, **options
+                )
+                run.set_tags(tags)
+            else:
+                run = Run.from_env(
+                    experiment_name=self.experiment_name or self.project_name,
+                    run_name=self.run_name,
+                    tags=tags,
+                    endpoint=self._endpoint,
+                    client=self._client,
+                    **options,
+                )
+        except AIDPError as exc:
+            if self.strict:
+                raise
+            self._disabled = True
+            warnings.warn(
+                f"aidp-metrics: could not start or attach a run ({exc}); "
+                "training goes on without logging to it",
+                AIDPMetricsWarning,
+                stacklevel=4,
+            )
+            return None
+        # Until end_training(): an exception escaping the script ends the run FAILED.
+        run.status_on_exit = "FAILED"
+        self._run = run
+        self._run_id = run.run_id
+        return run
+
+    def _failed(self, hook: str, exc: Exception) -> None:
+        if self.strict:
+            raise exc
+        self._warn_once(hook, f"{hook} failed ({type(exc).__name__}: {exc}); training goes on")
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic in self._warned:
+            return
+        self._warned.add(topic)
+        warnings.warn(f"aidp-metrics: {message}", AIDPMetricsWarning, stacklevel=4)
+
+    def __repr__(self) -> str:
+        experiment = self.experiment_name or self.project_name
+        return f"AIDPTracker(experiment={experiment!r}, run_id={self.run_id!r})"
+
+
+def _flat(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`{"loss": {"train": x}}` -> `{"loss/train": x}` (TensorBoard-style grouped scalars)."""
+    for value in values.values():
+        if isinstance(value, Mapping):
+            break
+    else:
+        return values
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            for inner, number in _flat(value).items():
+                flat[f"{key}/{inner}"] = number
+        else:
+            flat[key] = value
+    return flat
+
+
+def _project_name_of_init_trackers() -> str | None:
+    """The `project_name` of the `Accelerator.init_trackers` call running us, if any.
+
+    Accelerate gives a tracker instance only `start()` and `store_init_configuration(config)`,
+    never the project name, and calls both from `init_trackers` a few frames up.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "init_trackers" and isinstance(
+            frame.f_locals.get("self"), accelerate.Accelerator
+        ):
+            name = frame.f_locals.get("project_name")
+            return str(name) if name else None
+        frame = frame.f_back
+    return None
+
+
+def _register_by_name() -> None:
+    """`Accelerator(log_with="aidp")`, where Accelerate lets a tracker register (>= 1.15)."""
+    register = getattr(tracking, "register_tracker_class", None)
+    if register is not None and tracking.LOGGER_TYPE_TO_CLASS.get(TRACKER_NAME) is not AIDPTracker:
+        register(AIDPTracker)
+
+
+_register_by_name()
