@@ -171,7 +171,8 @@ def _queue(stream: RunStream, op: Op, client: MetricsClient, journal: Journal) -
             return
     if kind == "create" and stream.run_id is not None:
         return  # created by an earlier sync (or the process, just before it stopped)
-    if stream.run_id is None and kind not in ("create", "attach"):
+    opening = any(queued.op[0] in ("create", "attach") for queued in stream.ops)
+    if stream.run_id is None and not opening and kind not in ("create", "attach"):
         raise AIDPError(
             f"journal {journal.directory} does not say which run it belongs to "
             "(no run id and no create record)"

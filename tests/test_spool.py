@@ -238,3 +238,24 @@ def test_spool_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AIDP_METRICS_SPOOL", "sometimes")
     with pytest.raises(ConfigurationError, match="AIDP_METRICS_SPOOL"):
         DeliveryOptions()
+
+
+def test_a_small_offline_run_syncs_params_tags_and_status_in_one_group(
+    mlflow_server: MLflowServer, fresh_experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything in one replay group: the params follow a create that is not sent yet."""
+    monkeypatch.setenv("AIDP_METRICS_MODE", "offline")
+    run = Run.start(experiment_name=fresh_experiment)
+    for step in range(5):
+        run.log_metrics({"loss": float(step)}, step=step)
+    run.log_params({"lr": 0.1})
+    run.set_tags({"phase": "offline"})
+    run.end("KILLED")
+    (result,) = sync_directory(spool_dir(), MetricsClient(mlflow_server.url))
+    assert (result.error, result.sent) == (None, 5)
+    assert result.run_id is not None
+    stored = get_run(mlflow_server.url, result.run_id)
+    assert stored["info"]["status"] == "KILLED"
+    assert {p["key"]: p["value"] for p in stored["data"]["params"]} == {"lr": "0.1"}
+    assert {t["key"]: t["value"] for t in stored["data"]["tags"]}["phase"] == "offline"
+    assert history(mlflow_server, result.run_id, "loss") == [(s, float(s)) for s in range(5)]
