@@ -32,11 +32,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .client import MAX_BATCH_METRICS, MetricsClient, batch_bodies, expect
 from .errors import APIError, BadRequest, NotFound, TooManyRequests
-from .journal import Metric, Op, read_metrics
+from .journal import Metric, Op, read_metrics, run_id_for
 from .metric import json_key, json_number
 from .notify import Notifier
 from .retry import RetryPolicy
@@ -75,8 +76,10 @@ class StreamSender:
         *,
         notifier: Notifier | None = None,
         on_run_id: Callable[[str], None] | None = None,
+        spool_root: Path | None = None,
     ) -> None:
         self.stream = stream
+        self.spool_root = spool_root
         self.client = client
         self.options = stream.options
         self.notifier = notifier or stream.notifier
@@ -367,7 +370,7 @@ class StreamSender:
         self._resolved(info.run_id, f"run {info.run_id} created")
 
     def _attach(self, spec: dict[str, Any]) -> None:
-        run_id = str(spec["run_id"])
+        run_id = spec.get("run_id") or self._resolve_local(spec)
         try:
             run = self.client.get_run(run_id, retry=RetryPolicy.never())
             info = expect(run, "info", path="runs/get")
@@ -382,6 +385,20 @@ class StreamSender:
             with self.stream.lock:
                 self.stream.floors = floors
         self._resolved(run_id, f"attached to run {run_id}")
+
+    def _resolve_local(self, spec: dict[str, Any]) -> str:
+        """The run a local id became: this spool directory knows, or the server's tag."""
+        local_id = str(spec["local_id"])
+        found = run_id_for(local_id, self.spool_root) if self.spool_root is not None else None
+        try:
+            found = found or find_created(self.client, local_id, spec.get("experiment_name"))
+        except APIError as error:
+            raise _Retry(error) from None
+        if found is None:
+            raise _Retry(
+                NotFound(f"{local_id} has not reached the server yet", status=404, path="runs/get")
+            )
+        return found
 
     def _resolved(self, run_id: str, what: str) -> None:
         stream = self.stream
@@ -584,6 +601,25 @@ class StreamSender:
             return float(len(times))
         span = times[-1] - times[0]
         return (len(times) - 1) / span if span > 0 else math.inf
+
+
+def find_created(
+    client: MetricsClient,
+    local_id: str,
+    experiment: str | None,
+    experiment_id: str | None = None,
+) -> str | None:
+    """The server run tagged with `local_id` (in the experiment given by id, else by name,
+    else "Default"), if any."""
+    if experiment_id is None:
+        found = client.get_experiment_by_name(experiment or "Default")
+        if found is None:
+            return None
+        experiment_id = str(found["experiment_id"])
+    runs = client.search_runs(
+        [experiment_id], f"tags.`{LOCAL_ID_TAG}` = '{local_id}'", max_results=1
+    )
+    return str(runs[0]["info"]["run_id"]) if runs else None
 
 
 def last_steps(run: dict[str, Any]) -> dict[str, int]:

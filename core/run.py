@@ -33,7 +33,7 @@ from .errors import (
     InvalidMetric,
     NoEndpointConfigured,
 )
-from .journal import Metric, RunDescriptor, new_local_id, spool_root
+from .journal import Metric, RunDescriptor, new_local_id, run_id_for, spool_root
 from .metric import (
     INT64_MAX,
     INT64_MIN,
@@ -104,6 +104,7 @@ class Run:
         self._inactive = False  # an inherited run in a forked child (until take_over)
         self._handoff: mmap.mmap | None = None  # set by a forked child that took over
         self._logged_at_fork = -1
+        self._alias: str | None = None  # attached to a local id not resolved yet
         self._notifier = Notifier()
         self._spec = opening[1] if opening is not None and opening[0] == "create" else None
         self._stream = self._new_stream(run_id, opening, floors)
@@ -136,10 +137,12 @@ class Run:
         self._stream = stream
         self._sender: StreamSender | None = None
         self._spool: SpoolTask | None = None
+        root = spool_root(self.options.spool_dir)
         if self.client is not None:
-            self._sender = StreamSender(stream, self.client, notifier=self._notifier)
+            self._sender = StreamSender(
+                stream, self.client, notifier=self._notifier, spool_root=root
+            )
         if stream.spool_allowed:
-            root = spool_root(self.options.spool_dir)
             self._spool = SpoolTask(stream, root, self._descriptor)
             stream.wake_spool = self._spool.wake
         self._connect()
@@ -162,8 +165,9 @@ class Run:
 
     @property
     def run_id(self) -> str:
-        """The server's run id, or the local id while the run exists only here."""
-        return self._stream.run_id or self._descriptor.run_id or self.local_id
+        """The server's run id; until the server has it, the id the run was attached to,
+        else its local id."""
+        return self._stream.run_id or self._descriptor.run_id or self._alias or self.local_id
 
     @property
     def experiment_id(self) -> str | None:
@@ -200,14 +204,15 @@ class Run:
         endpoint: Endpoint | str | None = None,
         client: MetricsClient | None = None,
         experiment_id: str | None = None,
+        offline: bool = False,
         **options: Any,
     ) -> Run:
         """Create a run (and its experiment if missing) and return it, ready to log.
 
         If the server does not answer, the run starts locally and is created as soon as it
         does; training never waits for it. Only a definite refusal (400, 401, 403, 404)
-        raises. Offline (`AIDP_METRICS_MODE=offline`, or nothing configured) the run lives
-        in the spool until `aidp-metrics sync`.
+        raises. Offline (`offline=True`, `AIDP_METRICS_MODE=offline`, or nothing configured)
+        the run lives in the spool until `aidp-metrics sync`.
         """
         delivery = DeliveryOptions.from_kwargs(options)
         all_tags = {**_default_tags(), **_string_tags(tags or {})}
@@ -221,7 +226,7 @@ class Run:
             "tags": all_tags,
             "start_time": now_ms(),
         }
-        client, owns = _client_or_offline(endpoint, client)
+        client, owns = (None, False) if offline else _client_or_offline(endpoint, client)
         descriptor = RunDescriptor(
             local_id=local_id,
             endpoint=client.endpoint.public_url() if client is not None else None,
@@ -279,6 +284,8 @@ class Run:
         endpoint: Endpoint | str | None = None,
         client: MetricsClient | None = None,
         skip_logged_steps: bool = False,
+        experiment_name: str | None = None,
+        offline: bool = False,
         **options: Any,
     ) -> Run:
         """Log into an existing run (marked RUNNING again if it had ended).
@@ -287,22 +294,37 @@ class Run:
         attaches as soon as it does. Only a definite answer (404 for the run, 401, 403)
         raises. With `skip_logged_steps`, points at or below the last step the run already
         holds for their key are not sent again (a resumed job), and counted as skipped.
+
+        `run_id` may be a local id (`local-...`, a run that had not reached the server when
+        a checkpoint saved its id): it resolves to the run it became (this spool directory
+        remembers, else the server's `aidp_metrics.local_id` tag in `experiment_name`), or
+        the points wait in the spool until it can be resolved (`aidp-metrics sync`).
         """
         delivery = DeliveryOptions.from_kwargs(options)
-        client, owns = _client_or_offline(endpoint, client)
+        client, owns = (None, False) if offline else _client_or_offline(endpoint, client)
+        alias: str | None = None
+        if run_id.startswith("local-"):
+            resolved = run_id_for(run_id, spool_root(delivery.spool_dir))
+            if resolved is None and client is not None:
+                resolved = _created_from(client, run_id, experiment_name)
+            if resolved is None:
+                alias = run_id
+            run_id = resolved or run_id
         local_id = new_local_id()
         descriptor = RunDescriptor(
             local_id=local_id,
-            run_id=run_id,
+            run_id=None if alias else run_id,
             endpoint=client.endpoint.public_url() if client is not None else None,
+            experiment_name=experiment_name,
         )
+        target = {"local_id": alias} if alias else {"run_id": run_id}
         opening: tuple[str, dict[str, Any]] | None = (
             "attach",
-            {"run_id": run_id, "skip_logged_steps": skip_logged_steps},
+            {**target, "experiment_name": experiment_name, "skip_logged_steps": skip_logged_steps},
         )
         params: dict[str, str] = {}
         floors: dict[str, int] = {}
-        if client is not None:
+        if client is not None and alias is None:
             try:
                 stored = client.get_run(run_id, retry=_ONE_ATTEMPT)
                 info = stored["info"]
@@ -334,7 +356,13 @@ class Run:
                 params = {str(p["key"]): str(p["value"]) for p in data.get("params") or []}
                 if skip_logged_steps:
                     floors = last_steps(stored)
-        return cls(
+        elif alias is not None:
+            _notice_once(
+                f"aidp-metrics: {alias} has not reached the server yet (its journal may still "
+                "wait for `aidp-metrics sync`); this run's points are kept in the spool and "
+                "join that run once it exists"
+            )
+        run = cls(
             client,
             delivery,
             local_id=local_id,
@@ -345,6 +373,8 @@ class Run:
             params=params,
             floors=floors,
         )
+        run._alias = alias
+        return run
 
     @classmethod
     def from_env(
@@ -355,16 +385,25 @@ class Run:
         tags: Mapping[str, object] | None = None,
         endpoint: Endpoint | str | None = None,
         client: MetricsClient | None = None,
+        skip_logged_steps: bool = False,
         **options: Any,
     ) -> Run:
-        """Attach to `AIDP_RUN_ID` / `MLFLOW_RUN_ID` when set, else start a run.
+        """Attach to `AIDP_RUN_ID` / `MLFLOW_RUN_ID` when set (with `skip_logged_steps`, as
+        `attach`), else start a run.
 
         The experiment is `experiment_name`, else `AIDP_EXPERIMENT_NAME` /
         `MLFLOW_EXPERIMENT_NAME`, else `Default`.
         """
         run_id = first_env(RUN_ID_VARIABLES)
         if run_id:
-            run = cls.attach(run_id, endpoint=endpoint, client=client, **options)
+            run = cls.attach(
+                run_id,
+                endpoint=endpoint,
+                client=client,
+                skip_logged_steps=skip_logged_steps,
+                experiment_name=experiment_name or first_env(EXPERIMENT_VARIABLES),
+                **options,
+            )
             if tags:
                 run.set_tags(tags)
             return run
@@ -749,6 +788,16 @@ class Run:
             return
         self._warned.add(topic)
         warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
+
+
+def _created_from(client: MetricsClient, local_id: str, experiment: str | None) -> str | None:
+    """The server run tagged with `local_id` in `experiment`, if the server answers."""
+    from .delivery import find_created
+
+    try:
+        return find_created(client, local_id, experiment)
+    except APIError:
+        return None
 
 
 def _locked(stream: RunStream, until: Callable[[], bool]) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import MetricsClient
-from .delivery import LOCAL_ID_TAG, StreamSender
+from .delivery import StreamSender, find_created
 from .errors import AIDPError
 from .journal import Journal, Line, Op, find_journals, save_run_id
 from .notify import Notifier
@@ -75,6 +75,8 @@ def sync_directory(
     total = sum(points for _, (points, _) in plans)
     results: list[RunSyncResult] = []
     done = 0
+    # A journal attached to a local id waits for the journal that creates that run.
+    plans.sort(key=lambda plan: _attaches_to_local_id(plan[0]))
     for journal, (points, problems) in plans:
         descriptor = journal.descriptor
         result = RunSyncResult(
@@ -94,6 +96,13 @@ def sync_directory(
         finally:
             journal.close()
     return results
+
+
+def _attaches_to_local_id(journal: Journal) -> bool:
+    for line in journal.lines(journal.acked):
+        if line.record is not None:
+            return line.record[0] == "attach" and "local_id" in line.record[1]  # type: ignore[operator]
+    return False
 
 
 def count_unacked(journal: Journal) -> tuple[int, list[str]]:
@@ -132,7 +141,7 @@ def _replay(
         run_id=descriptor.run_id,
         notifier=_Recorder(result),
     )
-    sender = StreamSender(stream, client)
+    sender = StreamSender(stream, client, spool_root=root)
     for group in _groups(journal):
         ops_before = stream.ops_logged
         for line in group:
@@ -248,15 +257,6 @@ def _status_payload(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _find_created(client: MetricsClient, journal: Journal, spec: dict[str, Any]) -> str | None:
     """The server run an earlier, interrupted sync (or the process) created, if any."""
+    experiment = spec.get("experiment_name") or journal.descriptor.experiment_name
     experiment_id = spec.get("experiment_id") or journal.descriptor.experiment_id
-    name = spec.get("experiment_name") or journal.descriptor.experiment_name
-    if not experiment_id and name:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            return None
-        experiment_id = str(experiment["experiment_id"])
-    if not experiment_id:
-        return None
-    local_id = journal.descriptor.local_id
-    runs = client.search_runs([experiment_id], f"tags.`{LOCAL_ID_TAG}` = '{local_id}'", 1)
-    return str(runs[0]["info"]["run_id"]) if runs else None
+    return find_created(client, journal.descriptor.local_id, experiment, experiment_id)
