@@ -41,7 +41,7 @@ from .journal import Metric, Op, read_metrics, run_id_for
 from .metric import json_key, json_number
 from .notify import Notifier
 from .retry import RetryPolicy
-from .stream import DELIVERED, Chunk, QueuedOp, RunStream
+from .stream import DELIVERED, SKIPPED, Chunk, QueuedOp, RunStream
 from .worker import ProcessWorker
 
 logger = logging.getLogger("aidp_metrics")
@@ -193,6 +193,15 @@ class StreamSender:
         stream = self.stream
         if stream.floors:
             chunk.skip_logged(stream.floors)
+            skipped = chunk.outcomes.count(SKIPPED)
+            if skipped:
+                self.notifier.once(
+                    "skipped",
+                    f"aidp-metrics: run {stream.run_id} already holds these steps (a resumed "
+                    f"job): {skipped} point(s) at or below the last step the run holds for "
+                    "their key are not sent again; the total is in run.stats.skipped",
+                    logging.INFO,
+                )
         if self.transport == "batch":
             self._send_batch(chunk)
         else:

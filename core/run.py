@@ -106,6 +106,7 @@ class Run:
         self._logged_at_fork = -1
         self._alias: str | None = None  # attached to a local id not resolved yet
         self._notifier = Notifier()
+        self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = opening[1] if opening is not None and opening[0] == "create" else None
         self._stream = self._new_stream(run_id, opening, floors)
 
@@ -186,6 +187,11 @@ class Run:
         """`end()` was called and nothing was logged since."""
         stream = self._stream
         return stream.closed or stream.closing
+
+    @property
+    def inherited(self) -> bool:
+        """This process is a fork of the one that logs this run (see `take_over`)."""
+        return self._inactive
 
     @property
     def spool_directory(self) -> str | None:
@@ -709,6 +715,14 @@ class Run:
             )
         elif stats.failed or stats.dropped:
             print(_summary(self.run_id, stats), file=sys.stderr)
+        if stats.skipped > self._skipped_reported:  # a re-opened run ends again: no repeat
+            self._skipped_reported = stats.skipped
+            print(
+                f"aidp-metrics: {stats.skipped} metric(s) not sent again: run {self.run_id} "
+                "already held their steps (a resumed job: points at or below the last step "
+                "the run held for their key are skipped)",
+                file=sys.stderr,
+            )
 
     def _wait(
         self, until: Callable[[], bool], timeout: float | None, worker: ProcessWorker

@@ -1,11 +1,15 @@
 """What every integration does to a framework's metrics dict before it reaches a `Run`.
 
 Keys are made valid and prefixed, values become floats; a bad key or value is reported
-once (per key), not on every step, and never raised into the training loop.
+once (per key), not on every step, and never raised into the training loop. One rule for
+repeats in every integration: a point identical to the previous point of its key (same
+step, same value) is sent once -- Lightning logs `epoch` with the training and the
+validation metrics of one step, Transformers its `epoch` in the training and eval logs.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 
@@ -27,6 +31,7 @@ class MetricConverter:
         self.separator = separator
         self._keys: dict[str, str] = {}
         self._dropped: set[str] = set()
+        self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent
 
     def convert(self, metrics: Mapping[str, object]) -> dict[str, float]:
         converted: dict[str, float] = {}
@@ -39,6 +44,22 @@ class MetricConverter:
             except InvalidMetric as exc:
                 self._drop_once(raw_key, str(exc))
         return converted
+
+    def convert_at(self, metrics: Mapping[str, object], step: int) -> dict[str, float]:
+        """`convert`, without the points identical to their key's previous one."""
+        fresh: dict[str, float] = {}
+        last = self._last
+        for key, value in self.convert(metrics).items():
+            previous = last.get(key)
+            if previous is not None and previous[0] == step and _same(previous[1], value):
+                continue
+            last[key] = (step, value)
+            fresh[key] = value
+        return fresh
+
+    def forget_repeats(self) -> None:
+        """A new run: nothing was sent to it yet."""
+        self._last.clear()
 
     def _key_for(self, raw_key: str) -> str:
         full = f"{self.prefix}{self.separator}{raw_key}" if self.prefix else str(raw_key)
@@ -60,3 +81,7 @@ class MetricConverter:
         warnings.warn(
             f"aidp-metrics: not logging {raw_key!r}: {reason}", AIDPMetricsWarning, stacklevel=4
         )
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))

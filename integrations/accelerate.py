@@ -54,8 +54,8 @@ import accelerate
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 
-from aidp_metrics.errors import AIDPError
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.integrations._runs import check_run_options, open_run
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         strict: bool = False,
         **run_options: Any,
     ) -> None:
+        check_run_options(run_options, type(self).__name__)
         super().__init__()
         self.project_name = project_name
         self.experiment_name = experiment_name
@@ -177,7 +178,7 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         try:
             if kwargs:
                 self._warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
-            metrics = self._converter.convert(_flat(values))
+            metrics = self._converter.convert_at(_flat(values), int(at))
             if metrics:
                 run.log_metrics(metrics, step=at)
         except Exception as exc:
@@ -210,37 +211,29 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         """The run, started or attached on first use; None once that has failed."""
         if self._run is not None or self._disabled:
             return self._run
-        from aidp_metrics import Run  # here: importing this module stays cheap
-
-        options: dict[str, Any] = dict(self._run_options)
-        options["strict"] = self.strict
         tags = {
             TAG_FRAMEWORK: "accelerate",
             TAG_ACCELERATE_VERSION: accelerate.__version__,
             **self.tags,
         }
         try:
-            if self._run_id is not None:
-                run = Run.attach(
-                    self._run_id, endpoint=self._endpoint, client=self._client, **options
-                )
-                run.set_tags(tags)
-            else:
-                run = Run.from_env(
-                    experiment_name=self.experiment_name or self.project_name,
-                    run_name=self.run_name,
-                    tags=tags,
-                    endpoint=self._endpoint,
-                    client=self._client,
-                    **options,
-                )
-        except AIDPError as exc:
+            run = open_run(
+                run_id=self._run_id,
+                experiment_name=self.experiment_name or self.project_name,
+                run_name=self.run_name,
+                tags=tags,
+                endpoint=self._endpoint,
+                client=self._client,
+                strict=self.strict,
+                **self._run_options,
+            )
+        except Exception as exc:
             if self.strict:
                 raise
             self._disabled = True
             warnings.warn(
-                f"aidp-metrics: could not start or attach a run ({exc}); "
-                "training goes on without logging to it",
+                f"aidp-metrics: the tracker failed ({type(exc).__name__}: {exc}); "
+                "training goes on without it",
                 AIDPMetricsWarning,
                 stacklevel=4,
             )

@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from aidp_metrics.errors import AIDPError
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.integrations._runs import check_run_options, open_run
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         **run_options: Any,
     ) -> None:
         super().__init__()
+        check_run_options(run_options, type(self).__name__)
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
             or not isinstance(log_every_n_steps, int)
@@ -141,7 +142,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._batches_in_epoch = 0  # `batch + 1` of the last batch hook this epoch
         self._window = 0  # step // N of the last logged batch point (or of train begin)
         self._accumulation = 1
-        self._last_batch_point: tuple[int, dict[str, float]] | None = None
 
         if log_every_n_steps is not None:
             # An instance attribute, so the class keeps Keras's default batch hooks and
@@ -165,7 +165,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self._in_fit = True
         self._fit_params = self.params
-        self._last_batch_point = None
         self._batches_in_epoch = 0
         self._batches_since_read = 0
         self._active = None
@@ -206,9 +205,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if step // every <= self._window:
                 return
             self._window = step // every
-            metrics = self._train_metrics.convert(logs or {})
-            run.log_metrics(metrics, step=step)
-            self._last_batch_point = (step, metrics)
+            run.log_metrics(self._train_metrics.convert_at(logs or {}, step), step=step)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         run = self._active
@@ -217,11 +214,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         with self._guard("on_epoch_end"):
             step = self._read_step()
             self._base_step, self._batches_since_read, self._batches_in_epoch = step, 0, 0
-            metrics = self._train_metrics.convert(logs or {})
-            last = self._last_batch_point
-            if last is not None and last[0] == step:
-                # The last batch point already holds these running means at this step.
-                metrics = {k: v for k, v in metrics.items() if not _same(last[1].get(k), v)}
+            # The last batch point may already hold these running means at this step.
+            metrics = self._train_metrics.convert_at(logs or {}, step)
             metrics["epoch"] = float(epoch + 1)
             run.log_metrics(metrics, step=step)
 
@@ -257,7 +251,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if run is None:
             return
         with self._guard("on_test_end"):
-            run.log_metrics(self._eval_metrics.convert(logs or {}), step=self._read_step())
+            step = self._read_step()
+            run.log_metrics(self._eval_metrics.convert_at(logs or {}, step), step=step)
             if self._in_fit:
                 # evaluate() called from inside fit (e.g. by another callback), or after a
                 # fit that died: the fit's status decides, not this evaluation.
@@ -289,22 +284,22 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 # also when it is still a local (spooled) run.
                 run.set_tags(_INTEGRATION_TAG)
             return run
-        from aidp_metrics import Run
-
         tags = {**_INTEGRATION_TAG, **(self._tags or {})}
         try:
-            run = Run.from_env(
+            run = open_run(
                 experiment_name=self._experiment_name,
                 run_name=self._run_name,
                 tags=tags,
                 endpoint=self._endpoint,
                 **self._run_options,
             )
-        except AIDPError as exc:
+        except Exception as exc:
             if self._strict:
                 raise
+            self._is_logger = False  # never try again in this process
             warnings.warn(
-                f"aidp-metrics: cannot start the run ({exc}); training continues without logging",
+                f"aidp-metrics: the callback failed ({type(exc).__name__}: {exc}); "
+                "training continues without logging",
                 AIDPMetricsWarning,
                 stacklevel=3,
             )
@@ -360,10 +355,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                     AIDPMetricsWarning,
                     stacklevel=4,
                 )
-
-
-def _same(a: float | None, b: float) -> bool:
-    return a is not None and (a == b or (math.isnan(a) and math.isnan(b)))
 
 
 def _accumulation_steps(model: Any) -> int:

@@ -26,10 +26,16 @@ Behaviour in short:
 * While the run is open its `status_on_exit` is FAILED, so a process that dies without
   Lightning's `finalize` leaves the run FAILED, never FINISHED; after a finalize it is the
   status finalize set. A logger used outside a Trainer should call `finalize("success")`.
-* If the run cannot be created (bad configuration, or an unreachable server with
-  `spool="off"`) the logger warns once and does nothing for the rest of the process, unless
-  `strict=True` was passed. With the default spool an unreachable server does not stop it:
-  the run starts locally (`version` is a `local-...` id until the server answers).
+* An unreachable server does not stop it: the run starts locally (`version` is a
+  `local-...` id until the server answers). A run the server refuses (or a broken
+  configuration) warns once and logs offline into the spool, for `aidp-metrics sync` once
+  fixed, unless `strict=True` was passed. Continuing a run (`run_id=`, `AIDP_RUN_ID`) does
+  not send again the steps the run already holds.
+* `ddp_fork` / `ddp_notebook`: a run created in the parent (say `logger.version` was read
+  in a notebook cell) is taken over by the forked rank-zero process -- same run, its own
+  delivery -- and the parent leaves the run's status to it.
+* A point identical to its key's previous one (same step and value: `epoch` with the
+  training and the validation metrics of one step) is sent once.
 * Known limit: with `ddp_spawn` the run is created in the worker of rank zero, so the main
   process's logger object does not learn its id, and a second `fit`/`test` launched from the
   main process starts another run. Pass `run_id=` of an existing run to make every launch
@@ -45,8 +51,9 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aidp_metrics.errors import AIDPError, AIDPMetricsWarning
+from aidp_metrics.errors import AIDPMetricsWarning
 from aidp_metrics.integrations._convert import MetricConverter
+from aidp_metrics.integrations._runs import check_run_options, open_run
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -161,6 +168,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         **run_options: Any,
     ) -> None:
         super().__init__()
+        check_run_options(run_options, type(self).__name__)
         self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
@@ -203,23 +211,26 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     def save_dir(self) -> str | None:
         return None
 
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Run | _NoExperiment:
-        """The `aidp_metrics.Run` on rank zero (created on first access); a dummy elsewhere."""
+    def _experiment_on_rank_zero(self) -> Run | _NoExperiment:
         run = self._ensure_run()
         return run if run is not None else _NoExperiment()
+
+    experiment = property(
+        rank_zero_experiment(_experiment_on_rank_zero),
+        doc="The `aidp_metrics.Run` on rank zero (created on first access); on other ranks "
+        "the Lightning namespace's dummy experiment.",
+    )
 
     # -- logging -----------------------------------------------------------------------------
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        converted = self._converter.convert(metrics)
         if step is None:
             step = self._last_step if self._last_step is not None else 0
         else:
             step = int(step)
             self._last_step = step
+        converted = self._converter.convert_at(metrics, step)
         if not converted:
             return
         run = self._ensure_run()
@@ -303,32 +314,31 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
 
     def _ensure_run(self) -> Run | None:
         """The run, created (or attached) on first use. An ended run is returned as it is:
-        `Run` reopens itself when something is logged into it."""
-        if self._run is not None:
-            return self._run
+        `Run` reopens itself when something is logged into it. In a forked child (ddp_fork,
+        ddp_notebook) this logger is the logging rank: it takes the inherited run over."""
+        run = self._run
+        if run is not None:
+            if run.inherited:
+                run.take_over()
+            return run
         if self._disabled:
             return None
-        from aidp_metrics import Run
-
         try:
-            if self._run_id is not None:
-                run = Run.attach(self._run_id, endpoint=self._endpoint, **self._run_options)
-                if self._tags:
-                    run.set_tags(self._tags)
-            else:
-                run = Run.from_env(
-                    experiment_name=self._experiment_name,
-                    run_name=self._run_name,
-                    tags=self._tags or None,
-                    endpoint=self._endpoint,
-                    **self._run_options,
-                )
-        except AIDPError as exc:
+            run = open_run(
+                run_id=self._run_id,
+                experiment_name=self._experiment_name,
+                run_name=self._run_name,
+                tags=self._tags or None,
+                endpoint=self._endpoint,
+                **self._run_options,
+            )
+        except Exception as exc:
             if self._run_options.get("strict"):
                 raise
             self._disabled = True
             warnings.warn(
-                f"aidp-metrics: could not create the run, nothing will be logged: {exc}",
+                f"aidp-metrics: the logger failed ({type(exc).__name__}: {exc}); "
+                "training goes on without it",
                 AIDPMetricsWarning,
                 stacklevel=3,
             )
@@ -338,6 +348,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         run.status_on_exit = self._final_status or "FAILED"
         self._run = run
         self._run_id = run.run_id
+        self._converter.forget_repeats()
         return run
 
     # -- pickling (ddp_spawn, pickle.dumps(trainer)) -----------------------------------------

@@ -36,6 +36,8 @@ def test_valid_keys(key: str) -> None:
         ("./loss", "normalised"),
         ("../loss", "normalised"),
         ("x" * (MAX_KEY_LENGTH + 1), "251 characters"),
+        ("loss\n", "'\\n'"),  # 0.1: "$" matched before the trailing newline
+        ("loss\nacc", "'\\n'"),
     ],
 )
 def test_invalid_keys_get_a_clear_error(key: str, fragment: str) -> None:

@@ -481,3 +481,32 @@ def test_metric_json_round_trip_from_stats_is_exact(
     assert client.get_metric_history(run.run_id, "v") == [
         Metric("v", 1e-300, 1_700_000_000_001, 2**40)
     ]
+
+
+def test_a_key_with_a_trailing_newline_is_rejected_not_stored(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """0.1 stored "loss\\n" (its key regex let a trailing newline through)."""
+    with (
+        Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url) as run,
+        pytest.warns(AIDPMetricsWarning, match="loss"),
+    ):
+        run.log_metrics({"loss\n": 1.0, "loss": 2.0}, step=1)
+    stored = get_run(mlflow_server.url, run.run_id)
+    assert [m["key"] for m in stored["data"]["metrics"]] == ["loss"]
+    assert (run.stats.rejected, run.stats.delivered) == (1, 1)
+
+
+def test_run_name_wins_over_an_mlflow_run_name_tag(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """0.1: runs/create got both and answered 400."""
+    with Run.start(
+        experiment_name=fresh_experiment,
+        run_name="mine",
+        tags={"mlflow.runName": "theirs"},
+        endpoint=mlflow_server.url,
+    ) as run:
+        run.log_metric("x", 1.0, step=1)
+    assert get_run(mlflow_server.url, run.run_id)["info"]["run_name"] == "mine"
+    assert history(mlflow_server, run.run_id, "x") == [(1, 1.0)]

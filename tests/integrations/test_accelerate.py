@@ -295,11 +295,16 @@ def test_no_run_one_warning_training_goes_on(monkeypatch: pytest.MonkeyPatch) ->
             accelerator.log({"loss": 1.0}, step=step)
         accelerator.end_training()
 
-    with pytest.warns(AIDPMetricsWarning, match="could not start or attach a run") as caught:
+    with pytest.warns(AIDPMetricsWarning, match="could not start or attach the run") as caught:
         train()
     assert len([w for w in caught if issubclass(w.category, AIDPMetricsWarning)]) == 1
-    assert tracker.tracker is None
-    assert tracker.run_id is None
+    # The points are not dropped: the run went on offline, into the spool, for `sync`.
+    run = tracker.tracker
+    assert run is not None
+    assert run.offline
+    assert tracker.run_id is not None
+    assert tracker.run_id.startswith("local-")
+    assert (run.stats.logged, run.stats.spooled, run.stats.pending) == (3, 3, 3)
 
     AcceleratorState._reset_state(reset_partial_state=True)
     strict = Accelerator(cpu=True, log_with=AIDPTracker(strict=True))
@@ -333,3 +338,8 @@ def test_a_failing_tracker_never_raises_into_training(tracking: str, fresh_exper
     accelerator.end_training()
     assert points(tracking, run.run_id, "loss") == [(3, 0.5)]
     assert get_run(tracking, run.run_id)["info"]["status"] == "FINISHED"
+
+
+def test_a_misspelt_option_is_a_type_error_at_construction() -> None:
+    with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
+        AIDPTracker(flush_intervall=0.5)

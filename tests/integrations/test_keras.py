@@ -446,3 +446,11 @@ def test_exception_in_fit_leaves_run_failed(
     # and 12 (logged just before the exception), the first epoch's validation.
     assert [s for s, _ in history(mlflow_server.url, run_id, "loss")] == [4, 8, 12]
     assert [s for s, _ in history(mlflow_server.url, run_id, "val_loss")] == [8]
+
+
+def test_a_misspelt_option_is_a_type_error_at_construction() -> None:
+    """0.1 accepted it; the first log then turned logging off for the whole run."""
+    from aidp_metrics.integrations.keras import AIDPCallback
+
+    with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
+        AIDPCallback(flush_intervall=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import pickle
@@ -548,3 +549,83 @@ def test_unreachable_server_with_spool_starts_locally_and_training_goes_on(
     assert logger.version is not None
     assert logger.version.startswith("local-")
     assert trainer.global_step == 2
+
+
+# -- the second pass ---------------------------------------------------------------------------
+
+
+def test_identical_repeats_are_sent_once_whatever_the_timing(
+    tmp_path: Path, mlflow_server: Any, fresh_experiment: str
+) -> None:
+    """Lightning logs `epoch` with the training and with the validation metrics of one step;
+    0.1 sent both, and whether the server kept one depended on the millisecond."""
+    from tests.support.chaos_proxy import ChaosProxy
+
+    mlflow_server.start()
+    with ChaosProxy(mlflow_server.url) as proxy:
+        logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=Endpoint.mlflow(proxy.url))
+        _trainer(tmp_path, logger=logger).fit(TinyModule())
+        sent: dict[tuple[str, int], int] = defaultdict(int)
+        for exchange in proxy.forwarded("runs/log-batch"):
+            for metric in json.loads(exchange.body).get("metrics", []):
+                sent[(metric["key"], metric["step"])] += 1
+    epochs = {step: n for (key, step), n in sent.items() if key == "epoch"}
+    assert epochs
+    assert set(epochs.values()) == {1}
+    assert max(sent.values()) == 1  # no point of any key was sent twice
+    # The server holds `epoch` once per step, at validation steps too (3 and 7).
+    steps = [s for s, _ in _server_points(mlflow_server.url, logger.version)["epoch"]]
+    assert steps == sorted(set(steps))
+    assert {3, 7} <= set(steps)
+
+
+def test_a_misspelt_option_is_a_type_error_at_construction(endpoint: Endpoint) -> None:
+    """0.1 accepted it; the first log then turned logging off for the whole run."""
+    with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
+        AIDPLogger(endpoint=endpoint, flush_intervall=0.5)
+
+
+def test_run_name_wins_over_an_mlflow_run_name_tag(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    """0.1: both were sent, runs/create answered 400, and every point was lost."""
+    logger = AIDPLogger(
+        experiment_name=fresh_experiment,
+        run_name="mine",
+        tags={"mlflow.runName": "theirs"},
+        endpoint=endpoint,
+    )
+    _trainer(tmp_path, logger=logger, max_epochs=1).fit(TinyModule())
+    stored = get_run(url, logger.version)
+    assert stored["info"]["run_name"] == "mine"
+    assert [s for s, _ in _server_points(url, logger.version)["train_loss_step"]] == list(
+        range(8)
+    )
+
+
+def test_a_refused_run_keeps_its_points_in_the_spool(
+    tmp_path: Path, aidp_gateway: Any, fresh_experiment: str
+) -> None:
+    """A definite refusal (401: credentials the server does not know) costs no point: one
+    warning, the run goes on offline, and the spool holds every point for `sync`."""
+    from aidp_metrics import MetricsClient
+    from aidp_metrics.auth import BearerToken
+
+    stranger = Endpoint.aidp(
+        aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
+    )
+
+    client = MetricsClient(stranger, auth=BearerToken("not-a-signature"))
+    logger = AIDPLogger(experiment_name=fresh_experiment, client=client)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, logger=logger, max_epochs=1).fit(TinyModule())
+    ours = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(ours) == 1
+    assert "401" in ours[0]
+    assert "aidp-metrics sync" in ours[0]
+    run = logger.experiment
+    assert run.offline
+    assert run.stats.logged > 0
+    assert run.stats.pending == run.stats.logged  # every point waits in the spool
+    assert run.stats.spooled == run.stats.logged

@@ -10,6 +10,7 @@ import argparse
 import csv
 import inspect
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,88 @@ def test_logger_with_prefix(env: str) -> None:
 def test_logger_default_name(env: str, fresh_experiment: str) -> None:
     assert AIDPLogger().name == fresh_experiment
     assert AIDPLogger(experiment_name="resnet").name == "resnet"
+
+
+# -- the second pass: what Lightning's harness and users expect of any logger ------------------
+
+
+def test_no_thread_is_left_running_after_finalize(tmp_path: Path, env: str) -> None:
+    """Lightning's "thread police" fails a test after which a new thread is alive (unless a
+    daemon whose `stop()` ends it). 0.1 left one sender thread per run."""
+    before = set(threading.enumerate())
+    logger = AIDPLogger()
+    trainer = L.Trainer(
+        max_steps=4,
+        log_every_n_steps=1,
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(LoggingBoringModel())
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == []
+    assert len(get_metric_history(env, logger.version, "train_loss")) == 4
+    assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
+
+
+def test_nothing_is_written_to_the_working_directory(
+    tmp_path: Path, env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIDP_METRICS_DIR")  # the default spool dir is ./aidp-metrics
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    logger = AIDPLogger()
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=logger,
+        default_root_dir=tmp_path / "root",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    model = BoringModel()
+    trainer.fit(model)
+    trainer.test(model)
+    assert list(cwd.iterdir()) == []
+
+
+def test_picklable_before_and_after_use(tmp_path: Path, env: str) -> None:
+    logger = AIDPLogger()
+    pickle.loads(pickle.dumps(logger))
+    trainer = L.Trainer(
+        max_steps=2, logger=logger, default_root_dir=tmp_path, enable_progress_bar=False
+    )
+    trainer.fit(BoringModel())
+    copy = pickle.loads(pickle.dumps(logger))
+    assert (copy.name, copy.version) == (logger.name, logger.version)
+    copy.log_metrics({"after_pickle": 1.0}, step=9)
+    copy.finalize("success")
+    assert [m["step"] for m in get_metric_history(env, logger.version, "after_pickle")] == [9]
+
+
+@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
+def test_ranks_above_zero_get_the_dummy_experiment_of_their_namespace(
+    namespace: str, env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0.1: the pytorch_lightning logger handed out lightning.fabric's dummy."""
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    if namespace == "pytorch_lightning":
+        pytest.importorskip("pytorch_lightning")
+        from pytorch_lightning.loggers.logger import DummyExperiment
+
+        from aidp_metrics.integrations.pytorch_lightning import AIDPLogger as Logger_
+    else:
+        from lightning.pytorch.loggers.logger import DummyExperiment
+
+        Logger_ = AIDPLogger
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = Logger_()
+    assert isinstance(logger.experiment, DummyExperiment)
+    assert logger._run is None
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert not isinstance(logger.experiment, DummyExperiment)
+    logger.finalize("success")

@@ -176,6 +176,49 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
     assert params == {"lr": "0.05"}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_notebook"])
+def test_forked_rank_zero_takes_over_a_run_created_in_the_parent(
+    strategy: str, tmp_path: Path, url: str, fresh_experiment: str
+) -> None:
+    """0.1: the forked rank-0 child inherited an inactive run and every metric was lost."""
+    pytest.importorskip("lightning.pytorch")
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is needed")
+    result = _run_script(
+        tmp_path,
+        """
+        import sys
+        import threading
+        import lightning.pytorch as L
+        from aidp_metrics.integrations.lightning import AIDPLogger
+        from tinymodel import Tiny, trainer_options
+
+        if __name__ == "__main__":
+            logger = AIDPLogger(experiment_name=sys.argv[1])
+            print("parent run", logger.version, flush=True)  # as a notebook cell would
+            trainer = L.Trainer(
+                **trainer_options(strategy=sys.argv[2], devices=2, max_epochs=2), logger=logger
+            )
+            trainer.fit(Tiny())
+            print("parent threads", sorted(t.name for t in threading.enumerate()), flush=True)
+        """,
+        url,
+        fresh_experiment,
+        strategy,
+    )
+    parent_run = result.stdout.split("parent run ", 1)[1].split()[0]
+    runs = runs_in_experiment(url, fresh_experiment)
+    assert [r["info"]["run_id"] for r in runs] == [parent_run]
+    assert get_run(url, parent_run)["info"]["status"] == "FINISHED"
+    # 64 samples over 2 ranks, batch 8: 4 optimizer steps per epoch, 2 epochs
+    assert [s for s, _ in _history(url, parent_run, "train_loss")] == list(range(8))
+    assert _history(url, parent_run, "rank") == [(s, 0.0) for s in range(8)]  # rank 0 only
+    assert [s for s, _ in _history(url, parent_run, "val_loss")] == [3, 7]
+    params = {p["key"]: p["value"] for p in get_run(url, parent_run)["data"]["params"]}
+    assert params == {"lr": "0.05"}
+
+
 def test_pytorch_lightning_trainer_accepts_the_logger(
     tmp_path: Path, url: str, fresh_experiment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

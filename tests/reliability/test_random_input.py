@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import fractions
 import itertools
-import os
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
