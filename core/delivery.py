@@ -110,11 +110,11 @@ class StreamSender:
             if isinstance(work, QueuedOp):
                 self._send_op(work)
             else:
-                if isinstance(work, tuple):
-                    work = self._read_back(*work)
-                    if work is None:
-                        return 0.0
-                self._send_chunk(work)
+                chunk = self._read_back(*work) if isinstance(work, tuple) else work
+                if chunk is None:
+                    return 0.0
+                work = chunk
+                self._send_chunk(chunk)
             self._internal_errors = 0
             self.last_error = None
         except _Retry as failure:

@@ -265,7 +265,7 @@ def read_metrics(directory: str | os.PathLike[str], offset: int, count: int) -> 
             except (ValueError, TypeError, UnicodeDecodeError):
                 break
             if len(record) == 4:
-                metrics.append(record)  # type: ignore[arg-type]
+                metrics.append(record)
     return metrics
 
 

@@ -240,7 +240,7 @@ class Run:
             experiment_id=experiment_id,
             run_name=run_name,
         )
-        opening = ("create", spec)
+        opening: tuple[str, dict[str, Any]] | None = ("create", spec)
         run_id: str | None = None
         if client is not None:
             try:

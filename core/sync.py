@@ -149,9 +149,9 @@ def _replay(
             if record is None:
                 continue
             if len(record) == 4:
-                stream.append([record])  # type: ignore[list-item]
+                stream.append([record])
             else:
-                _queue(stream, record, client, journal)  # type: ignore[arg-type]
+                _queue(stream, record, client, journal)
         _drive(stream, sender)
         if stream.run_id is not None and descriptor.run_id != stream.run_id:
             descriptor.run_id = stream.run_id

@@ -143,6 +143,8 @@ def options_from_state(options: Mapping[str, Any]) -> dict[str, Any]:
     restored = dict(options)
     retry = restored.get("retry")
     if isinstance(retry, Mapping):
-        fields = {k: frozenset(v) if isinstance(v, list) else v for k, v in retry.items()}
+        fields: dict[str, Any] = {
+            k: frozenset(v) if isinstance(v, list) else v for k, v in retry.items()
+        }
         restored["retry"] = RetryPolicy(**fields)
     return restored
