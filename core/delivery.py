@@ -37,7 +37,7 @@ from typing import Any
 
 from .client import MAX_BATCH_METRICS, MetricsClient, batch_bodies, expect
 from .errors import APIError, BadRequest, NotFound, TooManyRequests
-from .journal import Metric, Op, read_metrics, run_id_for
+from .journal import Metric, read_metrics, run_id_for
 from .metric import json_key, json_number
 from .notify import Notifier
 from .retry import RetryPolicy
@@ -678,7 +678,3 @@ def _short_reason(error: object) -> str:
     status = f"HTTP {error.status}" if error.status is not None else type(error).__name__
     code = f" {error.code}" if error.code else ""
     return f"{status}{code}: {error.message[:160]}"
-
-
-def op(kind: str, **payload: Any) -> Op:
-    return kind, payload

@@ -55,11 +55,6 @@ def open_runs() -> list[_Lifecycle]:
         return list(_open.values())
 
 
-def uncaught_exception() -> type[BaseException] | None:
-    """The type of the exception that reached `sys.excepthook`, if any."""
-    return _uncaught
-
-
 def _wrap_excepthook() -> None:
     previous = sys.excepthook
 

@@ -24,7 +24,7 @@ from typing import Any
 from . import lifecycle, system_metrics
 from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
-from .delivery import LOCAL_ID_TAG, StreamSender, last_steps, loop
+from .delivery import LOCAL_ID_TAG, StreamSender, find_created, last_steps, loop
 from .endpoint import Endpoint
 from .errors import (
     AIDPMetricsWarning,
@@ -806,8 +806,6 @@ class Run:
 
 def _created_from(client: MetricsClient, local_id: str, experiment: str | None) -> str | None:
     """The server run tagged with `local_id` in `experiment`, if the server answers."""
-    from .delivery import find_created
-
     try:
         return find_created(client, local_id, experiment)
     except APIError:
