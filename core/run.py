@@ -19,11 +19,11 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import lifecycle, system_metrics
 from ._version import __version__
-from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
+from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
 from .delivery import LOCAL_ID_TAG, StreamSender, find_created, last_steps, loop
 from .endpoint import Endpoint
 from .errors import (
@@ -65,6 +65,7 @@ _ONE_ATTEMPT = RetryPolicy.never()
 # Answers that are definite: the run cannot be created or found, whatever we wait.
 _DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
 _OPENING = ("create", "attach")
+_T = TypeVar("_T")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
@@ -243,32 +244,28 @@ class Run:
         opening: tuple[str, dict[str, Any]] | None = ("create", spec)
         run_id: str | None = None
         if client is not None:
-            try:
-                experiment_id = experiment_id or client.experiment_id_for(
+            live = client
+
+            def create() -> RunInfo:
+                found = experiment_id or live.experiment_id_for(
                     spec["experiment_name"], retry=_ONE_ATTEMPT
                 )
-                descriptor.experiment_id = spec["experiment_id"] = experiment_id
-                info = client.create_run(
-                    experiment_id=experiment_id,
+                descriptor.experiment_id = spec["experiment_id"] = found
+                return live.create_run(
+                    experiment_id=found,
                     run_name=run_name,
                     tags={**all_tags, LOCAL_ID_TAG: local_id},
                     start_time=spec["start_time"],
                     retry=_ONE_ATTEMPT,
                 )
-            except APIError as exc:
-                if exc.status in _DEFINITE_STATUSES:
-                    if owns:
-                        client.close()
-                    raise
-                _notice_once(
-                    f"aidp-metrics: the server did not answer ({exc}); the run starts locally "
-                    "and is created on the server as soon as it answers"
-                )
-            except BaseException:
-                if owns:
-                    client.close()
-                raise
-            else:
+
+            info = _answer_now(
+                client,
+                owns,
+                create,
+                "the run starts locally and is created on the server as soon as it answers",
+            )
+            if info is not None:
                 run_id, opening = info.run_id, None
                 descriptor.run_id = run_id
                 descriptor.run_name = info.run_name or run_name
@@ -331,31 +328,28 @@ class Run:
         params: dict[str, str] = {}
         floors: dict[str, int] = {}
         if client is not None and alias is None:
-            try:
-                stored = client.get_run(run_id, retry=_ONE_ATTEMPT)
-                info = stored["info"]
-                if info.get("status") != "RUNNING":
-                    client.request(
+            live, attached = client, run_id
+
+            def reopen() -> dict[str, Any]:
+                found = live.get_run(attached, retry=_ONE_ATTEMPT)
+                if found["info"].get("status") != "RUNNING":
+                    live.request(
                         "POST",
                         "runs/update",
-                        body={"run_id": run_id, "status": "RUNNING"},
+                        body={"run_id": attached, "status": "RUNNING"},
                         retry=_ONE_ATTEMPT,
                     )
-            except APIError as exc:
-                if exc.status in _DEFINITE_STATUSES:
-                    if owns:
-                        client.close()
-                    raise
-                _notice_once(
-                    f"aidp-metrics: the server did not answer ({exc}); points for run "
-                    f"{run_id} are kept and delivered as soon as it answers"
-                )
-            except BaseException:
-                if owns:
-                    client.close()
-                raise
-            else:
+                return found
+
+            stored = _answer_now(
+                client,
+                owns,
+                reopen,
+                f"points for run {run_id} are kept and delivered as soon as it answers",
+            )
+            if stored is not None:
                 opening = None
+                info = stored["info"]
                 descriptor.experiment_id = str(info.get("experiment_id") or "") or None
                 descriptor.run_name = info.get("run_name")
                 data = stored.get("data") or {}
@@ -802,6 +796,26 @@ class Run:
             return
         self._warned.add(topic)
         warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
+
+
+def _answer_now(
+    client: MetricsClient, owns: bool, action: Callable[[], _T], later: str
+) -> _T | None:
+    """One attempt at `action`. A definite refusal raises (closing a client we own); no
+    answer says once that the run goes on without waiting (`later`) and returns None."""
+    try:
+        return action()
+    except APIError as exc:
+        if exc.status in _DEFINITE_STATUSES:
+            if owns:
+                client.close()
+            raise
+        _notice_once(f"aidp-metrics: the server did not answer ({exc}); {later}")
+        return None
+    except BaseException:
+        if owns:
+            client.close()
+        raise
 
 
 def _created_from(client: MetricsClient, local_id: str, experiment: str | None) -> str | None:
