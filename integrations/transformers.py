@@ -34,8 +34,17 @@ Run lifecycle:
   those two happens.
 - Resume: the run id is saved in every checkpoint (`ExportableState`), and
   `trainer.train(resume_from_checkpoint=...)` attaches to that run; steps continue from
-  the checkpoint's `global_step`. The choice of run is, first to last: the `run_id`
-  argument, `AIDP_RUN_ID` / `MLFLOW_RUN_ID`, the checkpoint's run, a new run.
+  the checkpoint's `global_step`, and a step the run already holds (the first job went
+  on past the checkpoint) is not written twice: points at or below the last step the
+  run holds for their key are skipped (`run.stats.skipped`, reported when the run ends).
+  The choice of run is, first to last: the `run_id` argument, `AIDP_RUN_ID` /
+  `MLFLOW_RUN_ID`, the checkpoint's run, a new run. A checkpoint saved while the server
+  was unreachable holds the run's local id (`local-...`): the resumed job joins the run
+  it became, or, until `aidp-metrics sync` has created it, keeps its points in the spool
+  and the sync puts both jobs' points into that one run.
+- `restore_callback_states_from_checkpoint=True`: the Trainer rebuilds the callback from
+  the checkpoint (`state()`): the same arguments and run options, the same endpoint
+  (never its credential: that, and a `client`'s auth, come from the environment again).
 - `trainer.evaluate()` after `train()` logs into the same run (re-opened and ended again).
 - Hyperparameter search: one run per trial, named after `state.trial_name` (the search's
   `hp_name`) or `trial-<n>`; a run id from the argument or the environment becomes the
@@ -45,7 +54,6 @@ Run lifecycle:
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -54,10 +62,17 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from aidp_metrics.errors import AIDPError
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
+from aidp_metrics.integrations._runs import (
+    check_run_options,
+    endpoint_from_state,
+    endpoint_state,
+    open_run,
+    options_from_state,
+    options_state,
+)
 from aidp_metrics.params import flatten_params
-from aidp_metrics.run import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
+from aidp_metrics.run import RUN_ID_VARIABLES, first_env
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -97,27 +112,27 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         log_params: bool = True,
-        endpoint: Endpoint | None = None,
+        endpoint: Endpoint | str | Mapping[str, Any] | None = None,
         client: MetricsClient | None = None,
         strict: bool = False,
         **run_options: Any,
     ) -> None:
+        check_run_options(run_options, type(self).__name__)
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.log_params = log_params
         self.strict = strict
         self._explicit_run_id = run_id
-        self._endpoint = endpoint
+        self._endpoint = endpoint_from_state(endpoint)
         self._client = client
-        self._run_options = run_options
+        self._run_options = options_from_state(run_options)
         self._run: Run | None = None
         self._last_run_id: str | None = run_id
         # Set by the Trainer when it restores callback state from a checkpoint
         # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
         self._resume_run_id: str | None = None
         self._converter = MetricConverter()
-        self._last_points: dict[str, tuple[int, float]] = {}
         self._in_train = False
         self._reopened = False
         self._trial_key: str | None = None
@@ -140,7 +155,14 @@ class AIDPCallback(TrainerCallback, ExportableState):
         return self._run
 
     def state(self) -> dict[str, Any]:
-        """What the Trainer stores in checkpoints (JSON): the run id, to resume into it."""
+        """What the Trainer stores in checkpoints (JSON): every constructor argument it can
+        rebuild the callback from (`restore_callback_states_from_checkpoint=True`), and the
+        run id, to resume into it. Not stored: a `client` (a live object: its endpoint is
+        stored instead) and any credential (a tracking URI's `user:password@` included):
+        the rebuilt callback authenticates from the environment."""
+        endpoint = self._endpoint
+        if endpoint is None and self._client is not None:
+            endpoint = self._client.endpoint
         return {
             "args": {
                 "experiment_name": self.experiment_name,
@@ -149,6 +171,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 "tags": dict(self.tags),
                 "log_params": self.log_params,
                 "strict": self.strict,
+                "endpoint": endpoint_state(endpoint),
+                **options_state(self._run_options),
             },
             "attributes": {"_resume_run_id": self.run_id},
         }
@@ -174,7 +198,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
             elif trial_key != self._trial_key:
                 run.end("FINISHED")
         if self._run is None or self._run.ended:
-            self._last_points.clear()
+            self._converter.forget_repeats()
             self._open(args, state, model)
         run = self._run
         if run is None:
@@ -194,20 +218,14 @@ class AIDPCallback(TrainerCallback, ExportableState):
     ) -> None:
         if not state.is_world_process_zero or self._disabled or not logs:
             return
-        logs = dict(logs)  # other callbacks mutate the same dict
+        logs = _as_logged(logs, state)
         run = self._run
         if not self._in_train and (run is None or run.ended):
             run = self._open_outside_training(args, state, model)
         if run is None:
             return
         step = int(state.global_step)
-        points: dict[str, float] = {}
-        for key, value in self._converter.convert(logs).items():
-            previous = self._last_points.get(key)
-            if previous is not None and previous[0] == step and _same(previous[1], value):
-                continue  # e.g. `epoch` in both the training and the eval log of one step
-            self._last_points[key] = (step, value)
-            points[key] = value
+        points = self._converter.convert_at(logs, step)  # `epoch` in train and eval logs: once
         if points:
             run.log_metrics(points, step=step)
 
@@ -245,55 +263,42 @@ class AIDPCallback(TrainerCallback, ExportableState):
 
     def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
         """Start or attach the run for this train() call (or trial) and log params/tags."""
-        from aidp_metrics import Run  # here: importing this module stays cheap
-
-        options: dict[str, Any] = dict(self._run_options)
-        options["strict"] = self.strict
         env_run_id = first_env(RUN_ID_VARIABLES)
         tags = self._tags(model)
         self._trial_key = _trial_key(state)
+        common: dict[str, Any] = {
+            "experiment_name": self.experiment_name,
+            "endpoint": self._endpoint,
+            "client": self._client,
+            "strict": self.strict,
+            **self._run_options,
+        }
         try:
-            if state.is_hyper_param_search:
+            if state.is_hyper_param_search:  # a new run per trial, under the given run
                 parent = self._explicit_run_id or env_run_id
                 if parent:
                     tags[TAG_PARENT_RUN] = parent
                 if state.trial_name:
                     tags[TAG_TRIAL_NAME] = str(state.trial_name)
-                run = Run.start(
-                    experiment_name=self.experiment_name or first_env(EXPERIMENT_VARIABLES),
+                run = open_run(
                     run_name=self._trial_run_name(args, state),
                     tags=tags,
-                    endpoint=self._endpoint,
-                    client=self._client,
-                    **options,
+                    environment_run_id=False,
+                    **common,
                 )
                 self._trials_started += 1
             else:
-                checkpoint_run_id = self._checkpoint_run_id(state)
-                target = self._explicit_run_id
-                if target is None and env_run_id is None:
-                    target = checkpoint_run_id
-                if target is not None:
-                    run = Run.attach(
-                        target, endpoint=self._endpoint, client=self._client, **options
-                    )
-                    run.set_tags(tags)
-                else:
-                    run = Run.from_env(
-                        experiment_name=self.experiment_name,
-                        run_name=self.run_name or args.run_name,
-                        tags=tags,
-                        endpoint=self._endpoint,
-                        client=self._client,
-                        **options,
-                    )
-        except AIDPError as exc:
+                target = self._explicit_run_id or env_run_id or self._checkpoint_run_id(state)
+                run = open_run(
+                    run_id=target, run_name=self.run_name or args.run_name, tags=tags, **common
+                )
+        except Exception as exc:
             if self.strict:
                 raise
             self._disabled = True
             warnings.warn(
-                f"aidp-metrics: could not start or attach a run ({exc}); "
-                "training goes on without logging to it",
+                f"aidp-metrics: the callback failed ({type(exc).__name__}: {exc}); "
+                "training goes on without it",
                 AIDPMetricsWarning,
                 stacklevel=3,
             )
@@ -367,15 +372,38 @@ class AIDPCallback(TrainerCallback, ExportableState):
         return params
 
 
+def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> dict[str, Any]:
+    """A copy of `logs` with what the callbacks before this one removed put back.
+
+    The Trainer passes one dict to every callback in turn, and `PrinterCallback` (added
+    with `disable_tqdm=True`) pops `total_flos` from it; a callback rebuilt from a
+    checkpoint comes after it. `Trainer.log` appends a copy to `log_history` first: when
+    that entry is this log (same step, the values both hold agree), its keys are added
+    back, so the run holds what `log_history` holds. Keys a callback added are kept.
+    """
+    current = dict(logs)
+    history = state.log_history
+    entry = history[-1] if history else None
+    if not isinstance(entry, Mapping) or entry.get("step") != state.global_step:
+        return current
+    shared = [key for key in current if key in entry]
+    if not shared or any(not _equal(entry[key], current[key]) for key in shared):
+        return current
+    return {**{k: v for k, v in entry.items() if k != "step"}, **current}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # an array's == is not a bool
+        return False
+
+
 def _trial_key(state: TrainerState) -> str | None:
     if not state.is_hyper_param_search:
         return None
     params = json.dumps(state.trial_params or {}, sort_keys=True, default=str)
     return f"{state.trial_name}|{params}"
-
-
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _qualified_name(kind: type) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,13 @@ transformers = pytest.importorskip("transformers")
 
 from transformers import TrainerCallback  # noqa: E402
 
-from aidp_metrics import AIDPError  # noqa: E402
+from aidp_metrics import AIDPError, Endpoint, MetricsClient  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.transformers import AIDPCallback  # noqa: E402
+from aidp_metrics.journal import spool_root  # noqa: E402
+from aidp_metrics.retry import RetryPolicy  # noqa: E402
+from aidp_metrics.sync import sync_directory  # noqa: E402
+from tests.support.chaos_proxy import ChaosProxy  # noqa: E402
 from tests.support.mlflow_server import (  # noqa: E402
     get_metric_history,
     get_run,
@@ -58,6 +64,18 @@ def tracking(monkeypatch: pytest.MonkeyPatch, mlflow_server: Any, fresh_experime
     monkeypatch.setenv("AIDP_EXPERIMENT_NAME", fresh_experiment)
     url: str = mlflow_server.url
     return url
+
+
+@pytest.fixture
+def proxied(
+    monkeypatch: pytest.MonkeyPatch, chaos_proxy: ChaosProxy, fresh_experiment: str
+) -> ChaosProxy:
+    """As `tracking`, through a proxy that can go down; read back from the server itself."""
+    for name in ENV_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chaos_proxy.url)
+    monkeypatch.setenv("AIDP_EXPERIMENT_NAME", fresh_experiment)
+    return chaos_proxy
 
 
 def assert_run_matches(url: str, run_id: str, log_histories: list[list[dict[str, Any]]]) -> None:
@@ -218,6 +236,323 @@ def test_resume_with_restored_callback_state(tracking: str, tmp_path: Path) -> N
     assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"
 
 
+# -- resuming a job that went on past its checkpoint (issue 13) ------------------------------
+
+# Log every step, checkpoint every 12; the first job stops at 24, the second resumes from 12.
+RESUME = {
+    "max_steps": 36,
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 12,
+    "eval_strategy": "no",
+}
+PER_STEP_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
+
+
+def first_job(output_dir: Path, callback: Any, **overrides: Any) -> Any:
+    """Train to step 24 (checkpoints 12 and 24) with `callback`; return the trainer."""
+    trainer = make_trainer(
+        output_dir, [callback, StopAt(24)], model=TinyRegressor(), **{**RESUME, **overrides}
+    )
+    trainer.train()
+    assert trainer.state.global_step == 24
+    return trainer
+
+
+def resumed_job(output_dir: Path, callback: Any, **overrides: Any) -> Any:
+    """A new Trainer resumed from checkpoint-12, trained to step 36."""
+    trainer = make_trainer(output_dir, [callback], model=TinyRegressor(), **{**RESUME, **overrides})
+    trainer.train(resume_from_checkpoint=str(output_dir / "checkpoint-12"))
+    assert trainer.state.global_step == 36
+    return trainer
+
+
+def after_resume(
+    first: list[dict[str, Any]], resumed: list[dict[str, Any]]
+) -> tuple[dict[str, list[tuple[int, float]]], int]:
+    """What the run must hold after the resume -- the first job's points, then the resumed
+    job's above the last step the first job logged for their key -- and how many of the
+    resumed job's points that leaves out (not sent again)."""
+    expected = {key: set(points) for key, points in expected_points(first).items()}
+    # The resumed history starts with the checkpoint's (steps <= 12): not logged again.
+    own = [entry for entry in resumed if int(entry["step"]) > 12]
+    skipped = 0
+    for key, points in expected_points(own).items():
+        floor = max((step for step, _ in expected.get(key, ())), default=None)
+        for step, value in points:
+            if floor is not None and step <= floor:
+                skipped += 1
+            else:
+                expected.setdefault(key, set()).add((step, value))
+    return {key: sorted(points) for key, points in expected.items()}, skipped
+
+
+def assert_holds_exactly(
+    url: str, run_id: str, expected: dict[str, list[tuple[int, float]]]
+) -> None:
+    logged_keys = {m["key"] for m in get_run(url, run_id)["data"].get("metrics", [])}
+    assert logged_keys == set(expected)
+    for key, points in expected.items():
+        assert points_of(get_metric_history(url, run_id, key)) == points, key
+    for key in PER_STEP_KEYS:  # every step once, in the one run
+        assert steps_of(url, run_id, key) == list(range(1, 37)), key
+
+
+def saved_run_id(checkpoint: Path) -> str:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    run_id: str = state["stateful_callbacks"]["AIDPCallback"]["attributes"]["_resume_run_id"]
+    return run_id
+
+
+def test_resume_never_writes_a_step_twice(
+    tracking: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first job logged steps 1-24; resuming from checkpoint-12 logs 13-36 again: the
+    run keeps the first job's 13-24 and gets 25-36, each step once."""
+    first = AIDPCallback()
+    trainer = first_job(tmp_path, first)
+    run_id = first.run_id
+    assert run_id is not None
+    assert saved_run_id(tmp_path / "checkpoint-12") == run_id
+    capsys.readouterr()
+
+    second = AIDPCallback()
+    resumed = resumed_job(tmp_path, second)
+    assert second.run_id == run_id
+    assert len(runs_in_experiment(tracking, os.environ["AIDP_EXPERIMENT_NAME"])) == 1
+    assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"
+    expected, skipped = after_resume(trainer.state.log_history, resumed.state.log_history)
+    assert skipped == 12 * len(PER_STEP_KEYS)  # steps 13-24 of each per-step key
+    assert_holds_exactly(tracking, run_id, expected)
+    assert steps_of(tracking, run_id, "train_runtime") == [24, 36]
+    assert second.run is not None
+    assert second.run.stats.skipped == skipped
+    assert second.run.stats.delivered == second.run.stats.logged - skipped
+    # One line says how many points were not sent again, and why.
+    err = capsys.readouterr().err.splitlines()
+    lines = [line for line in err if "metric(s) not sent again" in line]
+    assert len(lines) == 1
+    assert f"{skipped} metric(s) not sent again" in lines[0]
+    assert f"run {run_id} already held their steps" in lines[0]
+
+
+@pytest.mark.parametrize("resumed_on", ["same-machine", "other-machine"])
+def test_resume_from_a_local_id_after_the_first_job_was_synced(
+    proxied: ChaosProxy,
+    mlflow_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    resumed_on: str,
+) -> None:
+    """The server was down for the whole first job: its checkpoints hold the run's local id.
+    `aidp-metrics sync` creates the run; the resumed job joins it, without repeating a step:
+    found through the spool's id map, or on another machine (another spool directory)
+    through the run's local-id tag on the server."""
+    url = mlflow_server.url
+    proxied.down()
+    first = AIDPCallback()
+    trainer = first_job(tmp_path, first)
+    local_id = first.run_id
+    assert local_id is not None
+    assert local_id.startswith("local-")
+    assert saved_run_id(tmp_path / "checkpoint-12") == local_id
+    assert runs_in_experiment(url, os.environ["AIDP_EXPERIMENT_NAME"]) == []
+
+    proxied.up()
+    with MetricsClient(proxied.url) as client:
+        (synced,) = sync_directory(spool_root(), client)
+    assert synced.error is None
+    assert synced.local_id == local_id
+    run_id = synced.run_id
+    assert run_id is not None
+    if resumed_on == "other-machine":
+        monkeypatch.setenv("AIDP_METRICS_DIR", str(tmp_path / "other-spool"))
+
+    second = AIDPCallback()
+    resumed = resumed_job(tmp_path, second)
+    assert second.run_id == run_id
+    runs = runs_in_experiment(url, os.environ["AIDP_EXPERIMENT_NAME"])
+    assert [r["info"]["run_id"] for r in runs] == [run_id]
+    assert runs[0]["info"]["status"] == "FINISHED"
+    expected, skipped = after_resume(trainer.state.log_history, resumed.state.log_history)
+    assert_holds_exactly(url, run_id, expected)
+    assert second.run is not None
+    assert second.run.stats.skipped == skipped > 0
+
+
+def test_resume_from_a_local_id_before_any_sync_joins_one_run_at_sync(
+    proxied: ChaosProxy, mlflow_server: Any, tmp_path: Path
+) -> None:
+    """No sync between the jobs: the run does not exist when the second job starts, so its
+    points wait in the spool under the first job's local id; one sync then puts both jobs
+    into one run, each step once."""
+    url = mlflow_server.url
+    experiment = os.environ["AIDP_EXPERIMENT_NAME"]
+    proxied.down()
+    first = AIDPCallback()
+    trainer = first_job(tmp_path, first)
+    local_id = first.run_id
+    assert local_id is not None
+    assert local_id.startswith("local-")
+
+    proxied.up()  # the server answers, but has never heard of the run
+    second = AIDPCallback()
+    resumed = resumed_job(tmp_path, second)
+    assert second.run_id == local_id
+    assert second.run is not None
+    assert second.run.stats.pending == second.run.stats.logged
+    assert runs_in_experiment(url, experiment) == []
+
+    with MetricsClient(proxied.url) as client:
+        results = sync_directory(spool_root(), client)
+    assert [r.error for r in results] == [None, None]
+    assert results[0].local_id == local_id  # the creating journal first
+    run_id = results[0].run_id
+    assert run_id is not None
+    assert results[1].run_id == run_id
+    runs = runs_in_experiment(url, experiment)
+    assert [r["info"]["run_id"] for r in runs] == [run_id]
+    assert runs[0]["info"]["status"] == "FINISHED"
+    expected, _ = after_resume(trainer.state.log_history, resumed.state.log_history)
+    assert_holds_exactly(url, run_id, expected)
+
+
+def test_restored_callback_keeps_its_explicit_endpoint(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore_callback_states_from_checkpoint`: the Trainer rebuilds the callback from the
+    checkpoint; with the endpoint given as an argument (nothing in the environment) the
+    rebuilt one must still send to it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    restore = {"restore_callback_states_from_checkpoint": True}
+    first = AIDPCallback(endpoint=tracking)
+    trainer = first_job(tmp_path, first, **restore)
+    run_id = first.run_id
+    assert run_id is not None
+    assert not run_id.startswith("local-")
+
+    resumed = resumed_job(tmp_path, AIDPCallback(), **restore)
+    (rebuilt,) = [c for c in resumed.callback_handler.callbacks if isinstance(c, AIDPCallback)]
+    assert rebuilt.run_id == run_id
+    assert rebuilt.run is not None
+    assert not rebuilt.run.offline
+    assert len(runs_in_experiment(tracking, os.environ["AIDP_EXPERIMENT_NAME"])) == 1
+    assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"
+    expected, _ = after_resume(trainer.state.log_history, resumed.state.log_history)
+    assert_holds_exactly(tracking, run_id, expected)
+
+
+def settings(callback: AIDPCallback) -> dict[str, Any]:
+    """Everything a callback was built with that a checkpoint can carry."""
+    return {
+        "experiment_name": callback.experiment_name,
+        "run_name": callback.run_name,
+        "run_id": callback._explicit_run_id,
+        "tags": callback.tags,
+        "log_params": callback.log_params,
+        "strict": callback.strict,
+        "endpoint": callback._endpoint,
+        "run_options": callback._run_options,
+    }
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:5000",
+        Endpoint.mlflow("http://127.0.0.1:5000"),
+        Endpoint.aidp("ocid1.instance.x", "ws-1", region="us-ashburn-1", user_principal="me"),
+    ],
+    ids=["url", "mlflow", "aidp"],
+)
+def test_state_rebuilds_every_argument(endpoint: Any, tmp_path: Path) -> None:
+    original = AIDPCallback(
+        experiment_name="exp",
+        run_name="name",
+        run_id="0123abcd",
+        tags={"team": "ml"},
+        log_params=False,
+        endpoint=endpoint,
+        strict=True,
+        transport="metric",
+        flush_interval=0.5,
+        max_queue=1000,
+        policy="block",
+        end_timeout=5.0,
+        retry=RetryPolicy(max_attempts=3, retry_statuses=frozenset({503})),
+        spool="always",
+        spool_dir=str(tmp_path),
+        system_metrics=False,
+    )
+    stored = json.loads(json.dumps(original.state()))  # what trainer_state.json holds
+    rebuilt = AIDPCallback(**stored["args"])
+    for name, value in stored["attributes"].items():  # as the Trainer restores it
+        setattr(rebuilt, name, value)
+    assert settings(rebuilt) == settings(original)
+    assert rebuilt._resume_run_id == "0123abcd"
+
+
+def test_state_is_json_and_holds_no_credential(tmp_path: Path) -> None:
+    password = "s3cr3t-Pa55"
+    with MetricsClient(f"http://alice:{password}@127.0.0.1:5000") as client:
+        callbacks = [
+            AIDPCallback(endpoint=f"http://alice:{password}@127.0.0.1:5000", spool_dir=tmp_path),
+            AIDPCallback(endpoint=Endpoint.mlflow(f"http://alice:{password}@127.0.0.1:5000")),
+            AIDPCallback(client=client),  # a live client is not stored: its endpoint is
+        ]
+        for callback in callbacks:
+            dumped = json.dumps(callback.state())
+            assert password not in dumped
+            assert "alice" not in dumped
+            rebuilt = AIDPCallback(**json.loads(dumped)["args"])
+            endpoint = rebuilt._endpoint
+            url = endpoint if isinstance(endpoint, str) else endpoint.base_url  # type: ignore[union-attr]
+            assert url == "http://127.0.0.1:5000"
+    assert json.loads(json.dumps(callbacks[0].state()))["args"]["spool_dir"] == str(tmp_path)
+
+
+def test_a_misspelt_option_is_a_type_error_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"'flush_intervall' \(did you mean 'flush_interval'\?\)"):
+        AIDPCallback(flush_intervall=0.5)
+
+
+def test_run_name_wins_over_a_run_name_tag(tracking: str, tmp_path: Path) -> None:
+    """MLflow refuses a run whose `run_name` and `mlflow.runName` tag differ: the run is
+    created with `run_name`, and every point is delivered."""
+    callback = AIDPCallback(run_name="chosen", tags={"mlflow.runName": "other", "team": "ml"})
+    trainer = make_trainer(tmp_path, [callback], model=TinyRegressor(), eval_strategy="no")
+    trainer.train()
+    run_id = callback.run_id
+    assert run_id is not None
+    assert not run_id.startswith("local-")
+    run = get_run(tracking, run_id)
+    assert run["info"]["run_name"] == "chosen"
+    assert tags_of(tracking, run_id)["mlflow.runName"] == "chosen"
+    assert tags_of(tracking, run_id)["team"] == "ml"
+    assert_run_matches(tracking, run_id, [trainer.state.log_history])
+    assert callback.run is not None
+    assert callback.run.stats.delivered == callback.run.stats.logged > 0
+
+
+def test_epoch_in_the_training_and_eval_log_of_a_step_is_sent_once(
+    proxied: ChaosProxy, tmp_path: Path
+) -> None:
+    """Counted as sent (at the proxy), not as stored: the server would also keep one copy
+    of a repeated point with the same timestamp."""
+    callback = AIDPCallback()
+    trainer = make_trainer(tmp_path, [callback], model=TinyRegressor())
+    trainer.train()
+    sent: Counter[tuple[str, int]] = Counter()
+    for exchange in proxied.forwarded("runs/log-batch"):
+        for metric in json.loads(exchange.body).get("metrics", []):
+            sent[(metric["key"], int(metric["step"]))] += 1
+    # Steps 20, 40 and 60 log `epoch` in the training log and the eval log (and 60 in the
+    # summary too): each (key, step) goes out once.
+    assert {step for (key, step) in sent if key == "epoch"} == set(range(5, 61, 5))
+    assert set(sent.values()) == {1}
+    assert sum(sent.values()) == callback.run.stats.logged  # type: ignore[union-attr]
+
+
 def test_run_id_from_the_environment_is_honoured(
     tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,6 +587,23 @@ def test_callback_passed_as_a_class(tracking: str, tmp_path: Path) -> None:
     run_id = callbacks[0].run_id
     assert run_id is not None
     assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"
+    assert_run_matches(tracking, run_id, [trainer.state.log_history])
+
+
+def test_keys_a_callback_before_ours_pops_are_still_logged(tracking: str, tmp_path: Path) -> None:
+    """`PrinterCallback` pops `total_flos` from the logs dict it shares with the callbacks
+    after it (a callback restored from a checkpoint is always after it)."""
+    from transformers import PrinterCallback
+
+    callback = AIDPCallback()
+    trainer = make_trainer(tmp_path, [], model=TinyRegressor(), eval_strategy="no")
+    trainer.add_callback(callback)  # after the PrinterCallback that disable_tqdm adds
+    names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+    assert names.index(PrinterCallback.__name__) < names.index("AIDPCallback")
+    trainer.train()
+    run_id = callback.run_id
+    assert run_id is not None
+    assert points_of(get_metric_history(tracking, run_id, "total_flos")) == [(60, 0.0)]
     assert_run_matches(tracking, run_id, [trainer.state.log_history])
 
 
@@ -491,10 +843,23 @@ def test_with_a_bad_endpoint_training_goes_on_with_one_warning(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://not-a-tracking-server.invalid")
     callback = AIDPCallback()
     trainer = make_trainer(tmp_path, [callback], model=TinyRegressor(), eval_strategy="no")
-    with pytest.warns(AIDPMetricsWarning, match="could not start or attach a run"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.train()
     assert trainer.state.global_step == 60
-    assert callback.run_id is None
+    ours = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(ours) == 1
+    assert "could not start or attach the run" in ours[0]
+    assert "not-a-tracking-server" in ours[0]
+    # No point is lost: the run is offline, every point in the spool for `aidp-metrics sync`.
+    run = callback.run
+    assert run is not None
+    assert run.offline
+    assert callback.run_id == run.local_id
+    assert run.stats.logged == len(
+        [v for points in expected_points(trainer.state.log_history).values() for v in points]
+    )
+    assert run.stats.pending == run.stats.logged
 
     strict = make_trainer(
         tmp_path, [AIDPCallback(strict=True)], model=TinyRegressor(), eval_strategy="no"
