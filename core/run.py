@@ -602,8 +602,9 @@ class Run:
             self._close()
 
     def _settle_everything(self, wait: float, why: str) -> None:
-        """Deliver what can be delivered within `wait` seconds, keep the rest on disk (or
-        count it failed without a spool). Points logged meanwhile by other threads count."""
+        """Deliver what can be delivered within `wait` seconds; keep the rest on disk (or
+        count it failed without a spool); close the stream. Points other threads log
+        meanwhile count too: the check that nothing is left and the close are one step."""
         stream = self._stream
         deadline = time.monotonic() + wait
         while True:
@@ -612,24 +613,28 @@ class Run:
                 stream.rush(mark)
                 self._deliver_until(mark, deadline)
             with stream.lock:
-                if stream.settled(mark) and (stream.logged, stream.ops_logged) == mark:
+                current = (stream.logged, stream.ops_logged)
+                if current == mark and stream.settled(mark):
+                    stream.closed = True
                     return
                 spool = stream.spool_allowed and not stream.spool_failed
                 if spool:
                     stream.spool_wanted = True
                     stream.commit_now = True
                     stream.spool_idle = False
-            if spool and self._spool is not None:
+                elif current == mark or time.monotonic() >= deadline:
+                    self._abandon_locked(f"not delivered {why}")
+                    stream.closed = True
+                    return
+            if not spool:
+                continue  # more was logged meanwhile, and there is time to deliver it
+            if self._spool is not None:
                 self._spool.wake()
                 self._wait(functools.partial(stream.durable_or_settled, mark), SPOOL_WAIT, writer)
             with stream.lock:
-                current = (stream.logged, stream.ops_logged)
-                if current == mark and (
-                    stream.settled(mark) or (spool and stream.durable_or_settled(mark))
-                ):
-                    return
-                if current == mark or time.monotonic() >= deadline:
-                    self._abandon_locked(f"not delivered {why}")
+                if (stream.logged, stream.ops_logged) == mark or time.monotonic() >= deadline:
+                    # What is not on disk yet the spool writer's last pass writes.
+                    stream.closed = True
                     return
 
     def _deliver_until(self, mark: tuple[int, int], deadline: float) -> bool:
@@ -678,20 +683,25 @@ class Run:
             stream.ops_settled -= 1
 
     def _close(self) -> None:
-        """Let go of the delivery loop, the spool writer, the connection and the exit hook."""
+        """Let go of the delivery loop, the spool writer, the connection and the exit hook
+        -- unless another thread logged meanwhile and so reopened the run."""
         stream = self._stream
         with stream.lock:
-            stream.closed = True
+            if not stream.closed:
+                return  # reopened: it stays registered everywhere
             stream.closing = False
             stream.urgent = stream.logged
-        last = loop.unregister(stream)
+            last = loop.unregister(stream)  # the worker's lock inside ours: the allowed order
+            lifecycle.unregister(self)
         spool = self._spool
         if spool is not None and (spool.journal is not None or writer.registered(stream)):
             spool.wake()
-            spool.finished.wait(SPOOL_WAIT)
+            deadline = time.monotonic() + SPOOL_WAIT
+            while not spool.finished.wait(0.05) and stream.closed:
+                if time.monotonic() > deadline:
+                    break
         if self._owns_client and self.client is not None:
             self.client.close()
-        lifecycle.unregister(self)
         if last:
             loop.join_if_idle(THREAD_EXIT_WAIT)
         writer.join_if_idle(THREAD_EXIT_WAIT)

@@ -6,7 +6,8 @@ path, query, header and body to `upstream` (an MLflow server, or the AIDP gatewa
 the client used, still verify behind the proxy). Faults are applied to the requests whose
 path ends with a suffix, thread-safely, and everything is recorded:
 
-    status(code, times=, duration=, retry_after=)  answer `code` without forwarding
+    status(code, times=, duration=, retry_after=,  answer `code` without forwarding
+           body_contains=)                         (only to bodies holding those bytes)
     burst(code, duration)                          `status` for every request for a while
     reset_before(times=)                           close the connection, nothing forwarded
     reset_after(times=)                            forward (the server applies the write),
@@ -74,6 +75,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     seconds: float = 0.0
+    body_contains: bytes | None = None  # only requests whose body holds these bytes
     hits: int = field(default=0, init=False)
 
     def active(self, now: float) -> bool:
@@ -81,8 +83,10 @@ class Fault:
             return False
         return self.until is None or now < self.until
 
-    def matches(self, path: str, now: float) -> bool:
+    def matches(self, path: str, now: float, body: bytes = b"") -> bool:
         suffix = self.path_suffix
+        if self.body_contains is not None and self.body_contains not in body:
+            return False
         return self.active(now) and (suffix is None or path.endswith(suffix))
 
 
@@ -199,12 +203,14 @@ class ChaosProxy:
         duration: float | None = None,
         retry_after: float | str | None = None,
         path: str | None = "runs/log-batch",
+        body_contains: bytes | None = None,
     ) -> Fault:
-        """Answer `code` (MLflow-style JSON error, `Retry-After` if given) without forwarding."""
+        """Answer `code` (MLflow-style JSON error, `Retry-After` if given) without forwarding
+        (only to requests whose body holds `body_contains`, when given)."""
         after = None if retry_after is None else str(retry_after)
-        return self._add(
-            Fault("status", path, times, _deadline(duration), status=code, retry_after=after)
-        )
+        fault = Fault("status", path, times, _deadline(duration), status=code, retry_after=after)
+        fault.body_contains = body_contains
+        return self._add(fault)
 
     def burst(
         self,
@@ -324,11 +330,11 @@ class ChaosProxy:
 
     # -- request handling ------------------------------------------------------------------------
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, body: bytes = b"") -> Fault | None:
         now = time.monotonic()
         with self._lock:
             for fault in self._faults:
-                if fault.matches(path, now):
+                if fault.matches(path, now, body):
                     fault.hits += 1
                     return fault
         return None
@@ -435,7 +441,7 @@ def _make_handler(proxy: ChaosProxy) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             path = self.path.partition("?")[0]
             now = time.monotonic()
-            fault = proxy._take_fault(path)
+            fault = proxy._take_fault(path, body)
             kind = fault.kind if fault is not None else "forwarded"
             if fault is not None and fault.kind == "reset_before":
                 proxy._record(Exchange(now, self.command, path, body, kind, 0, False))
