@@ -630,8 +630,13 @@ class Run:
                 continue  # more was logged meanwhile, and there is time to deliver it
             if self._spool is not None:
                 self._spool.wake()
-                self._wait(functools.partial(stream.durable_or_settled, mark), SPOOL_WAIT, writer)
+                on_disk = functools.partial(_durable_or_failed, stream, mark)
+                self._wait(on_disk, SPOOL_WAIT, writer)
             with stream.lock:
+                if stream.spool_failed:  # the spool could not take them: count them
+                    self._abandon_locked(f"not delivered {why}, and the spool failed")
+                    stream.closed = True
+                    return
                 if (stream.logged, stream.ops_logged) == mark or time.monotonic() >= deadline:
                     # What is not on disk yet the spool writer's last pass writes.
                     stream.closed = True
@@ -834,6 +839,10 @@ def _created_from(client: MetricsClient, local_id: str, experiment: str | None) 
         return find_created(client, local_id, experiment)
     except APIError:
         return None
+
+
+def _durable_or_failed(stream: RunStream, mark: tuple[int, int]) -> bool:
+    return stream.spool_failed or stream.durable_or_settled(mark)
 
 
 def _locked(stream: RunStream, until: Callable[[], bool]) -> bool:
