@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import statistics
 import sys
 import threading
 import time
@@ -96,6 +97,7 @@ class Sizes:
     async_reps: int
     delivery_metrics: int  # multiple of 1000
     metric_transport_metrics: int  # multiple of len(METRIC_TRANSPORT_KEYS)
+    far_metric_transport_metrics: int  # the same, behind the latency proxy
     rss_metrics: int  # multiple of len(DELIVERY_KEYS)
 
 
@@ -108,6 +110,7 @@ FULL = Sizes(
     async_reps=3,
     delivery_metrics=100_000,
     metric_transport_metrics=1_504,
+    far_metric_transport_metrics=96,
     rss_metrics=100_000,
 )
 QUICK = Sizes(
@@ -119,6 +122,7 @@ QUICK = Sizes(
     async_reps=3,
     delivery_metrics=10_000,
     metric_transport_metrics=160,
+    far_metric_transport_metrics=32,
     rss_metrics=10_000,
 )
 
@@ -452,7 +456,7 @@ def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str,
     ours: dict[int, float] = {}
     delivered = failed = 0
     flushed = True
-    for in_flight in (1, 8):  # does a pool of requests in flight help? measured, not assumed
+    for in_flight in (1, 8):  # do requests in flight help? measured, not assumed
         log(f"metric transport: Run(transport='metric', max_in_flight={in_flight}), {total}")
         run = Run.start(
             endpoint=server.url,
@@ -473,12 +477,15 @@ def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str,
         ours[in_flight] = total / timer.seconds
         delivered += stats.delivered
         failed += stats.failed
+    far = _far_metric_rates(server, sizes.far_metric_transport_metrics)
     return {
         "metrics": total,
         "keys": len(keys),
         "max_in_flight": 8,
         "run_rate": ours[8],
         "run_rate_one_in_flight": ours[1],
+        "far_metrics": sizes.far_metric_transport_metrics,
+        "far_rates": {str(k): v for k, v in far.items()},
         "flushed": flushed,
         "delivered": delivered,
         "failed": failed,
@@ -487,6 +494,32 @@ def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str,
         "raw_best_rate": best,
         "share_of_best": ours[8] / best,
     }
+
+
+def _far_metric_rates(server: LocalMLflowServer, total: int) -> dict[int, float]:
+    """`transport="metric"` behind a proxy adding 50 ms each way: 1 vs 8 in flight,
+    interleaved twice (medians)."""
+    from .latency_proxy import LatencyProxy
+
+    keys = METRIC_TRANSPORT_KEYS
+    rates: dict[int, list[float]] = {1: [], 8: []}
+    with LatencyProxy(server.url, 0.05) as proxy:
+        for in_flight in (1, 8, 1, 8):
+            log(f"metric transport, far (+50 ms each way): {in_flight} in flight, {total}")
+            run = Run.start(
+                endpoint=proxy.url,
+                experiment_name=EXPERIMENT,
+                run_name=f"metric-transport-far-{in_flight}",
+                transport="metric",
+                max_in_flight=in_flight,
+            )
+            with Timer() as timer:
+                for step in range(total // len(keys)):
+                    run.log_metrics({key: step + i for i, key in enumerate(keys)}, step=step)
+                run.flush(timeout=600)
+            run.end()
+            rates[in_flight].append(total / timer.seconds)
+    return {n: statistics.median(values) for n, values in rates.items()}
 
 
 # -- 4. memory with the server down -----------------------------------------------------------
@@ -644,6 +677,16 @@ def build_rows(results: dict[str, Any], sizes: Sizes) -> list[Row]:
             metric["share_of_best"] >= GOAL_METRIC_SHARE,
         )
     )
+    far_one, far_eight = metric["far_rates"]["1"], metric["far_rates"]["8"]
+    rows.append(
+        Row(
+            "   far server (+50 ms each way): 8 vs 1 in flight",
+            f"{fmt_rate(far_eight)} vs {fmt_rate(far_one)}",
+            "in-flight lanes pay for their threads (> 1x)",
+            fmt_times(far_eight / far_one),
+            far_eight > far_one,
+        )
+    )
     memory = results["queued_memory"]
     per_100k = memory["growth_per_100k"]
     scaled = "" if memory["metrics"] == 100_000 else f" (-> {per_100k / MB:.1f} MB per 100k)"
@@ -693,7 +736,9 @@ def print_details(results: dict[str, Any]) -> None:
         f"{fmt_seconds(batch['process_cpu_seconds_per_metric'])} per metric",
         f"  3. raw log-metric: {raw_rates}; Run with 1 in flight "
         f"{fmt_rate(metric['run_rate_one_in_flight'])}, with 8 {fmt_rate(metric['run_rate'])}; "
-        f"{metric['delivered']} delivered, {metric['failed']} failed",
+        f"{metric['delivered']} delivered, {metric['failed']} failed; far (+50 ms each way, "
+        f"{metric['far_metrics']} metrics): 1 in flight {fmt_rate(metric['far_rates']['1'])}, "
+        f"8 in flight {fmt_rate(metric['far_rates']['8'])}",
         f"  4. {memory['bytes_per_metric']:.0f} B/metric (the larger of RSS and heap growth); "
         f"RSS peak (VmHWM) growth {peak_text}; heap peak growth "
         f"{memory['heap_peak_growth'] / MB:.1f} MB; {memory['dropped']} dropped; "
