@@ -94,6 +94,18 @@ class StreamSender:
         self._op_token: str | None = None
         self._internal_errors = 0
         self._rate_window: collections.deque[float] = collections.deque(maxlen=200)
+        self._busy_lock = threading.Lock()
+        self._busy = False  # a request of this sender is in flight
+        self._when_idle: Callable[[], None] | None = None
+
+    def release(self, close: Callable[[], None]) -> None:
+        """Call `close` (the client's) now, or once the request in flight returns: closing a
+        connection under a request would fail it."""
+        with self._busy_lock:
+            if self._busy:
+                self._when_idle = close
+                return
+        close()
 
     # -- the loop's entry point -----------------------------------------------------------
 
@@ -104,15 +116,28 @@ class StreamSender:
         stream = self.stream
         with stream.lock:
             work = self._next_locked(now)
-        if isinstance(work, float):
-            return work
+            if isinstance(work, float):
+                return work
+            with self._busy_lock:
+                self._busy = True
+        try:
+            self._serve(work)
+        finally:
+            with self._busy_lock:
+                self._busy = False
+                when_idle, self._when_idle = self._when_idle, None
+            if when_idle is not None:
+                when_idle()
+        return 0.0
+
+    def _serve(self, work: QueuedOp | Chunk | tuple[int, int]) -> None:
         try:
             if isinstance(work, QueuedOp):
                 self._send_op(work)
             else:
                 chunk = self._read_back(*work) if isinstance(work, tuple) else work
                 if chunk is None:
-                    return 0.0
+                    return
                 work = chunk
                 self._send_chunk(chunk)
             self._internal_errors = 0
@@ -124,12 +149,13 @@ class StreamSender:
                 self._internal_error(failure.error, work)
         except Exception as exc:  # never let a bug stop delivery: report, back off, retry
             self._internal_error(exc, work)
-        return 0.0
 
     def _next_locked(self, now: float) -> QueuedOp | Chunk | tuple[int, int] | float:
         """What to send next: an op, the chunk in flight, a range to read back from the
         journal, or the seconds until something is due."""
         stream = self.stream
+        if stream.closed:
+            return math.inf  # ended: what is left waits in the spool (or was counted)
         stream.settle_holes_locked()
         if stream.chunk is not None:
             return stream.chunk

@@ -706,7 +706,10 @@ class Run:
                 if time.monotonic() > deadline:
                     break
         if self._owns_client and self.client is not None:
-            self.client.close()
+            if self._sender is not None:
+                self._sender.release(self.client.close)
+            else:
+                self.client.close()
         if last:
             loop.join_if_idle(THREAD_EXIT_WAIT)
         writer.join_if_idle(THREAD_EXIT_WAIT)

@@ -530,3 +530,20 @@ def test_accounting_is_exact_at_every_moment_under_faults(
     )
     assert_exactly_once(mlflow_server.url, run.run_id, expected)
     assert json.dumps(stats.failures) == "{}"
+
+
+def test_ending_without_waiting_never_closes_a_connection_under_a_request(
+    chaos_proxy: ChaosProxy, fresh_experiment: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`end(timeout=0)` while a request is in flight: the connection is closed once the
+    request returns, not under it (which failed it with "Bad file descriptor")."""
+    run = Run.start(experiment_name=fresh_experiment, endpoint=chaos_proxy.url, spool="off")
+    chaos_proxy.hold(1.0, times=1)
+    run.log_metric("x", 1.0, step=1)
+    assert not run.flush(timeout=0.3)  # the request is held at the proxy now
+    with caplog.at_level(logging.WARNING, logger="aidp_metrics"):
+        stats = run.end(timeout=0)
+        assert wait_until(lambda: chaos_proxy.holding == 0, 10)
+        assert wait_until(lambda: our_threads() == [], 10)
+    assert (stats.logged, stats.failed) == (1, 1)
+    assert [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()] == []
