@@ -598,9 +598,7 @@ def test_run_name_wins_over_an_mlflow_run_name_tag(
     _trainer(tmp_path, logger=logger, max_epochs=1).fit(TinyModule())
     stored = get_run(url, logger.version)
     assert stored["info"]["run_name"] == "mine"
-    assert [s for s, _ in _server_points(url, logger.version)["train_loss_step"]] == list(
-        range(8)
-    )
+    assert [s for s, _ in _server_points(url, logger.version)["train_loss_step"]] == list(range(8))
 
 
 def test_a_refused_run_keeps_its_points_in_the_spool(
