@@ -59,10 +59,10 @@ class SpoolTask:
             run_id = stream.run_id
         if run_id is not None and run_id != self._saved_run_id:
             self._record_run_id(run_id)
-        if wanted and self.journal is None and not self._open():
-            return math.inf
+        if wanted and self.journal is None:
+            self._open()
         journal = self.journal
-        if journal is not None:
+        if journal is not None and not stream.spool_failed:
             try:
                 while self._write(journal):
                     pass
@@ -72,20 +72,18 @@ class SpoolTask:
                 journal.save_acked(acked)
             except OSError as exc:
                 self._failed(exc)
-                return math.inf
         return self._settle_state()
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _open(self) -> bool:
+    def _open(self) -> None:
         try:
             self.journal = Journal.create(self.root, self.descriptor)
         except OSError as exc:
             self._failed(exc)
-            return False
+            return
         with self.stream.lock:
             self.stream.journal_dir = str(self.journal.directory)
-        return True
 
     def _write(self, journal: Journal) -> bool:
         """Append the next unwritten records; False when there were none."""
@@ -154,7 +152,12 @@ class SpoolTask:
                     stream.spool_wanted = False
                 stream.journal_dir = None
                 stream.segments.clear()
-            everything_out = remove or stream.durable_or_settled((stream.logged, stream.ops_logged))
+            # (A spool that failed takes nothing more: the run goes on in memory.)
+            everything_out = (
+                remove
+                or stream.spool_failed
+                or stream.durable_or_settled((stream.logged, stream.ops_logged))
+            )
             # A run that started locally: remember the id it gets, for checkpoints that
             # saved the local one (while the run is open).
             waiting_for_id = (

@@ -547,3 +547,19 @@ def test_ending_without_waiting_never_closes_a_connection_under_a_request(
         assert wait_until(lambda: our_threads() == [], 10)
     assert (stats.logged, stats.failed) == (1, 1)
     assert [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()] == []
+
+
+def test_a_spool_that_cannot_be_written_leaves_no_thread_behind(
+    mlflow_server: MLflowServer,
+    fresh_experiment: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("AIDP_METRICS_DIR", str(not_a_dir))
+    run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always")
+    run.log_metric("x", 1.0)
+    assert wait_until(lambda: run._stream.spool_failed, 10)
+    run.end()
+    assert our_threads() == []
