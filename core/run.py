@@ -64,7 +64,6 @@ THREAD_EXIT_WAIT = 2.0  # end() of the last run waits this long for the threads 
 _ONE_ATTEMPT = RetryPolicy.never()
 # Answers that are definite: the run cannot be created or found, whatever we wait.
 _DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
-_OPENING = ("create", "attach")
 _T = TypeVar("_T")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
@@ -623,7 +622,7 @@ class Run:
                     stream.commit_now = True
                     stream.spool_idle = False
                 elif current == mark or time.monotonic() >= deadline:
-                    self._abandon_locked(f"not delivered {why}")
+                    stream.abandon_locked(f"not delivered {why}")
                     stream.closed = True
                     return
             if not spool:
@@ -634,7 +633,7 @@ class Run:
                 self._wait(on_disk, SPOOL_WAIT, writer)
             with stream.lock:
                 if stream.spool_failed:  # the spool could not take them: count them
-                    self._abandon_locked(f"not delivered {why}, and the spool failed")
+                    stream.abandon_locked(f"not delivered {why}, and the spool failed")
                     stream.closed = True
                     return
                 if (stream.logged, stream.ops_logged) == mark or time.monotonic() >= deadline:
@@ -658,34 +657,6 @@ class Run:
             spool = stream.spool_allowed and not stream.spool_failed
             if not moved and sender is not None and spool and (sender.server_down or sender.stuck):
                 return False
-
-    def _abandon_locked(self, reason: str) -> None:
-        """Count every metric not settled and not on disk as failed; drop queued ops."""
-        stream = self._stream
-        chunk = stream.chunk
-        if chunk is not None:
-            for i, outcome in enumerate(chunk.outcomes):
-                if outcome is None:
-                    chunk.outcomes[i] = reason
-            stream.settle_chunk_locked(chunk)
-        lost = 0
-        index = stream.acked
-        for start, stop in stream.holes:
-            lost += max(0, start - index)
-            index = max(index, stop)
-        lost += stream.logged - index
-        stream.holes.clear()
-        stream.counters.fail(lost, reason)
-        stream.acked = stream.written = stream.mem_start = stream.logged
-        stream.memory.clear()
-        stream.segments.clear()
-        # A run never created (or attached) keeps that op: logging again must still create it.
-        opening = stream.ops[0] if stream.ops and stream.ops[0].op[0] in _OPENING else None
-        while stream.ops:
-            stream.settle_op_locked()
-        if opening is not None:
-            stream.ops.append(opening)
-            stream.ops_settled -= 1
 
     def _close(self) -> None:
         """Let go of the delivery loop, the spool writer, the connection and the exit hook

@@ -393,6 +393,33 @@ class RunStream:
         if self.spool_wanted:
             self.spool_idle = False  # the acked offset moved: the writer records it
 
+    def abandon_locked(self, reason: str) -> None:
+        """Give up on every unsettled metric (counted failed) and drop the queued ops -- but a
+        create or attach that never happened stays: logging again must still open the run."""
+        chunk = self.chunk
+        if chunk is not None:
+            for i, outcome in enumerate(chunk.outcomes):
+                if outcome is None:
+                    chunk.outcomes[i] = reason
+            self.settle_chunk_locked(chunk)
+        lost = 0
+        index = self.acked
+        for start, stop in self.holes:
+            lost += max(0, start - index)
+            index = max(index, stop)
+        lost += self.logged - index
+        self.holes.clear()
+        self.counters.fail(lost, reason)
+        self.acked = self.written = self.mem_start = self.logged
+        self.memory.clear()
+        self.segments.clear()
+        opening = self.ops[0] if self.ops and self.ops[0].op[0] in ("create", "attach") else None
+        while self.ops:
+            self.settle_op_locked()
+        if opening is not None:
+            self.ops.append(opening)
+            self.ops_settled -= 1
+
     def all_settled_locked(self) -> bool:
         return self.acked >= self.logged and not self.ops and self.chunk is None
 

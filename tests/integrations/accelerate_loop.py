@@ -77,6 +77,7 @@ def main() -> None:
         "tracker_is_run": type(tracker.tracker).__name__ == "Run",
         "logged": logged if accelerator.is_main_process else [],
     }
+    accelerator.wait_for_everyone()  # no rank tears gloo down while another is mid-collective
     accelerator.end_training()  # ends the run, destroys the process group (no gloo abort)
     (args.out / f"rank-{state['rank']}.json").write_text(json.dumps(state))
 
