@@ -30,12 +30,18 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .client import MAX_BATCH_METRICS, MetricsClient, batch_bodies, expect
+from .client import (
+    MAX_BATCH_METRICS,
+    MetricsClient,
+    batch_bodies,
+    dumps,
+    expect,
+    new_retry_token,
+)
 from .errors import APIError, BadRequest, NotFound, TooManyRequests
 from .journal import Metric, read_metrics, run_id_for
 from .metric import json_key, json_number
@@ -75,7 +81,6 @@ class StreamSender:
         client: MetricsClient,
         *,
         notifier: Notifier | None = None,
-        on_run_id: Callable[[str], None] | None = None,
         spool_root: Path | None = None,
     ) -> None:
         self.stream = stream
@@ -84,7 +89,6 @@ class StreamSender:
         self.options = stream.options
         self.notifier = notifier or stream.notifier
         self.transport = self.options.transport
-        self.on_run_id = on_run_id
         self.not_before = 0.0
         self.server_down = stream.run_id is None
         self.stuck: str | None = None  # why nothing can be delivered (a definite refusal)
@@ -247,7 +251,7 @@ class StreamSender:
         if not pending:
             return
         if chunk.token is None or chunk.attempts == 0:
-            chunk.token = _token()
+            chunk.token = new_retry_token()
         records = [chunk.records[i] for i in pending]
         try:
             body = batch_body(self._run_id(), records)
@@ -284,7 +288,7 @@ class StreamSender:
             budget -= 1
             try:
                 body = batch_body(self._run_id(), [chunk.records[i] for i in group])
-                self._post("runs/log-batch", body, _token(), metrics=True)
+                self._post("runs/log-batch", body, new_retry_token(), metrics=True)
             except BadRequest as error:
                 if len(group) == 1:
                     self._reject(chunk, group, error)
@@ -340,7 +344,7 @@ class StreamSender:
                 f'"value":{json_number(value)},"timestamp":{timestamp},"step":{step}}}'
             ).encode()
             try:
-                self._post("runs/log-metric", body, _token(), metrics=True)
+                self._post("runs/log-metric", body, new_retry_token(), metrics=True)
             except BadRequest as error:
                 self._reject(chunk, [i], error)
                 continue
@@ -368,7 +372,7 @@ class StreamSender:
     def _send_op(self, queued: QueuedOp) -> None:
         kind, payload = queued.op
         if self._op_token is None:
-            self._op_token = _token()
+            self._op_token = new_retry_token()
         if kind == "create":
             self._create(payload)
         elif kind == "attach":
@@ -411,7 +415,7 @@ class StreamSender:
             info = expect(run, "info", path="runs/get")
             if info.get("status") != "RUNNING":
                 self._post(
-                    "runs/update", _json({"run_id": run_id, "status": "RUNNING"}), self._op_token
+                    "runs/update", dumps({"run_id": run_id, "status": "RUNNING"}), self._op_token
                 )
         except APIError as error:
             raise _Retry(error) from None
@@ -443,8 +447,6 @@ class StreamSender:
         if late:
             self.notifier.once("resolved", f"aidp-metrics: the server answered; {what}")
         self.stuck = None
-        if self.on_run_id is not None:
-            self.on_run_id(run_id)
 
     def _log_entities(self, kind: str, payload: dict[str, Any]) -> None:
         items = [{"key": k, "value": v} for k, v in payload["items"]]
@@ -452,7 +454,7 @@ class StreamSender:
         for body in batch_bodies([], params, tags):
             body["run_id"] = self._run_id()
             try:
-                self._post("runs/log-batch", _json(body), self._op_token)
+                self._post("runs/log-batch", dumps(body), self._op_token)
             except BadRequest:
                 self._log_one_by_one(kind, body[kind])
             except APIError as error:
@@ -462,7 +464,7 @@ class StreamSender:
         for entity in entities:
             body = {"run_id": self._run_id(), kind: [entity]}
             try:
-                self._post("runs/log-batch", _json(body), _token())
+                self._post("runs/log-batch", dumps(body), new_retry_token())
             except BadRequest as error:
                 self.notifier.once(
                     f"{kind}-{entity['key']}",
@@ -474,7 +476,7 @@ class StreamSender:
     def _set_status(self, payload: dict[str, Any]) -> None:
         body = {"run_id": self._run_id(), **payload}
         try:
-            self._post("runs/update", _json(body), self._op_token)
+            self._post("runs/update", dumps(body), self._op_token)
         except BadRequest as error:
             self.notifier.once(
                 f"status-{payload.get('status')}",
@@ -678,14 +680,6 @@ def batch_body(run_id: str, records: list[Metric]) -> bytes:
         for key, value, timestamp, step in records
     ]
     return f'{{"run_id":{json.dumps(run_id)},"metrics":[{",".join(parts)}]}}'.encode()
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _token() -> str:
-    return uuid.uuid4().hex
 
 
 def _opens_run(work: object) -> bool:

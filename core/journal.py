@@ -213,8 +213,6 @@ class Journal:
 
     def lines(self, start: int, end: int | None = None) -> Iterator[Line]:
         """Every line from byte offset `start` (to `end`), torn and corrupt ones included."""
-        if self._file is not None:
-            self._file.flush()
         stop = self.written if end is None else min(end, self.written)
         try:
             handle = open(self.records_path, "rb")  # noqa: SIM115 - closed below

@@ -43,10 +43,6 @@ class SpoolTask:
         self.finished = threading.Event()  # set when a closed stream's journal is finalized
         self._saved_run_id = descriptor.run_id
 
-    @property
-    def directory(self) -> Path:
-        return self.root / "runs" / self.descriptor.local_id
-
     def wake(self) -> None:
         """Serve this stream soon (registering it again if it was let go)."""
         self.finished.clear()
