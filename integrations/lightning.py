@@ -18,9 +18,9 @@ Behaviour in short:
 * Metrics are logged at the step Lightning passes. When `log_metrics` is called without a
   step (only user code does that), the last step this logger was given is used, or 0 when
   there was none yet.
-* `finalize("success")` ends the run FINISHED, `finalize("failed")` ends it FAILED (both
-  flush first, bounded by the `end_timeout` run option), `finalize("finished")` (SLURM
-  requeue) only flushes. The same `Run` object is kept: a later `trainer.test()` (or any later
+* `finalize("success")` and `finalize("finished")` (a SLURM requeue, as `MLFlowLogger` maps
+  it) end the run FINISHED, `finalize("failed")` ends it FAILED (all flush first, bounded by
+  the `end_timeout` run option); a requeued job that resumes sets it RUNNING again. The same `Run` object is kept: a later `trainer.test()` (or any later
   log call) reopens it -- RUNNING again until the next finalize. FAILED is sticky: a later
   successful `test()` does not turn a failed run into a finished one.
 * While the run is open its `status_on_exit` is FAILED, so a process that dies without
@@ -118,7 +118,11 @@ _LoggerBase: Any = types.new_class(
     "_LightningLoggerBase", tuple(_BASES), exec_body=lambda ns: ns.update(__module__=__name__)
 )
 
-_FINAL_STATUS = {"success": "FINISHED", "failed": "FAILED"}
+# "finished" is what Lightning passes on a SLURM requeue; MLFlowLogger maps it to FINISHED too,
+# so a requeued job that never comes back does not leave its run RUNNING forever (a resumed
+# job sets it RUNNING again when it logs).
+_FINAL_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
+DEFAULT_EXPERIMENT = "lightning_logs"  # MLFlowLogger's default experiment name
 _STATUS_RANK = {"FINISHED": 0, "FAILED": 1}
 _CHECKPOINT_TAGS = {
     "best_model_path": "checkpoint.best_model_path",
@@ -144,7 +148,8 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
 
     Args:
         run_id: log into this existing run instead of starting one.
-        experiment_name: experiment of the new run (default: environment, else "Default").
+        experiment_name: experiment of the new run (default: environment, else
+            "lightning_logs", as Lightning's `MLFlowLogger`).
         run_name: name of the new run.
         tags: tags of the run.
         endpoint: an `aidp_metrics.Endpoint`; default `Endpoint.from_env()`.
@@ -191,7 +196,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         """The experiment name (no network call, same on every rank)."""
         from aidp_metrics.run import EXPERIMENT_VARIABLES, first_env
 
-        return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or "Default"
+        return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or DEFAULT_EXPERIMENT
 
     @property
     def version(self) -> str | None:
@@ -286,7 +291,8 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """Flush; mark the run FINISHED ("success") or FAILED ("failed"); "finished" only flushes.
+        """Flush; mark the run FINISHED ("success", or "finished" on a SLURM requeue) or FAILED
+        ("failed").
 
         The logger stays usable: logging afterwards (e.g. `trainer.test()` after `fit()`)
         goes into the same run, which the `Run` marks RUNNING again until the next finalize.
@@ -295,7 +301,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         if run is None:
             return
         final = _FINAL_STATUS.get(status)
-        if final is None:  # "finished" (SLURM requeue) or anything unknown: deliver, keep open
+        if final is None:  # anything unknown: deliver, keep open
             run.flush(run.options.end_timeout)
             return
         previous = self._final_status
@@ -326,7 +332,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         try:
             run = open_run(
                 run_id=self._run_id,
-                experiment_name=self._experiment_name,
+                experiment_name=self.name,
                 run_name=self._run_name,
                 tags=self._tags or None,
                 endpoint=self._endpoint,

@@ -6,7 +6,8 @@ FRAMEWORK is `lightning` (`Trainer(num_nodes=2, strategy="ddp")`), `transformers
 `Trainer` with gloo) or `keras` (torch backend, gloo process group). The experiment comes
 from `AIDP_EXPERIMENT_NAME`, or the run from `AIDP_RUN_ID`. Every process writes
 `OUT_DIR/rank-<RANK>.json` with its ranks and the run id its integration holds (None off
-global rank 0), then destroys the process group (gloo can abort at exit otherwise).
+global rank 0), then meets the other ranks at a barrier and destroys the process group
+(gloo can abort at exit otherwise).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ def main() -> None:
     state = {"rank": RANK, "local_rank": LOCAL_RANK, "run_id": run_id}
     (out / f"rank-{RANK}.json").write_text(json.dumps(state))
     if torch.distributed.is_initialized():
+        # Every rank meets before the group is torn down: a rank that destroys it while
+        # another is still in a collective (or ending its run) aborts with SIGABRT.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -252,21 +252,24 @@ def test_finalize_statuses_and_test_after_fit_keeps_the_run(
     logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
     logger.log_metrics({"a": 1.0}, step=0)
     run_id = logger.version
-    logger.finalize("finished")  # SLURM requeue: deliver, leave the run open
+    logger.finalize("finished")  # SLURM requeue: FINISHED, as MLFlowLogger does
     assert _server_points(url, run_id)["a"] == [(0, 1.0)]
+    assert _status(url, run_id) == "FINISHED"
+    logger.log_metrics({"a": 1.5}, step=1)  # the requeued job resumes: RUNNING again
+    assert logger.experiment.flush(10)
     assert _status(url, run_id) == "RUNNING"
     logger.finalize("success")
     logger.finalize("success")  # idempotent
     assert _status(url, run_id) == "FINISHED"
-    logger.log_metrics({"a": 2.0}, step=1)  # after finalize: same run
+    logger.log_metrics({"a": 2.0}, step=2)  # after finalize: same run
     logger.finalize("success")
     assert logger.version == run_id
-    assert _server_points(url, run_id)["a"] == [(0, 1.0), (1, 2.0)]
+    assert _server_points(url, run_id)["a"] == [(0, 1.0), (1, 1.5), (2, 2.0)]
     assert _status(url, run_id) == "FINISHED"
     # the phase after a successful one fails before logging anything: FAILED, and it sticks
     logger.finalize("failed")
     assert _status(url, run_id) == "FAILED"
-    logger.log_metrics({"a": 3.0}, step=2)
+    logger.log_metrics({"a": 3.0}, step=3)
     logger.finalize("success")
     assert _status(url, run_id) == "FAILED"
     assert len(runs_in_experiment(url, fresh_experiment)) == 1

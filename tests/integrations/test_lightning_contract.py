@@ -24,7 +24,11 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from lightning.pytorch.loggers.logger import Logger  # noqa: E402
 
 from aidp_metrics.integrations.lightning import AIDPLogger  # noqa: E402
-from tests.support.mlflow_server import get_metric_history, get_run  # noqa: E402
+from tests.support.mlflow_server import (  # noqa: E402
+    get_metric_history,
+    get_run,
+    runs_in_experiment,
+)
 
 pytestmark = pytest.mark.lightning
 torch.set_num_threads(1)
@@ -215,6 +219,20 @@ def test_logger_with_prefix(env: str) -> None:
 def test_logger_default_name(env: str, fresh_experiment: str) -> None:
     assert AIDPLogger().name == fresh_experiment
     assert AIDPLogger(experiment_name="resnet").name == "resnet"
+
+
+def test_without_any_name_the_run_goes_to_lightning_logs(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLFlowLogger's default: no argument, no variable -> the experiment `lightning_logs`."""
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    logger = AIDPLogger()
+    assert logger.name == "lightning_logs"
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.finalize("success")
+    assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
+    runs = runs_in_experiment(env, "lightning_logs")
+    assert logger.version in [run["info"]["run_id"] for run in runs]
 
 
 # -- the second pass: what Lightning's harness and users expect of any logger ------------------

@@ -787,8 +787,11 @@ trainer.train()
 rank = int(os.environ["RANK"])
 with open(os.path.join({output_dir!r}, f"run-id-{{rank}}.txt"), "w") as f:
     f.write(str(callback.run_id))
-# A clean DDP shutdown: without it gloo's threads can abort the process at exit (SIGABRT).
+# A clean DDP shutdown: every rank meets (rank 0 may still be ending its run) before the
+# group is torn down; a rank that destroys it while another is mid-collective, or exits
+# with gloo's threads alive, aborts (SIGABRT, "terminate called without an active exception").
 if torch.distributed.is_initialized():
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 """
 
