@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from aidp_metrics.delivery import batch_body
+from aidp_metrics.metric import batch_body
 from aidp_metrics.metric import Metric
 
 

@@ -1,0 +1,99 @@
+"""The records of a run's queue, and what the queue tells the parties that use it.
+
+`QueuedOp` and `Chunk` are handed by the queue to the delivery loop (which records each
+point's outcome in the chunk); `ReadBack` names metrics to read back from the journal;
+`Wake` and `EndStep` are the queue's answers to the training thread and to `end()`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .journal import Op
+from .metric import Metric
+
+DELIVERED = ""  # a chunk outcome; any other string is the reason the point failed
+SKIPPED = "\x00skipped"  # already on the server (resumed run)
+
+Mark = tuple[int, int]  # (metrics logged, ops logged): a point in the queue
+
+
+class QueueState(enum.Enum):
+    OPEN = "open"  # logging and delivering
+    CLOSING = "closing"  # end() is settling the last records
+    CLOSED = "closed"  # ended: nothing is delivered until something is logged again
+
+
+class Wake(enum.IntFlag):
+    """What the caller of `append`/`append_op` must do next."""
+
+    NONE = 0
+    SENDER = 1  # wake the delivery loop
+    SPOOL = 2  # wake the spool writer
+    REOPENED = 4  # the run had ended: register it again
+    FULL = 8  # memory is over its bound: call `make_room`
+
+
+class EndStep(enum.Enum):
+    DONE = "done"  # closed
+    SPILL = "spill"  # wait for the journal, then `end_after_spill`
+    AGAIN = "again"  # more was logged meanwhile: deliver it
+
+
+class QueuedOp:
+    """An op waiting to be settled; `offset` is where the journal holds it (None: not yet)."""
+
+    __slots__ = ("offset", "op", "pos")
+
+    def __init__(self, pos: int, op: Op) -> None:
+        self.pos = pos
+        self.op = op
+        self.offset: int | None = None
+
+    def written_at(self, offset: int) -> None:
+        self.offset = offset
+
+
+class Chunk:
+    """Metrics `[start, start + len(records))` being delivered, and what became of each."""
+
+    __slots__ = ("outcomes", "records", "start")
+
+    def __init__(self, start: int, records: list[Metric]) -> None:
+        self.start = start
+        self.records = records
+        self.outcomes: list[str | None] = [None] * len(records)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.records)
+
+    def pending(self) -> list[int]:
+        return [i for i, outcome in enumerate(self.outcomes) if outcome is None]
+
+    def set_outcome(self, indices: list[int], outcome: str) -> None:
+        for i in indices:
+            self.outcomes[i] = outcome
+
+    def skip_logged(self, floors: dict[str, int]) -> int:
+        """Mark points at or below the last step the server already holds for their key;
+        returns how many."""
+        skipped = 0
+        for i, (key, _, _, step) in enumerate(self.records):
+            floor = floors.get(key)
+            if floor is not None and step <= floor and self.outcomes[i] is None:
+                self.outcomes[i] = SKIPPED
+                skipped += 1
+        return skipped
+
+
+class ReadBack:
+    """Metrics `[start, stop)` that are only in the journal at `directory`, from `offset`."""
+
+    __slots__ = ("directory", "offset", "start", "stop")
+
+    def __init__(self, start: int, stop: int, directory: str, offset: int) -> None:
+        self.start, self.stop, self.directory, self.offset = start, stop, directory, offset
+
+
+Work = QueuedOp | Chunk | ReadBack

@@ -1,0 +1,92 @@
+"""Where a run's unsettled metrics are in its journal: the spill index a `RunQueue` keeps.
+
+The spool writer appends metrics to the journal in contiguous runs (`Segment`s); the queue
+drops from memory what is written, and the delivery loop reads it back from the byte
+offset the index gives. Owned by one `RunQueue` and used only under its lock.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+
+
+class Segment:
+    """Metrics `[start, start + len(ends))` written contiguously to the journal from byte
+    `offset`; `ends[i]` is where the line of metric `start + i` ends."""
+
+    __slots__ = ("ends", "offset", "start")
+
+    def __init__(self, start: int, offset: int) -> None:
+        self.start = start
+        self.offset = offset
+        self.ends = array("q")
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.ends)
+
+    def offset_of(self, index: int) -> int:
+        return self.offset if index == self.start else self.ends[index - self.start - 1]
+
+
+class SpillIndex:
+    """What of a run is in its journal: `written` (every unsettled metric below it is on
+    disk), `ops_written`, `durable` (the same, fsynced) and the segments."""
+
+    def __init__(self) -> None:
+        self.journal_dir: str | None = None  # where the journal is, once open
+        self.written = 0
+        self.ops_written = 0
+        self.durable: tuple[int, int] = (0, 0)
+        self._segments: deque[Segment] = deque()
+
+    def opened(self, directory: str) -> None:
+        self.journal_dir = directory
+
+    def removed(self) -> None:
+        """The journal was deleted (everything in it is settled)."""
+        self.journal_dir = None
+        self._segments.clear()
+
+    def skip_to(self, index: int) -> None:
+        """Metrics below `index` need no writing (dropped, or given up on)."""
+        self.written = max(self.written, index)
+
+    def forget(self, index: int) -> None:
+        """Everything below `index` is settled without the journal (abandoned)."""
+        self.skip_to(index)
+        self._segments.clear()
+
+    def add(self, start: int, ends: list[int], first_offset: int) -> None:
+        last = self._segments[-1] if self._segments else None
+        if last is None or last.stop != start:
+            last = Segment(start, first_offset)
+            self._segments.append(last)
+        last.ends.extend(ends)
+        self.written = start + len(ends)
+
+    def set_ops_written(self, count: int) -> None:
+        self.ops_written = count
+
+    def mark_durable(self) -> None:
+        self.durable = (self.written, self.ops_written)
+
+    def settled_below(self, acked: int) -> None:
+        segments = self._segments
+        while segments and segments[0].stop <= acked:
+            segments.popleft()
+
+    def segment_for(self, index: int) -> Segment | None:
+        for segment in self._segments:
+            if segment.start <= index < segment.stop:
+                return segment
+        return None
+
+    def ack_offset(self, acked: int, written_offset: int) -> int:
+        """Byte offset before which every metric line is settled."""
+        if acked < self.written:
+            for segment in self._segments:
+                if segment.stop > acked:
+                    return segment.offset_of(max(acked, segment.start))
+        return written_offset
