@@ -266,7 +266,9 @@ class StreamSender:
         if error is None:
             return
         if isinstance(error, TooManyRequests):
-            self.notices.once("rate-limited", self.transport.rate_limited_hint(error, decision.delay))
+            self.notices.once(
+                "rate-limited", self.transport.rate_limited_hint(error, decision.delay)
+            )
         else:
             self.notices.throttled(
                 "retrying",
@@ -297,9 +299,7 @@ class StreamSender:
             self.notices.throttled("failed", f"aidp-metrics: {len(pending)} metric(s) {reason}")
             self.queue.settle_chunk(work)
         else:
-            self.notices.throttled(
-                "op-failed", f"aidp-metrics: run {work.op[0]} not sent: {error}"
-            )
+            self.notices.throttled("op-failed", f"aidp-metrics: run {work.op[0]} not sent: {error}")
             self.queue.settle_op(work)
 
     def _internal_error(self, exc: Exception, work: Chunk | QueuedOp) -> None:

@@ -10,10 +10,10 @@ Layout under the spool directory (`AIDP_METRICS_DIR`, default `./aidp-metrics`):
 
 A metric line is the metric's one JSON encoding (`metric.metric_json`, the same the wire
 carries; journals of 0.2 wrote an array `[key, value, timestamp, step]`, still read); any
-other record (create, attach, params, tags, status) is a JSON object `{"op": kind, ...}`. Each line carries its own
-CRC-32, so a write torn by a power cut or `kill -9` is found on read, reported and skipped,
-and every record before and after it is kept. Nothing is rewritten in place except the two
-small files, which are replaced atomically.
+other record (create, attach, params, tags, status) is a JSON object `{"op": kind, ...}`.
+Each line carries its own CRC-32, so a write torn by a power cut or `kill -9` is found on
+read, reported and skipped, and every record before and after it is kept. Nothing is
+rewritten in place except the two small files, which are replaced atomically.
 
 Journals written by version 0.1 (`metrics.log`, params/tags/status in `run.json`) are read
 as if their run.json fields were records, so `aidp-metrics sync` still delivers them.

@@ -11,6 +11,7 @@ of the threads, the connection and the journal.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,9 +112,7 @@ class RunPipeline:
         loop.wake()
         return self.wait(lambda: queue.settled(mark), timeout, loop)
 
-    def wait(
-        self, until: Callable[[], bool], timeout: float | None, worker: ProcessWorker
-    ) -> bool:
+    def wait(self, until: Callable[[], bool], timeout: float | None, worker: ProcessWorker) -> bool:
         """Wait for `until()` (evaluated under the queue's lock) while `worker` works."""
         if not worker.running():
             worker.wake()
@@ -154,7 +153,8 @@ class RunPipeline:
                 continue  # more was logged meanwhile, and there is time to deliver it
             if self.spool is not None:
                 self.spool.wake()
-                self.wait(lambda: queue.durable_or_failed(mark), SPOOL_WAIT, writer)
+                on_disk = functools.partial(queue.durable_or_failed, mark)
+                self.wait(on_disk, SPOOL_WAIT, writer)
             late = time.monotonic() >= deadline
             if queue.end_after_spill(mark, out_of_time=late, reason=reason):
                 return

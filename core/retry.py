@@ -8,9 +8,9 @@ records and try again later (a run with a spool, `sync`, a run not created yet).
 from __future__ import annotations
 
 import email.utils
+import enum
 import random
 import time
-import enum
 from dataclasses import dataclass, field
 
 from .errors import APIError, Conflict, TransportError, UnexpectedResponse

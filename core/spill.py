@@ -1,8 +1,13 @@
-"""Where a run's unsettled metrics are in its journal: the spill index a `RunQueue` keeps.
+"""A run's spill to disk, as its `RunQueue` keeps it: whether the journal is wanted, and
+where the unsettled metrics are in it.
 
 The spool writer appends metrics to the journal in contiguous runs (`Segment`s); the queue
 drops from memory what is written, and the delivery loop reads it back from the byte
 offset the index gives. Owned by one `RunQueue` and used only under its lock.
+
+The journal is wanted from the start (`spool="always"`, offline) or from the first failed
+request or full queue (`"on_failure"`), never with `"off"`, and no more once it could not
+be written (the run goes on in memory).
 """
 
 from __future__ import annotations
@@ -30,16 +35,75 @@ class Segment:
         return self.offset if index == self.start else self.ends[index - self.start - 1]
 
 
-class SpillIndex:
-    """What of a run is in its journal: `written` (every unsettled metric below it is on
-    disk), `ops_written`, `durable` (the same, fsynced) and the segments."""
+class Spill:
+    """The journal's flags, and what of the run is in it: `written` (every unsettled metric
+    below it is on disk), `ops_written`, `durable` (the same, fsynced) and the segments."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: bool, wanted: bool) -> None:
+        self.allowed = allowed
+        self.wanted = wanted
+        self.failed = False
+        self.idle = True  # the writer found nothing to do since the last change
+        self.commit_now = False  # a flush is waiting for the disk: fsync without waiting
         self.journal_dir: str | None = None  # where the journal is, once open
         self.written = 0
         self.ops_written = 0
         self.durable: tuple[int, int] = (0, 0)
         self._segments: deque[Segment] = deque()
+
+    # -- the flags ------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.allowed and not self.failed
+
+    def want(self) -> bool:
+        """Journal from now on (if it can); True when it was not wanted before."""
+        started = self.usable and not self.wanted
+        if self.usable:
+            self.wanted = True
+        return started
+
+    def stop_wanting(self) -> None:
+        self.wanted = False
+
+    def wake_needed(self) -> bool:
+        """Something new to write: True when the writer must be woken (it was idle)."""
+        if self.wanted and self.idle:
+            self.idle = False
+            return True
+        return False
+
+    def touch(self) -> bool:
+        """Something changed that the writer records (an op, the acked offset); True when
+        the journal is wanted (and so the writer has work)."""
+        if self.wanted:
+            self.idle = False
+        return self.wanted
+
+    def rest(self) -> None:
+        self.idle = True
+
+    def needed(self) -> bool:
+        return not self.failed and self.wanted and not self.idle
+
+    def commit_soon(self) -> None:
+        self.commit_now = True
+        self.idle = False
+
+    def take_commit(self, hurry: bool) -> bool:
+        hurry = hurry or self.commit_now
+        self.commit_now = False
+        return hurry
+
+    def fail(self) -> bool:
+        """The journal cannot be written; True the first time."""
+        first = not self.failed
+        self.failed = True
+        self.wanted = False
+        return first
+
+    # -- the index ------------------------------------------------------------------------
 
     def opened(self, directory: str) -> None:
         self.journal_dir = directory

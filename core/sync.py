@@ -1,10 +1,11 @@
 """`aidp-metrics sync`: deliver what the spool holds, in order, resumably, without duplicates.
 
 Each journal is replayed from its `acked` offset through the same `StreamSender` (and so the
-same `RunOpener` and failure policy) the delivery loop uses, told to keep retrying, a group of records at a time: create or attach, metrics, params, tags
-and status reach the server in the order they were logged (a status set while offline
-arrives after the metrics). The offset moves forward only once a group is settled, so an
-interrupted sync resumes where it stopped; a group acknowledged just before a crash may be
+same `RunOpener` and failure policy) the delivery loop uses, told to keep retrying, a group
+of records at a time: create or attach, metrics, params, tags and status reach the server
+in the order they were logged (a status set while offline arrives after the metrics). The
+offset moves forward only once a group is settled, so an interrupted sync resumes where it
+stopped; a group acknowledged just before a crash may be
 sent again, and the server keeps one copy of identical points. A run that exists only
 locally is created first, tagged with its local id, so a sync after a crash finds the run
 an earlier attempt created instead of creating another.
@@ -123,7 +124,8 @@ def _has_unacked_ops(journal: Journal) -> bool:
     if journal.legacy_fields is not None and journal.acked < journal.written:
         return True
     return any(
-        line.record is not None and not isinstance(line.record, Metric) for line in journal.lines(journal.acked)
+        line.record is not None and not isinstance(line.record, Metric)
+        for line in journal.lines(journal.acked)
     )
 
 

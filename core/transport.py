@@ -85,7 +85,9 @@ class MetricTransport:
         if not pending:
             return
         try:
-            self.post("runs/log-batch", batch_body(run_id, [chunk.records[i] for i in pending]), token)
+            self.post(
+                "runs/log-batch", batch_body(run_id, [chunk.records[i] for i in pending]), token
+            )
         except APIError as error:
             if _batch_endpoint_missing(error):
                 self.mode = "metric"

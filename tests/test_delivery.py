@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import threading
 import time
@@ -68,9 +67,7 @@ def test_unwritable_spool_dir_warns_once_naming_it_and_the_run_goes_on_in_memory
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
     monkeypatch.setenv("AIDP_METRICS_DIR", str(not_a_dir))
-    run = Run.start(
-        experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always"
-    )
+    run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always")
     for step in range(200):
         run.log_metrics({"loss": 1 / (step + 1)}, step=step)
     stats = run.end()
@@ -340,9 +337,7 @@ def test_an_exception_in_the_send_path_is_contained_and_delivery_goes_on(
     """0.1: the points of the failing batch were counted failed (batch), or the lane thread
     died and delivery stalled for good (metric)."""
     client = MetricsClient(mlflow_server.url, auth=FlakyAuth(2))
-    run = Run.start(
-        experiment_name=fresh_experiment, client=client, transport=transport, **FAST
-    )
+    run = Run.start(experiment_name=fresh_experiment, client=client, transport=transport, **FAST)
     expected: Points = {}
     train(run, range(20), expected)
     assert run.flush(60)

@@ -21,8 +21,6 @@ from aidp_metrics.queue import (
 )
 
 
-
-
 def points(start: int, stop: int, key: str = "loss") -> list[Metric]:
     return [Metric(key, float(i), 1_700_000_000_000 + i, i) for i in range(start, stop)]
 
@@ -95,7 +93,8 @@ def test_points_wait_for_the_flush_interval_unless_rushed() -> None:
     q = RunQueue(DeliveryOptions(flush_interval=60.0, spool="off"), local_id="l", run_id="r")
     q.append(points(0, 10))
     wait = q.next_work(time.monotonic(), 1000)
-    assert isinstance(wait, float) and 0 < wait <= 60.0  # due within the interval
+    assert isinstance(wait, float)
+    assert 0 < wait <= 60.0
     q.rush(q.mark())  # flush() / end(): send it now
     rushed = q.next_work(time.monotonic(), 1000)
     assert isinstance(rushed, Chunk)
@@ -149,7 +148,8 @@ def test_a_full_queue_without_a_spool_drops_the_oldest_and_counts_them() -> None
 def test_a_full_queue_with_a_spool_asks_for_the_writer() -> None:
     q = queue(max_queue=10, spool="on_failure")
     wake = q.append(points(0, 11))
-    assert wake & Wake.FULL and wake & Wake.SPOOL
+    assert wake & Wake.FULL
+    assert wake & Wake.SPOOL
     assert q.spool_plan() == (True, "run-1")
 
 
@@ -168,7 +168,8 @@ def test_end_closes_a_settled_queue_and_logging_reopens_it() -> None:
     assert q.state is QueueState.CLOSING
     deliver(q)
     status = q.next_work(time.monotonic(), 1000)
-    assert isinstance(status, QueuedOp) and status.op[0] == "status"
+    assert isinstance(status, QueuedOp)
+    assert status.op[0] == "status"
     q.settle_op(status)
     assert q.end_step(q.mark(), out_of_time=False, reason="r") is EndStep.DONE
     assert q.state is QueueState.CLOSED
@@ -177,7 +178,8 @@ def test_end_closes_a_settled_queue_and_logging_reopens_it() -> None:
     assert q.next_work(time.monotonic(), 1000) == math.inf  # closed: nothing is delivered
 
     wake = q.append(points(3, 4))
-    assert wake & Wake.REOPENED and wake & Wake.SENDER
+    assert wake & Wake.REOPENED
+    assert wake & Wake.SENDER
     assert q.state is QueueState.OPEN
     running = q.next_work(time.monotonic(), 1000)  # RUNNING again, before the new point
     assert isinstance(running, QueuedOp)
@@ -196,7 +198,8 @@ def test_end_without_a_spool_counts_the_rest_failed_but_keeps_the_opening() -> N
     assert stats.failures == {"not delivered within 0 s": 7}
     q.append(points(7, 8))  # logging again must still create the run first
     opening = q.next_work(time.monotonic(), 1000)
-    assert isinstance(opening, QueuedOp) and opening.op[0] == "create"
+    assert isinstance(opening, QueuedOp)
+    assert opening.op[0] == "create"
 
 
 def test_end_with_a_spool_asks_to_spill() -> None:

@@ -423,8 +423,10 @@ def test_atexit_keeps_undelivered_points_on_disk_and_says_how_to_sync(
     lines = (journal / "records.log").read_bytes().splitlines()
     # The metric, then the status the run ended with: both wait for `sync`.
     metric, status = (decode_line(line) for line in lines)
-    assert isinstance(metric, Metric) and metric[:2] == ("loss", 1.0)
-    assert status[0] == "status" and status[1]["status"] == "FINISHED"  # type: ignore[index]
+    assert isinstance(metric, Metric)
+    assert metric[:2] == ("loss", 1.0)
+    assert status[0] == "status"
+    assert status[1]["status"] == "FINISHED"
 
 
 def test_fork_child_is_a_noop_and_parent_delivers(
