@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from .records import (
     Chunk,
     EndStep,
     Mark,
+    OpLog,
     QueuedOp,
     QueueState,
     ReadBack,
@@ -70,9 +70,7 @@ class RunQueue:
         self._max_queue = options.max_queue
         self._state = QueueState.OPEN
         self._metrics = MetricBuffer()
-        self._ops: deque[QueuedOp] = deque()  # unsettled, in order
-        self._ops_logged = 0
-        self._ops_settled = 0
+        self._ops = OpLog()
         self._chunk: Chunk | None = None
         self._floors: dict[str, int] = {}  # resume: the last step the server holds per key
         allowed = options.spool != "off" or offline if spool is None else spool
@@ -95,7 +93,7 @@ class RunQueue:
 
     def progress(self) -> Mark:
         """(metrics settled, ops settled): moves whenever something is settled."""
-        return self._metrics.acked, self._ops_settled
+        return self._metrics.acked, self._ops.settled
 
     def sizes(self) -> tuple[int, int]:
         """(metrics held in memory, metrics in the chunk in flight): what bounds memory."""
@@ -109,17 +107,17 @@ class RunQueue:
 
     def mark(self) -> Mark:
         with self._lock:
-            return self._metrics.logged, self._ops_logged
+            return self._metrics.logged, self._ops.logged
 
     def settled(self, mark: Mark) -> bool:
         """Every record before `mark` is settled (on the server, or counted as lost)."""
-        return self._metrics.acked >= mark[0] and self._ops_settled >= mark[1]
+        return self._metrics.acked >= mark[0] and self._ops.settled >= mark[1]
 
     def durable_or_settled(self, mark: Mark) -> bool:
         """Every record before `mark` is settled or fsynced to the journal."""
         durable = self._spill.durable
         return max(self._metrics.acked, durable[0]) >= mark[0] and (
-            max(self._ops_settled, durable[1]) >= mark[1]
+            max(self._ops.settled, durable[1]) >= mark[1]
         )
 
     def durable_or_failed(self, mark: Mark) -> bool:
@@ -131,7 +129,7 @@ class RunQueue:
 
     def _all_settled_locked(self) -> bool:
         metrics = self._metrics
-        return metrics.acked >= metrics.logged and not self._ops and self._chunk is None
+        return metrics.acked >= metrics.logged and not self._ops.pending and self._chunk is None
 
     def wait(self, until: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until `until()` holds (evaluated under the lock); False on timeout."""
@@ -195,8 +193,7 @@ class RunQueue:
             self._spill.commit_soon()
 
     def _queue_op_locked(self, kind: str, payload: dict[str, Any]) -> None:
-        self._ops.append(QueuedOp(self._metrics.logged, (kind, payload)))
-        self._ops_logged += 1
+        self._ops.add(self._metrics.logged, kind, payload)
 
     def _reopen_locked(self) -> Wake:
         """Logging into an ended run: it is RUNNING again, before what is logged now."""
@@ -265,7 +262,7 @@ class RunQueue:
     def end_step(self, mark: Mark, *, out_of_time: bool, reason: str) -> EndStep:
         """After delivering up to `mark`: closed, or spill the rest, or deliver again."""
         with self._lock:
-            current = (self._metrics.logged, self._ops_logged)
+            current = (self._metrics.logged, self._ops.logged)
             if current == mark and self.settled(mark):
                 self._state = QueueState.CLOSED
                 return EndStep.DONE
@@ -285,7 +282,7 @@ class RunQueue:
         with self._lock:
             if self._spill.failed:  # the spool could not take them: count them
                 self._abandon_locked(f"{reason}, and the spool failed")
-            elif (self._metrics.logged, self._ops_logged) != mark and not out_of_time:
+            elif (self._metrics.logged, self._ops.logged) != mark and not out_of_time:
                 return False
             self._state = QueueState.CLOSED
             return True
@@ -308,13 +305,7 @@ class RunQueue:
             self._settle_chunk_locked(chunk)
         self._counters.fail(self._metrics.abandon(), reason)
         self._spill.forget(self._metrics.logged)
-        ops = self._ops
-        opening = ops[0] if ops and ops[0].op[0] in ("create", "attach") else None
-        self._ops_settled += len(ops)
-        ops.clear()
-        if opening is not None:
-            ops.append(opening)
-            self._ops_settled -= 1
+        self._ops.abandon()
         self._after_progress_locked()
 
     # -- the delivery loop's side ---------------------------------------------------------
@@ -329,12 +320,12 @@ class RunQueue:
             metrics.settle_holes()
             if self._chunk is not None:
                 return self._chunk
-            ops = self._ops
-            if ops and ops[0].pos <= metrics.acked:
-                return ops[0]
+            op = self._ops.due(metrics.acked)
+            if op is not None:
+                return op
             if self._run_id is None or metrics.acked >= metrics.logged:
                 return float("inf")
-            start, stop = metrics.next_range(batch, ops[0].pos if ops else None)
+            start, stop = metrics.next_range(batch, self._ops.next_pos())
             wait = metrics.due(start, stop, batch, now, self.options.flush_interval)
             if wait > 0 and self._state is QueueState.OPEN:
                 return wait
@@ -345,12 +336,11 @@ class RunQueue:
             return self._chunk
 
     def _read_back_locked(self, start: int, stop: int) -> ReadBack | float:
-        spill = self._spill
-        segment = spill.segment_for(start)
-        if segment is None or spill.journal_dir is None:
+        work = self._spill.read_back(start, stop)
+        if work is None:
             self._fail_range_locked(start, stop, "lost from the spool")
             return 0.0
-        return ReadBack(start, min(stop, segment.stop), spill.journal_dir, segment.offset_of(start))
+        return work
 
     def read_back_done(self, work: ReadBack, records: list[Metric]) -> Chunk | None:
         """What the journal gave for `work`, as the chunk in flight (the rest counted lost)."""
@@ -383,9 +373,7 @@ class RunQueue:
 
     def settle_op(self, queued: QueuedOp) -> None:
         with self._lock:
-            if self._ops and self._ops[0] is queued:
-                self._ops.popleft()
-                self._ops_settled += 1
+            if self._ops.settle(queued):
                 self._after_progress_locked()
 
     def _after_progress_locked(self) -> None:
@@ -444,9 +432,7 @@ class RunQueue:
             chunk = self._chunk
             in_flight = (chunk.start, chunk.records) if chunk is not None else None
             start, records = self._metrics.unwritten(self._spill.written, limit, in_flight)
-            end = start + len(records)
-            ops = [op for op in self._ops if op.offset is None and op.pos <= end]
-            return start, records, ops
+            return start, records, self._ops.unwritten(start + len(records))
 
     def mark_written(
         self, start: int, ends: list[int], first_offset: int, ops: list[tuple[QueuedOp, int]]
@@ -457,8 +443,7 @@ class RunQueue:
             if ends:
                 self._spill.add(start, ends, first_offset)
                 self._counters.spool(len(ends))
-            written_ops = sum(op.offset is not None for op in self._ops)
-            self._spill.set_ops_written(self._ops_settled + written_ops)
+            self._spill.set_ops_written(self._ops.written())
             self._trim_locked()
 
     def take_commit_request(self) -> bool:
@@ -476,10 +461,8 @@ class RunQueue:
         """Byte offset before which every journal record is settled."""
         with self._lock:
             offset = self._spill.ack_offset(self._metrics.acked, written_offset)
-            for op in self._ops:
-                if op.offset is not None:
-                    return min(offset, op.offset)
-            return offset
+            op_offset = self._ops.first_offset()
+            return offset if op_offset is None else min(offset, op_offset)
 
     def spool_failed(self) -> bool:
         """The journal cannot be written; True the first time."""
@@ -492,21 +475,14 @@ class RunQueue:
         """After a pass of the writer: (delete the journal, let the writer go, nothing is
         left to write)."""
         with self._lock:
-            spill = self._spill
             closed = self._state is QueueState.CLOSED
-            journal = spill.journal_dir is not None
-            remove = journal and self._all_settled_locked() and (closed or not self._keep_journal)
-            if remove:
-                if not closed:
-                    spill.stop_wanting()
-                spill.removed()
-            mark = (self._metrics.logged, self._ops_logged)
-            out = remove or spill.failed or self.durable_or_settled(mark)
-            waiting = waiting_for_id and not closed
-            release = (closed or not spill.wanted) and out and not waiting
-            if out:
-                spill.rest()
-            return remove, release, out
+            return self._spill.step(
+                closed=closed,
+                settled=self._all_settled_locked(),
+                on_disk=self.durable_or_settled((self._metrics.logged, self._ops.logged)),
+                keep_journal=self._keep_journal,
+                waiting=waiting_for_id and not closed,
+            )
 
     def spool_needed(self) -> bool:
         """The writer has work (checked after letting it go, so no wake is lost)."""

@@ -8,6 +8,8 @@ point's outcome in the chunk); `ReadBack` names metrics to read back from the jo
 from __future__ import annotations
 
 import enum
+from collections import deque
+from typing import Any
 
 from .journal import Op
 from .metric import Metric
@@ -52,6 +54,60 @@ class QueuedOp:
 
     def written_at(self, offset: int) -> None:
         self.offset = offset
+
+
+class OpLog:
+    """A run's unsettled ops in order, and how many were logged and settled."""
+
+    def __init__(self) -> None:
+        self.pending: deque[QueuedOp] = deque()
+        self.logged = 0
+        self.settled = 0
+
+    def add(self, pos: int, kind: str, payload: dict[str, Any]) -> None:
+        self.pending.append(QueuedOp(pos, (kind, payload)))
+        self.logged += 1
+
+    def due(self, acked: int) -> QueuedOp | None:
+        """The next op, once every metric before it is settled."""
+        pending = self.pending
+        return pending[0] if pending and pending[0].pos <= acked else None
+
+    def next_pos(self) -> int | None:
+        return self.pending[0].pos if self.pending else None
+
+    def settle(self, queued: QueuedOp) -> bool:
+        if self.pending and self.pending[0] is queued:
+            self.pending.popleft()
+            self.settled += 1
+            return True
+        return False
+
+    def abandon(self) -> None:
+        """Settle every op but a create or attach that never happened: logging again must
+        still open the run."""
+        pending = self.pending
+        opening = pending[0] if pending and pending[0].op[0] in ("create", "attach") else None
+        self.settled += len(pending)
+        pending.clear()
+        if opening is not None:
+            pending.append(opening)
+            self.settled -= 1
+
+    def unwritten(self, upto: int) -> list[QueuedOp]:
+        """Ops not in the journal yet, positioned up to metric `upto`."""
+        return [op for op in self.pending if op.offset is None and op.pos <= upto]
+
+    def written(self) -> int:
+        """Ops settled or in the journal (they are in order)."""
+        return self.settled + sum(op.offset is not None for op in self.pending)
+
+    def first_offset(self) -> int | None:
+        """Where the first unsettled op that is in the journal is."""
+        for op in self.pending:
+            if op.offset is not None:
+                return op.offset
+        return None
 
 
 class Chunk:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from array import array
 from collections import deque
 
+from .records import ReadBack
+
 
 class Segment:
     """Metrics `[start, start + len(ends))` written contiguously to the journal from byte
@@ -103,6 +105,22 @@ class Spill:
         self.wanted = False
         return first
 
+    def step(
+        self, *, closed: bool, settled: bool, on_disk: bool, keep_journal: bool, waiting: bool
+    ) -> tuple[bool, bool, bool]:
+        """After a pass of the writer: (delete the journal: everything in it is settled and
+        nobody needs it; let the writer go; nothing is left to write)."""
+        remove = self.journal_dir is not None and settled and (closed or not keep_journal)
+        if remove:
+            if not closed:
+                self.wanted = False
+            self.removed()
+        out = remove or self.failed or on_disk
+        release = (closed or not self.wanted) and out and not waiting
+        if out:
+            self.idle = True
+        return remove, release, out
+
     # -- the index ------------------------------------------------------------------------
 
     def opened(self, directory: str) -> None:
@@ -140,6 +158,14 @@ class Spill:
         segments = self._segments
         while segments and segments[0].stop <= acked:
             segments.popleft()
+
+    def read_back(self, start: int, stop: int) -> ReadBack | None:
+        """Where to read metrics `[start, stop)` back from (cut at a segment's end), or None
+        when the journal does not hold them."""
+        segment = self.segment_for(start)
+        if segment is None or self.journal_dir is None:
+            return None
+        return ReadBack(start, min(stop, segment.stop), self.journal_dir, segment.offset_of(start))
 
     def segment_for(self, index: int) -> Segment | None:
         for segment in self._segments:
