@@ -133,11 +133,8 @@ def attach_setup(
 
 
 def _opened(setup: RunSetup, opened: Opened) -> None:
-    descriptor = setup.descriptor
     setup.opening = None
-    descriptor.run_id = opened.run_id
-    descriptor.experiment_id = opened.experiment_id or descriptor.experiment_id
-    descriptor.run_name = opened.run_name or descriptor.run_name
+    setup.descriptor.opened_as(opened.run_id, opened.experiment_id, opened.run_name)
 
 
 def answer_now(setup: RunSetup, action: Callable[[], _T], later: str) -> _T | None:

@@ -21,6 +21,7 @@ as if their run.json fields were records, so `aidp-metrics sync` still delivers 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -67,6 +68,16 @@ class RunDescriptor:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, **asdict(self)}
+
+    def for_child(self, local_id: str, run_id: str | None) -> RunDescriptor:
+        """The same run as a forked child that took it over logs it: its own journal."""
+        return dataclasses.replace(self, local_id=local_id, run_id=run_id)
+
+    def opened_as(self, run_id: str, experiment_id: str | None, run_name: str | None) -> None:
+        """The server has the run now (as `run_id`)."""
+        self.run_id = run_id
+        self.experiment_id = experiment_id or self.experiment_id
+        self.run_name = run_name or self.run_name
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunDescriptor:

@@ -16,6 +16,7 @@ one place that installs them.
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 import sys
 import threading
@@ -40,6 +41,39 @@ _open: dict[int, _Lifecycle] = {}
 _lock = threading.Lock()
 _installed = False
 _uncaught: type[BaseException] | None = None
+
+
+class ProcessRole:
+    """Which process logs a run, across `os.fork()`: in a child an inherited run is quiet
+    (`inherited`) until the child takes it over; the parent then no longer ends it."""
+
+    def __init__(self) -> None:
+        self.inherited = False
+        self._handoff: mmap.mmap | None = None  # shared with forked children
+        self._logged_at_fork = -1
+
+    def before_fork(self, logged: int) -> None:
+        if self._handoff is None:
+            self._handoff = mmap.mmap(-1, 1)  # a child that takes over sets its byte
+        self._logged_at_fork = logged
+
+    def forked(self) -> None:
+        self.inherited = True
+
+    def take_over(self) -> bool:
+        """In a child: this process logs the run from now on; False if it did already."""
+        if not self.inherited:
+            return False
+        if self._handoff is not None:
+            self._handoff[0] = 1
+        self._handoff = None
+        self.inherited = False
+        return True
+
+    def handed_off(self, logged: int) -> bool:
+        """A forked child took the run over and this process logged nothing since."""
+        handoff = self._handoff
+        return handoff is not None and handoff[0] == 1 and logged == self._logged_at_fork
 
 
 def register(run: _Lifecycle) -> None:

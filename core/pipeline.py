@@ -72,7 +72,7 @@ class RunPipeline:
         """Hand the queue to the delivery loop and the spool writer (again, on reopen)."""
         if self.sender is not None:
             loop.register(self.queue, self.sender)
-        wanted, run_id = self.queue.spool_plan()
+        wanted, run_id = self.queue.journal.plan()
         if self.spool is not None and (wanted or run_id is None):
             self.spool.wake()
 
@@ -99,18 +99,27 @@ class RunPipeline:
 
     # -- waiting ------------------------------------------------------------------------
 
-    def flush(self, timeout: float | None) -> bool:
-        """Wait until everything queued before now is on the server (offline: on disk)."""
+    def flush(self, timeout: float | None, run_id: str) -> bool:
+        """Wait until everything queued before now is on the server (offline: on disk);
+        says so (throttled) when `timeout` passed first."""
         queue = self.queue
         mark = queue.mark()
         if self.client is None:
             queue.commit_soon()
             if self.spool is not None:
                 self.spool.wake()
-            return self.wait(lambda: queue.durable_or_settled(mark), timeout, writer)
-        queue.rush(mark)
-        loop.wake()
-        return self.wait(lambda: queue.settled(mark), timeout, loop)
+            done = self.wait(lambda: queue.durable_or_settled(mark), timeout, writer)
+        else:
+            queue.rush(mark)
+            loop.wake()
+            done = self.wait(lambda: queue.settled(mark), timeout, loop)
+        if not done:
+            self.notices.throttled(
+                "flush-timeout",
+                f"aidp-metrics: flush timed out after {timeout} s with "
+                f"{self.stats().pending} metric(s) of run {run_id} still pending",
+            )
+        return done
 
     def wait(self, until: Callable[[], bool], timeout: float | None, worker: ProcessWorker) -> bool:
         """Wait for `until()` (evaluated under the queue's lock) while `worker` works."""

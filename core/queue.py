@@ -76,6 +76,7 @@ class RunQueue:
         allowed = options.spool != "off" or offline if spool is None else spool
         self._spill = Spill(allowed, options.spool == "always" or offline)
         self._keep_journal = options.spool != "on_failure" or offline
+        self.journal = JournalSide(self)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -414,80 +415,100 @@ class RunQueue:
     def can_spool(self) -> bool:
         return self._spill.usable
 
-    # -- the spool writer's side ----------------------------------------------------------
 
-    def spool_plan(self) -> tuple[bool, str | None]:
+class JournalSide:
+    """The spool writer's side of a `RunQueue` (`queue.journal`): what to write, what was
+    written and fsynced, what may be deleted. Part of the queue (it shares the queue's
+    lock and state, in this module); nothing else uses it."""
+
+    def __init__(self, queue: RunQueue) -> None:
+        self._queue = queue
+
+    def usable(self) -> bool:
+        return self._queue.can_spool()
+
+    def plan(self) -> tuple[bool, str | None]:
         """(a journal is wanted now, the run id to record)."""
-        with self._lock:
-            return self._spill.wanted and not self._spill.failed, self._run_id
+        q = self._queue
+        with q._lock:
+            return q._spill.wanted and not q._spill.failed, q._run_id
 
-    def journal_opened(self, directory: str) -> None:
-        with self._lock:
-            self._spill.opened(directory)
+    def opened(self, directory: str) -> None:
+        q = self._queue
+        with q._lock:
+            q._spill.opened(directory)
 
     def unwritten(self, limit: int) -> tuple[int, list[Metric], list[QueuedOp]]:
         """Up to `limit` unsettled metrics not yet in the journal (from the chunk in flight
         and memory, in order) and the unwritten ops positioned up to their end."""
-        with self._lock:
-            chunk = self._chunk
+        q = self._queue
+        with q._lock:
+            chunk = q._chunk
             in_flight = (chunk.start, chunk.records) if chunk is not None else None
-            start, records = self._metrics.unwritten(self._spill.written, limit, in_flight)
-            return start, records, self._ops.unwritten(start + len(records))
+            start, records = q._metrics.unwritten(q._spill.written, limit, in_flight)
+            return start, records, q._ops.unwritten(start + len(records))
 
     def mark_written(
         self, start: int, ends: list[int], first_offset: int, ops: list[tuple[QueuedOp, int]]
     ) -> None:
-        with self._lock:
+        q = self._queue
+        with q._lock:
             for op, offset in ops:
                 op.written_at(offset)
             if ends:
-                self._spill.add(start, ends, first_offset)
-                self._counters.spool(len(ends))
-            self._spill.set_ops_written(self._ops.written())
-            self._trim_locked()
+                q._spill.add(start, ends, first_offset)
+                q._counters.spool(len(ends))
+            q._spill.set_ops_written(q._ops.written())
+            q._trim_locked()
 
     def take_commit_request(self) -> bool:
         """Whether the writer must fsync now (a flush waits, or the run is ending)."""
-        with self._lock:
-            return self._spill.take_commit(self._state is not QueueState.OPEN)
+        q = self._queue
+        with q._lock:
+            return q._spill.take_commit(q._state is not QueueState.OPEN)
 
     def mark_durable(self) -> None:
         """Everything written so far is fsynced."""
-        with self._lock:
-            self._spill.mark_durable()
-            self._changed.notify_all()
+        q = self._queue
+        with q._lock:
+            q._spill.mark_durable()
+            q._changed.notify_all()
 
-    def journal_ack_offset(self, written_offset: int) -> int:
+    def ack_offset(self, written_offset: int) -> int:
         """Byte offset before which every journal record is settled."""
-        with self._lock:
-            offset = self._spill.ack_offset(self._metrics.acked, written_offset)
-            op_offset = self._ops.first_offset()
+        q = self._queue
+        with q._lock:
+            offset = q._spill.ack_offset(q._metrics.acked, written_offset)
+            op_offset = q._ops.first_offset()
             return offset if op_offset is None else min(offset, op_offset)
 
-    def spool_failed(self) -> bool:
+    def failed(self) -> bool:
         """The journal cannot be written; True the first time."""
-        with self._lock:
-            first = self._spill.fail()
-            self._changed.notify_all()
+        q = self._queue
+        with q._lock:
+            first = q._spill.fail()
+            q._changed.notify_all()
             return first
 
-    def spool_step(self, *, waiting_for_id: bool) -> tuple[bool, bool, bool]:
+    def step(self, *, waiting_for_id: bool) -> tuple[bool, bool, bool]:
         """After a pass of the writer: (delete the journal, let the writer go, nothing is
         left to write)."""
-        with self._lock:
-            closed = self._state is QueueState.CLOSED
-            return self._spill.step(
+        q = self._queue
+        with q._lock:
+            closed = q._state is QueueState.CLOSED
+            return q._spill.step(
                 closed=closed,
-                settled=self._all_settled_locked(),
-                on_disk=self.durable_or_settled((self._metrics.logged, self._ops.logged)),
-                keep_journal=self._keep_journal,
+                settled=q._all_settled_locked(),
+                on_disk=q.durable_or_settled((q._metrics.logged, q._ops.logged)),
+                keep_journal=q._keep_journal,
                 waiting=waiting_for_id and not closed,
             )
 
-    def spool_needed(self) -> bool:
+    def needed(self) -> bool:
         """The writer has work (checked after letting it go, so no wake is lost)."""
-        with self._lock:
-            return self._spill.needed()
+        q = self._queue
+        with q._lock:
+            return q._spill.needed()
 
 
 __all__ = [
@@ -495,6 +516,7 @@ __all__ = [
     "SKIPPED",
     "Chunk",
     "EndStep",
+    "JournalSide",
     "Mark",
     "QueueState",
     "QueuedOp",

@@ -9,7 +9,6 @@ here raises into training code unless `strict=True`.
 
 from __future__ import annotations
 
-import mmap
 import threading
 from collections.abc import Mapping
 from types import TracebackType
@@ -28,7 +27,7 @@ from .creation import (
 )
 from .endpoint import Endpoint
 from .errors import DeliveryError, InvalidMetric
-from .journal import RunDescriptor, new_local_id
+from .journal import new_local_id
 from .metric import (
     INT64_MAX,
     INT64_MIN,
@@ -42,7 +41,7 @@ from .metric import (
 from .notice import Notices, notice
 from .opener import LOCAL_ID_TAG
 from .options import DeliveryOptions
-from .params import flatten_params
+from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
 from .queue import QueueState, Wake
 from .stats import RunStats
@@ -69,13 +68,11 @@ class Run:
         self.last_step = 0  # the step of the last log call (system metrics sample at it)
         self._owns_client = setup.owns_client
         self._descriptor = setup.descriptor
-        self._params: dict[str, str] = dict(setup.params)
+        self._params = LoggedParams(setup.params)
         self._keys: dict[str, str] = {}
         self._end_lock = threading.Lock()
         self._status: str | None = None  # the status end() last set
-        self._inactive = False  # an inherited run in a forked child (until take_over)
-        self._handoff: mmap.mmap | None = None  # set by a forked child that took over
-        self._logged_at_fork = -1
+        self._role = lifecycle.ProcessRole()
         self._alias = setup.alias  # attached to a local id not resolved yet
         self._notices = Notices()
         self._skipped_reported = 0  # stats.skipped when end() last reported it
@@ -99,21 +96,19 @@ class Run:
             owns_client=self._owns_client,
         )
         self._queue = self._pipeline.queue
+        self._pipeline.connect()
         self._connect()
 
-    def _connect(self, *, sample: bool = True) -> None:
-        """Hand the run to the stages (again, on reopen), the process hooks and, when asked
-        for, the system-metrics sampler."""
-        self._pipeline.connect()
+    def _connect(self) -> None:
+        """Register with the process hooks and, when asked for, the system-metrics sampler
+        (again when logging reopened an ended run)."""
         lifecycle.register(self)
-        if sample and self.options.system_metrics:
+        if self.options.system_metrics:
             system_metrics.watch(self, self.options.system_metrics_interval)
 
     def _act(self, wake: Wake) -> None:
-        if self._pipeline.act(wake):  # reopened: the process hooks and sampler again
-            lifecycle.register(self)
-            if self.options.system_metrics:
-                system_metrics.watch(self, self.options.system_metrics_interval)
+        if self._pipeline.act(wake):  # reopened
+            self._connect()
 
     # -- identity -------------------------------------------------------------------------
 
@@ -143,7 +138,7 @@ class Run:
     @property
     def inherited(self) -> bool:
         """This process is a fork of the one that logs this run (see `take_over`)."""
-        return self._inactive
+        return self._role.inherited
 
     @property
     def spool_directory(self) -> str | None:
@@ -242,26 +237,16 @@ class Run:
         `MLFLOW_EXPERIMENT_NAME`, else `Default`.
         """
         run_id = first_env(RUN_ID_VARIABLES)
-        if run_id:
-            run = cls.attach(
-                run_id,
-                endpoint=endpoint,
-                client=client,
-                skip_logged_steps=skip_logged_steps,
-                experiment_name=experiment_name or first_env(EXPERIMENT_VARIABLES),
-                **options,
-            )
-            if tags:
-                run.set_tags(tags)
-            return run
-        return cls.start(
-            experiment_name=experiment_name or first_env(EXPERIMENT_VARIABLES),
-            run_name=run_name,
-            tags=tags,
-            endpoint=endpoint,
-            client=client,
-            **options,
+        experiment = experiment_name or first_env(EXPERIMENT_VARIABLES)
+        where: dict[str, Any] = {"endpoint": endpoint, "client": client, **options}
+        if not run_id:
+            return cls.start(experiment_name=experiment, run_name=run_name, tags=tags, **where)
+        run = cls.attach(
+            run_id, skip_logged_steps=skip_logged_steps, experiment_name=experiment, **where
         )
+        if tags:
+            run.set_tags(tags)
+        return run
 
     # -- logging (the training thread's hot path) ----------------------------------------
 
@@ -277,7 +262,7 @@ class Run:
         timestamp: int | None = None,
     ) -> None:
         """Queue every metric at `step` (0 when None), stamped with the time of this call."""
-        if self._inactive:
+        if self._role.inherited:
             return
         try:
             at = _check_step(step)
@@ -325,7 +310,7 @@ class Run:
     def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
         """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
         the sample's time, without moving `last_step` (the training loop's)."""
-        if self._inactive:
+        if self._role.inherited:
             return
         records = [Metric(key, float(v), timestamp, step) for key, v in metrics.items()]
         wake = self._queue.append(records)
@@ -335,7 +320,7 @@ class Run:
     def log_params(self, params: object) -> None:
         """Log hyperparameters, flattened with `/`; re-logging a value is a no-op and a
         changed value is kept as first logged (MLflow params are immutable), with a warning."""
-        if self._inactive:
+        if self._role.inherited:
             return
         try:
             flat = flatten_params(params)
@@ -344,23 +329,14 @@ class Run:
                 raise
             notice(f"aidp-metrics: params not logged: {exc}")
             return
-        new: dict[str, str] = {}
-        for key, value in flat.items():
-            old = self._params.get(key)
-            if old is None:
-                new[key] = value
-            elif old != value:
-                self._notices.once(
-                    f"param:{key}",
-                    f"aidp-metrics: param {key!r} was already logged as {old[:80]!r}; params "
-                    f"cannot change within a run, so {value[:80]!r} is not logged",
-                )
+        new, refused = self._params.add(flat)
+        for message in refused:
+            self._notices.once(message, message)
         if new:
-            self._params.update(new)
             self._act(self._queue.append_op("params", {"items": [[k, v] for k, v in new.items()]}))
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        if self._inactive:
+        if self._role.inherited:
             return
         clean = string_tags(tags)
         if clean:
@@ -371,18 +347,11 @@ class Run:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged before this call is acknowledged by the server
         (offline: on disk). Returns False when `timeout` seconds passed first."""
-        if self._inactive:
+        if self._role.inherited:
             return True
-        done = self._pipeline.flush(timeout)
-        if not done:
-            pending = self.stats.pending
-            self._notices.throttled(
-                "flush-timeout",
-                f"aidp-metrics: flush timed out after {timeout} s with {pending} metric(s) "
-                f"of run {self.run_id} still pending",
-            )
-            if self.options.strict:
-                raise DeliveryError(f"{pending} metric(s) still pending after flush")
+        done = self._pipeline.flush(timeout, self.run_id)
+        if not done and self.options.strict:
+            raise DeliveryError(f"{self.stats.pending} metric(s) still pending after flush")
         return done
 
     def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
@@ -395,7 +364,7 @@ class Run:
         if status not in TERMINAL_STATUSES:
             allowed = ", ".join(TERMINAL_STATUSES)
             raise ValueError(f"status must be one of {allowed}, got {status!r}")
-        if self._inactive:
+        if self._role.inherited:
             return self.stats
         wait = self.options.end_timeout if timeout is None else timeout
         self._end(status, wait, why=f"within {wait:g} s of end()")
@@ -428,7 +397,11 @@ class Run:
     def _end(self, status: str, wait: float, *, why: str) -> None:
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
         with self._end_lock:
-            payload = None if self._handed_off() else {"status": status, "end_time": now_ms()}
+            payload = (
+                None
+                if self._role.handed_off(self._queue.mark()[0])
+                else {"status": status, "end_time": now_ms()}
+            )
             repeat = status == self._status
             if not self._pipeline.end(payload, repeat=repeat, wait=wait, why=why):
                 return  # idempotent
@@ -444,19 +417,17 @@ class Run:
     # -- process events (called by lifecycle.py) -------------------------------------------
 
     def _on_exit(self, uncaught: type[BaseException] | None) -> None:
-        if self._inactive or self._queue.state is QueueState.CLOSED:
+        if self._role.inherited or self._queue.state is QueueState.CLOSED:
             return
         status = self.status_on_exit if uncaught is None else _status_for(uncaught)
         wait = self.options.atexit_timeout
         self._end(status, wait, why=f"within {wait:g} s of exit")
 
     def _before_fork(self) -> None:
-        if self._handoff is None:
-            self._handoff = mmap.mmap(-1, 1)  # shared with the child: it flags a takeover
-        self._logged_at_fork = self._queue.mark()[0]
+        self._role.before_fork(self._queue.mark()[0])
 
     def _on_fork_child(self) -> None:
-        self._inactive = True
+        self._role.forked()
 
     def take_over(self) -> None:
         """In a child created by `os.fork()`, make this process the one that logs the run.
@@ -467,38 +438,19 @@ class Run:
         what the parent had queued is left to the parent, and the parent no longer sets
         the run's status (the child ends it).
         """
-        if not self._inactive:
-            return
         run_id = self._queue.run_id
-        if self._handoff is not None:
-            self._handoff[0] = 1
-        self._handoff = None
-        self._inactive = False
+        if not self._role.take_over():
+            return
         self._notices = Notices()
         self._end_lock = threading.Lock()
         self._status = None
         if self.client is not None:
             self.client = self.client.copy_for_child()
             self._owns_client = True
-        self.local_id = new_local_id()
-        self._descriptor = RunDescriptor(
-            local_id=self.local_id,
-            run_id=run_id,
-            endpoint=self._descriptor.endpoint,
-            experiment_name=self._descriptor.experiment_name,
-            experiment_id=self._descriptor.experiment_id,
-            run_name=self._descriptor.run_name,
-        )
+        self._descriptor = self._descriptor.for_child(new_local_id(), run_id)
+        self.local_id = self._descriptor.local_id
         opening = None if run_id is not None or self._spec is None else ("create", self._spec)
         self._start(run_id, opening, None)
-
-    def _handed_off(self) -> bool:
-        """A forked child took the run over and this process logged nothing since."""
-        return (
-            self._handoff is not None
-            and self._handoff[0] == 1
-            and self._queue.mark()[0] == self._logged_at_fork
-        )
 
 
 def _check_step(step: object) -> int:

@@ -51,7 +51,7 @@ class SpoolTask:
 
     def serve(self) -> float:
         queue = self.queue
-        wanted, run_id = queue.spool_plan()
+        wanted, run_id = queue.journal.plan()
         if run_id is not None and run_id != self._saved_run_id:
             self._record_run_id(run_id)
         if wanted and self.journal is None:
@@ -62,7 +62,7 @@ class SpoolTask:
                 while self._write(journal):
                     pass
                 self._commit_when_due(journal)
-                journal.save_acked(queue.journal_ack_offset(journal.written))
+                journal.save_acked(queue.journal.ack_offset(journal.written))
             except OSError as exc:
                 self._failed(exc)
         return self._settle_state()
@@ -75,11 +75,11 @@ class SpoolTask:
         except OSError as exc:
             self._failed(exc)
             return
-        self.queue.journal_opened(str(self.journal.directory))
+        self.queue.journal.opened(str(self.journal.directory))
 
     def _write(self, journal: Journal) -> bool:
         """Append the next unwritten records; False when there were none."""
-        start, records, ops = self.queue.unwritten(_WRITE_BATCH)
+        start, records, ops = self.queue.journal.unwritten(_WRITE_BATCH)
         if not records and not ops:
             return False
         base = journal.written
@@ -109,31 +109,31 @@ class SpoolTask:
             ends.append(base + size)
         put_ops(start + len(records))
         journal.append(b"".join(parts))
-        self.queue.mark_written(start, ends, first_metric, op_offsets)
+        self.queue.journal.mark_written(start, ends, first_metric, op_offsets)
         return True
 
     def _commit_when_due(self, journal: Journal) -> None:
-        hurry = self.queue.take_commit_request()
+        hurry = self.queue.journal.take_commit_request()
         due = time.monotonic() - self.last_commit >= self.queue.options.commit_interval
         if journal.committed < journal.written and (hurry or due):
             journal.commit()
             self.last_commit = time.monotonic()
         if journal.committed >= journal.written:
-            self.queue.mark_durable()
+            self.queue.journal.mark_durable()
 
     def _settle_state(self) -> float:
         """Delete a journal nobody needs, let go of a queue with nothing left to write,
         or say when to come back."""
         queue = self.queue
         waiting_for_id = self.started_locally and self._saved_run_id is None
-        remove, release, everything_out = queue.spool_step(waiting_for_id=waiting_for_id)
+        remove, release, everything_out = queue.journal.step(waiting_for_id=waiting_for_id)
         journal = self.journal
         if remove and journal is not None:
             journal.remove()
             self.journal = None
         if release:
             writer.unregister(queue)
-            if queue.spool_needed():  # woken meanwhile: that wake must not be lost
+            if queue.journal.needed():  # woken meanwhile: that wake must not be lost
                 writer.register(queue, self)
                 return 0.0
             if self.journal is not None:
@@ -147,7 +147,7 @@ class SpoolTask:
 
     def _record_run_id(self, run_id: str) -> None:
         self._saved_run_id = run_id
-        self.descriptor.run_id = run_id
+        self.descriptor.opened_as(run_id, None, None)
         try:
             if self.started_locally:
                 save_run_id(self.root, self.descriptor.local_id, run_id)
@@ -157,7 +157,7 @@ class SpoolTask:
             self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
-        if self.queue.spool_failed():
+        if self.queue.journal.failed():
             self.notices.once(
                 "spool-failed",
                 f"aidp-metrics: cannot write the spool in {self.root} "

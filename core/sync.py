@@ -153,7 +153,7 @@ def _replay(
         _drive(queue, sender)
         run_id = queue.run_id
         if run_id is not None and descriptor.run_id != run_id:
-            descriptor.run_id = run_id
+            descriptor.opened_as(run_id, None, None)
             journal.save_descriptor()
             save_run_id(root, descriptor.local_id, run_id)
         stats = queue.stats()

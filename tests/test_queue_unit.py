@@ -150,12 +150,12 @@ def test_a_full_queue_with_a_spool_asks_for_the_writer() -> None:
     wake = q.append(points(0, 11))
     assert wake & Wake.FULL
     assert wake & Wake.SPOOL
-    assert q.spool_plan() == (True, "run-1")
+    assert q.journal.plan() == (True, "run-1")
 
 
 def test_the_first_failure_starts_the_journal_once() -> None:
     q = queue(spool="on_failure")
-    assert q.spool_plan()[0] is False
+    assert q.journal.plan()[0] is False
     assert q.spill_on_failure() == (True, True)
     assert q.spill_on_failure() == (True, False)
     assert queue(spool="off").spill_on_failure() == (False, False)
@@ -208,7 +208,7 @@ def test_end_with_a_spool_asks_to_spill() -> None:
     q.begin_end({"status": "FINISHED"}, repeat=False)
     mark = q.mark()
     assert q.end_step(mark, out_of_time=True, reason="r") is EndStep.SPILL
-    assert q.take_commit_request()  # the writer fsyncs at once
+    assert q.journal.take_commit_request()  # the writer fsyncs at once
     assert q.end_after_spill(mark, out_of_time=False, reason="r")
     assert q.state is QueueState.CLOSED
     assert q.stats().pending == 2  # kept for the journal, not counted failed
