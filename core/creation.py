@@ -19,7 +19,7 @@ from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
 from .endpoint import Endpoint
 from .errors import APIError, NoEndpointConfigured
-from .journal import RunDescriptor, new_local_id, spool_root
+from .journal import RunDescriptor, new_local_id, run_id_for, spool_root
 from .metric import now_ms, sanitize_key
 from .notice import Notices
 from .opener import Opened, RunOpener
@@ -112,7 +112,10 @@ def attach_setup(
     opener = RunOpener(live, root) if live is not None else None
     target: dict[str, Any] = {"run_id": run_id}
     alias: str | None = None
-    if run_id.startswith("local-"):
+    known = run_id_for(run_id, root) if run_id.startswith("local-") else None
+    if known is not None:  # this spool directory remembers what the local id became
+        run_id, target = known, {"run_id": known}
+    elif run_id.startswith("local-"):
         alias = run_id
         target = {"local_id": alias}
     descriptor = RunDescriptor(

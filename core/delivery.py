@@ -238,12 +238,14 @@ class StreamSender:
 
     def _failed_attempt(self, error: APIError | None, work: Chunk | QueuedOp) -> None:
         """Back off after a failed request, as the failure policy says. `error` None: an
-        internal error (already reported)."""
+        internal error (already reported). An outage is reported when it starts, not on
+        every failure during it (nor when the run started because the server was down)."""
+        said = self.server_down  # the outage is known already
         elapsed = self._attempts.failed(time.monotonic())
         spooling, started = self.queue.spill_on_failure()
         if started and self._wake_spool is not None:
             self._wake_spool()
-        if started and error is not None:
+        if started and error is not None and not said:
             self.notices.once(
                 "spooling",
                 f"aidp-metrics: delivery failed ({error}); the run's records go to the spool "
@@ -263,7 +265,7 @@ class StreamSender:
         self.not_before = max(self.not_before, time.monotonic() + decision.delay)
         if isinstance(work, Chunk):
             self.queue.count_retry()
-        if error is None:
+        if error is None or (said and decision.retryable):
             return
         if isinstance(error, TooManyRequests):
             self.notices.once(
