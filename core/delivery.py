@@ -169,9 +169,9 @@ class StreamSender:
     # -- metrics --------------------------------------------------------------------------
 
     def _send_chunk(self, chunk: Chunk) -> None:
-        floors = self.queue.floors()
-        if floors:
-            chunk.skip_logged(floors)
+        floors, ceilings = self.queue.skips()
+        if floors or ceilings:
+            chunk.skip_logged(floors, ceilings)
         self.transport.send(chunk, self._run_id(), self._attempts.token)
         if chunk.pending():  # cannot happen; if it did, retrying beats losing them
             raise RuntimeError(f"{len(chunk.pending())} point(s) of a chunk have no outcome")
@@ -186,7 +186,7 @@ class StreamSender:
         if kind in ("create", "attach"):
             opened = self.opener.open(kind, payload, self.queue.local_id, token)
             if opened.floors:
-                self.queue.set_floors(opened.floors)
+                self.queue.set_skips(opened.floors)
             self.queue.resolved(opened.run_id)
             late = self.stuck is not None or self.server_down
             what = "created" if opened.created else "attached to"

@@ -25,6 +25,7 @@ from .journal import DESCRIPTOR_FILE, run_id_for, save_run_id
 from .retry import RetryPolicy
 
 LOCAL_ID_TAG = "aidp_metrics.local_id"
+RESUMED_FROM_TAG = "aidp_metrics.resumed_from"  # a run a resumed job created for a lost one
 _ONE_ATTEMPT = RetryPolicy.never()
 
 
@@ -107,13 +108,30 @@ class RunOpener:
                 return known
         return find_created(self.client, local_id, experiment, experiment_id)
 
+    def resumed_steps(self, run_id: str, local_id: str) -> dict[str, int]:
+        """For `sync` of the journal of `local_id` into `run_id`: if a resumed job created
+        that run (the first job was lost), the first step it logged per key. The lost job's
+        points from there on are not sent: the resumed job logged those steps again, and its
+        points are the ones the run shows (each step once)."""
+        found = self.client.get_run(run_id)
+        tags = {t.get("key"): t.get("value") for t in (found.get("data") or {}).get("tags") or []}
+        if tags.get(RESUMED_FROM_TAG) != local_id:
+            return {}
+        keys = {str(m["key"]) for m in (found.get("data") or {}).get("metrics") or []}
+        firsts: dict[str, int] = {}
+        for key in keys:
+            steps = [point.step for point in self.client.get_metric_history(run_id, key)]
+            if steps:
+                firsts[key] = min(steps)
+        return firsts
+
     def _create_for(self, local_id: str, spec: dict[str, Any], token: str | None) -> Opened:
         """A local id nobody can resolve while the server answers: the job that had it was
         lost before its run reached the server. Create that run now, under its local id."""
         create = {
             "experiment_name": spec.get("experiment_name"),
             "run_name": spec.get("run_name") or self._local_name(local_id),
-            "tags": {"aidp_metrics.resumed_from": local_id},
+            "tags": {RESUMED_FROM_TAG: local_id},
         }
         opened = self.create(create, local_id, token)
         if self.spool_root is not None:

@@ -54,7 +54,7 @@ class RunPipeline:
             options, local_id=descriptor.local_id, run_id=run_id, offline=client is None
         )
         if floors:
-            self.queue.set_floors(floors)
+            self.queue.set_skips(floors)
         if opening is not None:
             self.queue.append_op(*opening)
         root = spool_root(options.spool_dir)

@@ -72,7 +72,9 @@ class RunQueue:
         self._metrics = MetricBuffer()
         self._ops = OpLog()
         self._chunk: Chunk | None = None
-        self._floors: dict[str, int] = {}  # resume: the last step the server holds per key
+        # Resumed runs: skip steps at or below `floors[key]` (the server holds them), or at
+        # or above `ceilings[key]` (sync of a lost job: its resumed job logged them).
+        self._skips: tuple[dict[str, int], dict[str, int]] = ({}, {})
         allowed = options.spool != "off" or offline if spool is None else spool
         self._spill = Spill(allowed, options.spool == "always" or offline)
         self._keep_journal = options.spool != "on_failure" or offline
@@ -388,13 +390,14 @@ class RunQueue:
         with self._lock:
             self._run_id = run_id
 
-    def set_floors(self, floors: dict[str, int]) -> None:
-        """Resume: points at or below these steps per key are on the server already."""
+    def set_skips(self, floors: dict[str, int], ceilings: dict[str, int] | None = None) -> None:
+        """Resume: steps per key the server holds already (at or below `floors`, at or
+        above `ceilings`): not sent again."""
         with self._lock:
-            self._floors = dict(floors)
+            self._skips = (dict(floors), dict(ceilings or {}))
 
-    def floors(self) -> dict[str, int]:
-        return self._floors  # replaced, never changed in place
+    def skips(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self._skips  # replaced, never changed in place
 
     def count_request(self, size: int) -> None:
         with self._lock:

@@ -131,13 +131,18 @@ class Chunk:
         for i in indices:
             self.outcomes[i] = outcome
 
-    def skip_logged(self, floors: dict[str, int]) -> int:
-        """Mark points at or below the last step the server already holds for their key;
-        returns how many."""
+    def skip_logged(self, floors: dict[str, int], ceilings: dict[str, int] | None = None) -> int:
+        """Mark points the server already holds for their key -- at or below its floor, at
+        or above its ceiling; returns how many."""
         skipped = 0
+        ceilings = ceilings or {}
         for i, (key, _, _, step) in enumerate(self.records):
             floor = floors.get(key)
-            if floor is not None and step <= floor and self.outcomes[i] is None:
+            ceiling = ceilings.get(key)
+            held = (floor is not None and step <= floor) or (
+                ceiling is not None and step >= ceiling
+            )
+            if held and self.outcomes[i] is None:
                 self.outcomes[i] = SKIPPED
                 skipped += 1
         return skipped

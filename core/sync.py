@@ -177,6 +177,7 @@ def _queue(queue: RunQueue, op: Op, opener: RunOpener, journal: Journal) -> None
         existing = _find_created(opener, journal, payload)
         if existing is not None:
             queue.resolved(existing)
+            queue.set_skips({}, opener.resumed_steps(existing, journal.descriptor.local_id))
             return
     if kind == "create" and queue.run_id is not None:
         return  # created by an earlier sync (or the process, or a resumed job)

@@ -125,12 +125,22 @@ def test_outcomes_are_counted_by_kind_and_reason() -> None:
 
 def test_resumed_runs_skip_what_the_server_holds() -> None:
     q = queue()
-    q.set_floors({"loss": 2})
+    q.set_skips({"loss": 2})
     q.append(points(0, 5))
     work = q.next_work(time.monotonic(), 1000)
     assert isinstance(work, Chunk)
-    assert work.skip_logged(q.floors()) == 3  # steps 0, 1, 2
+    assert work.skip_logged(*q.skips()) == 3  # steps 0, 1, 2
     assert work.pending() == [3, 4]
+
+
+def test_a_lost_jobs_sync_skips_what_its_resumed_job_logged_again() -> None:
+    q = queue()
+    q.set_skips({}, {"loss": 3})  # the resumed job logged "loss" from step 3 on
+    q.append(points(0, 5))
+    work = q.next_work(time.monotonic(), 1000)
+    assert isinstance(work, Chunk)
+    assert work.skip_logged(*q.skips()) == 2  # steps 3, 4
+    assert work.pending() == [0, 1, 2]
 
 
 def test_a_full_queue_without_a_spool_drops_the_oldest_and_counts_them() -> None:

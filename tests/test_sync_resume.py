@@ -5,7 +5,8 @@ points are in its own spool directory (its node is lost: nothing there will reac
 server by itself). Job 2 resumes on another machine (another spool directory) with the
 server up: the run is created now, tagged with that local id, and job 2's points are on the
 server while it runs. A later `sync` of job 1's journal finds that run by its tag and adds
-the first part: one run, every step exactly once."""
+the first part: one run, every step exactly once. Job 1 ran past its checkpoint before it
+was lost; job 2 logged those steps again, and its points are the ones the run keeps."""
 
 from __future__ import annotations
 
@@ -27,8 +28,13 @@ from tests.support.mlflow_server import (
 KEYS = ("loss", "acc")
 
 
-def value(key: str, step: int) -> float:
-    return step / 8 + (0.5 if key == "acc" else 0.0)
+def value(key: str, step: int, job: int) -> float:
+    return step / 8 + (0.5 if key == "acc" else 0.0) + 100 * job
+
+
+def expected(key: str) -> list[tuple[int, float]]:
+    """Job 1's points below its resumed job's first step (10), then job 2's."""
+    return [(s, value(key, s, 1 if s < 10 else 2)) for s in range(20)]
 
 
 def steps_on_server(server: MLflowServer, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -36,9 +42,9 @@ def steps_on_server(server: MLflowServer, run_id: str, key: str) -> list[tuple[i
     return sorted((int(p["step"]), float(p["value"])) for p in points)
 
 
-def log(run: Run, steps: range) -> None:
+def log(run: Run, steps: range, job: int) -> None:
     for step in steps:
-        run.log_metrics({key: value(key, step) for key in KEYS}, step=step)
+        run.log_metrics({key: value(key, step, job) for key in KEYS}, step=step)
 
 
 @pytest.mark.parametrize("resumed_on", ["other-machine", "same-machine"])
@@ -63,9 +69,9 @@ def test_a_lost_jobs_local_id_becomes_one_run_filled_live_then_by_sync(
     )
     checkpoint = job1.run_id  # what the checkpoint of job 1 holds
     assert checkpoint.startswith("local-")
-    log(job1, range(0, 10))
+    log(job1, range(0, 12), 1)  # checkpoint at step 9; the job got to step 11 before it was lost
     job1.end(timeout=1.0)  # the node is lost: its points stay in its spool
-    assert job1.stats.pending == 20
+    assert job1.stats.pending == 24
     assert runs_in_experiment(mlflow_server.url, fresh_experiment) == []
 
     chaos_proxy.up()
@@ -79,12 +85,12 @@ def test_a_lost_jobs_local_id_becomes_one_run_filled_live_then_by_sync(
     )
     run_id = job2.run_id
     assert not run_id.startswith("local-")  # created now, not waiting for a sync
-    log(job2, range(10, 20))
+    log(job2, range(10, 20), 2)
     assert job2.flush(60)
     # Live: job 2's points are on the server before job 2 ends.
     for key in KEYS:
         assert steps_on_server(mlflow_server, run_id, key) == [
-            (s, value(key, s)) for s in range(10, 20)
+            (s, value(key, s, 2)) for s in range(10, 20)
         ]
     stats = job2.end()
     assert (stats.delivered, stats.pending, stats.failed) == (20, 0, 0)
@@ -99,10 +105,9 @@ def test_a_lost_jobs_local_id_becomes_one_run_filled_live_then_by_sync(
     assert synced.error is None
     assert synced.local_id == checkpoint
     assert synced.run_id == run_id  # found by its tag: no second run
-    assert synced.sent == 20
+    assert synced.sent == 24  # 20 delivered, 4 skipped (steps 10 and 11: job 2 has them)
     runs = runs_in_experiment(mlflow_server.url, fresh_experiment)
     assert [r["info"]["run_id"] for r in runs] == [run_id]
     for key in KEYS:  # every step exactly once
-        assert steps_on_server(mlflow_server, run_id, key) == [
-            (s, value(key, s)) for s in range(20)
-        ]
+        assert steps_on_server(mlflow_server, run_id, key) == expected(key)
+        assert len(get_metric_history(mlflow_server.url, run_id, key)) == 20
