@@ -76,7 +76,7 @@ class RunPipeline:
         if self.spool is not None and (wanted or run_id is None):
             self.spool.wake()
 
-    def act(self, wake: Wake) -> bool:
+    def act(self, wake: int) -> bool:
         """Do what an append asked for; True when the run had ended and was reopened."""
         if wake & Wake.REOPENED:
             self.connect()

@@ -48,6 +48,14 @@ from .records import (
 from .spill import Segment, Spill
 from .stats import Counters, RunStats
 
+# `Wake` bits as plain ints for the hot path (an IntFlag costs a Python call to test).
+_SENDER, _SPOOL, _REOPENED, _FULL = (
+    int(Wake.SENDER),
+    int(Wake.SPOOL),
+    int(Wake.REOPENED),
+    int(Wake.FULL),
+)
+
 
 class RunQueue:
     """The records of one run. Every field is guarded by `_lock` and private."""
@@ -151,10 +159,11 @@ class RunQueue:
 
     # -- the caller's side ----------------------------------------------------------------
 
-    def append(self, metrics: list[Metric], rejected: int = 0) -> Wake:
-        """Queue metrics (the training thread's hot path); count `rejected` invalid ones."""
+    def append(self, metrics: list[Metric], rejected: int = 0) -> int:
+        """Queue metrics (the training thread's hot path); count `rejected` invalid ones.
+        Returns `Wake` bits as a plain int (0, the usual answer, costs nothing to test)."""
         count = len(metrics)
-        wake = Wake.NONE
+        wake = 0
         with self._lock:
             if self._state is QueueState.CLOSED:
                 wake = self._reopen_locked()
@@ -163,22 +172,23 @@ class RunQueue:
                 return wake
             size = self._metrics.extend(metrics)
             if size == count or size >= 1000 > size - count:
-                wake |= Wake.SENDER
+                wake |= _SENDER
             if size > self._max_queue:
-                wake |= Wake.FULL
+                wake |= _FULL
                 self._spill.want()
-            if self._spill.wake_needed():
-                wake |= Wake.SPOOL
+            spill = self._spill
+            if spill.wanted and spill.idle and spill.wake_needed():
+                wake |= _SPOOL
         return wake
 
-    def append_op(self, kind: str, payload: dict[str, Any]) -> Wake:
+    def append_op(self, kind: str, payload: dict[str, Any]) -> int:
         with self._lock:
-            wake = Wake.SENDER
+            wake: int = _SENDER
             if self._state is QueueState.CLOSED:
                 wake |= self._reopen_locked()
             self._queue_op_locked(kind, payload)
             if self._spill.touch():
-                wake |= Wake.SPOOL
+                wake |= _SPOOL
         return wake
 
     def reject(self, count: int) -> None:
@@ -198,11 +208,11 @@ class RunQueue:
     def _queue_op_locked(self, kind: str, payload: dict[str, Any]) -> None:
         self._ops.add(self._metrics.logged, kind, payload)
 
-    def _reopen_locked(self) -> Wake:
+    def _reopen_locked(self) -> int:
         """Logging into an ended run: it is RUNNING again, before what is logged now."""
         self._state = QueueState.OPEN
         self._queue_op_locked("status", {"status": "RUNNING"})
-        return Wake.REOPENED | Wake.SENDER
+        return _REOPENED | _SENDER
 
     # -- a full queue ---------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from .opener import LOCAL_ID_TAG
 from .options import DeliveryOptions
 from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
-from .queue import QueueState, Wake
+from .queue import QueueState
 from .stats import RunStats
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -106,7 +106,7 @@ class Run:
         if self.options.system_metrics:
             system_metrics.watch(self, self.options.system_metrics_interval)
 
-    def _act(self, wake: Wake) -> None:
+    def _act(self, wake: int) -> None:
         if self._pipeline.act(wake):  # reopened
             self._connect()
 
