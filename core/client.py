@@ -29,8 +29,8 @@ from .errors import (
     Unauthorized,
     UnexpectedResponse,
 )
-from .metric import Metric, make_metric
-from .retry import RetryPolicy, parse_retry_after
+from .metric import Metric, make_metric, metric_body
+from .retry import RetryPolicy, Verdict, decide, parse_retry_after
 
 # Server limits of runs/log-batch (MLflow's, which AIDP inherits).
 MAX_BATCH_METRICS = 1000
@@ -156,9 +156,7 @@ class MetricsClient:
 
     def post_metric(self, run_id: str, metric: Metric, *, retry: RetryPolicy | None = None) -> None:
         """`runs/log-metric` for an already validated metric."""
-        body = metric.to_json()
-        body["run_id"] = run_id
-        self.request("POST", "runs/log-metric", body=body, retry=retry)
+        self.request("POST", "runs/log-metric", content=metric_body(run_id, metric), retry=retry)
 
     # -- batches, params, tags ----------------------------------------------------------
 
@@ -337,10 +335,10 @@ class MetricsClient:
                     method, path, content=content, params=params, retry_token=retry_token
                 )
             except APIError as error:
-                delay = policy.next_delay(error, attempt, time.monotonic() - started)
-                if delay is None:
+                decision = decide(policy, error, attempt, time.monotonic() - started)
+                if decision.verdict is Verdict.GIVE_UP:
                     raise
-            self._sleep(delay)
+            self._sleep(decision.delay)
 
     def send(
         self,

@@ -8,11 +8,12 @@ Layout under the spool directory (`AIDP_METRICS_DIR`, default `./aidp-metrics`):
     runs/<local id>/acked        byte offset in records.log before which every record is settled
     ids/<local id>               the server run id a local id became (kept after the journal)
 
-A metric line is a JSON array `[key, value, timestamp, step]`; any other record (create,
-attach, params, tags, status) is a JSON object `{"op": kind, ...}`. Each line carries its own
-CRC-32, so a write torn by a power cut or `kill -9` is found on read, reported and skipped,
-and every record before and after it is kept. Nothing is rewritten in place except the two
-small files, which are replaced atomically.
+A metric line is the metric's one JSON encoding (`metric.metric_json`, the same the wire
+carries; journals of 0.2 wrote an array `[key, value, timestamp, step]`, still read); any
+other record (create, attach, params, tags, status) is a JSON object `{"op": kind, ...}`.
+Each line carries its own CRC-32, so a write torn by a power cut or `kill -9` is found on
+read, reported and skipped, and every record before and after it is kept. Nothing is
+rewritten in place except the two small files, which are replaced atomically.
 
 Journals written by version 0.1 (`metrics.log`, params/tags/status in `run.json`) are read
 as if their run.json fields were records, so `aidp-metrics sync` still delivers them.
@@ -20,6 +21,7 @@ as if their run.json fields were records, so `aidp-metrics sync` still delivers 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .metric import decode_value, json_key, json_number
+from .metric import Metric, decode_value, metric_json
 
 FORMAT_VERSION = 2
 DEFAULT_DIR = "aidp-metrics"
@@ -38,7 +40,6 @@ V1_RECORDS_FILE = "metrics.log"
 ACKED_FILE = "acked"
 DESCRIPTOR_FILE = "run.json"
 
-Metric = tuple[str, float, int, int]  # key, value, timestamp (ms), step
 Op = tuple[str, dict[str, Any]]  # kind, payload (plain JSON data)
 Record = Metric | Op  # told apart by length: a metric has four fields, an op two
 OP_KINDS = frozenset({"create", "attach", "params", "tags", "status"})
@@ -68,6 +69,16 @@ class RunDescriptor:
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, **asdict(self)}
 
+    def for_child(self, local_id: str, run_id: str | None) -> RunDescriptor:
+        """The same run as a forked child that took it over logs it: its own journal."""
+        return dataclasses.replace(self, local_id=local_id, run_id=run_id)
+
+    def opened_as(self, run_id: str, experiment_id: str | None, run_name: str | None) -> None:
+        """The server has the run now (as `run_id`)."""
+        self.run_id = run_id
+        self.experiment_id = experiment_id or self.experiment_id
+        self.run_name = run_name or self.run_name
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunDescriptor:
         names = cls.__dataclass_fields__
@@ -78,8 +89,7 @@ class RunDescriptor:
 
 
 def encode_metric(metric: Metric) -> bytes:
-    key, value, timestamp, step = metric
-    payload = f"[{json_key(key)},{json_number(value)},{timestamp},{step}]".encode()
+    payload = metric_json(metric).encode()
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
@@ -95,9 +105,14 @@ def decode_line(line: bytes) -> Record:
     if len(crc_text) != 8 or int(crc_text, 16) != zlib.crc32(payload):
         raise ValueError("checksum mismatch")
     data = json.loads(payload)
-    if isinstance(data, list):
+    if isinstance(data, list):  # a 0.2 journal
         key, value, timestamp, step = data
-        return str(key), decode_value(value), int(timestamp), int(step)
+        return Metric(str(key), decode_value(value), int(timestamp), int(step))
+    if isinstance(data, dict) and "op" not in data:
+        try:
+            return Metric.from_json(data)
+        except KeyError as exc:
+            raise ValueError(f"a metric without {exc}") from None
     if isinstance(data, dict) and data.get("op") in OP_KINDS:
         body = dict(data)
         kind = str(body.pop("op"))
@@ -262,7 +277,7 @@ def read_metrics(directory: str | os.PathLike[str], offset: int, count: int) -> 
                 record = decode_line(raw[:-1])
             except (ValueError, TypeError, UnicodeDecodeError):
                 break
-            if len(record) == 4:
+            if isinstance(record, Metric):
                 metrics.append(record)
     return metrics
 

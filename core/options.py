@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import AIDPMetricsWarning, ConfigurationError
+from .errors import ConfigurationError
+from .notice import notice
 from .retry import RetryPolicy
 
 Transport = Literal["batch", "metric"]
@@ -137,11 +137,9 @@ def _system_metrics_from_env() -> bool:
         if value in _TRUE:
             return True
         if value not in _FALSE:
-            warnings.warn(
+            notice(
                 f"aidp-metrics: {name}={os.environ[name]!r} is not true or false; "
-                "system metrics stay off",
-                AIDPMetricsWarning,
-                stacklevel=2,
+                "system metrics stay off"
             )
         return False
     return False

@@ -116,3 +116,27 @@ def _scalar(value: object) -> object | None:
     except Exception:  # a framework scalar that cannot be read is written as text
         return None
     return scalar if isinstance(scalar, (bool, int, float, complex)) else None
+
+
+class LoggedParams:
+    """The params a run has logged: MLflow params are immutable, so a value is kept as
+    first logged and a changed one is refused."""
+
+    def __init__(self, known: Mapping[str, str] | None = None) -> None:
+        self._values: dict[str, str] = dict(known or {})
+
+    def add(self, flat: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+        """(the params that are new, a message for each that tried to change)."""
+        new: dict[str, str] = {}
+        refused: list[str] = []
+        for key, value in flat.items():
+            old = self._values.get(key)
+            if old is None:
+                new[key] = value
+            elif old != value:
+                refused.append(
+                    f"aidp-metrics: param {key!r} was already logged as {old[:80]!r}; params "
+                    f"cannot change within a run, so {value[:80]!r} is not logged"
+                )
+        self._values.update(new)
+        return new, refused

@@ -1,8 +1,14 @@
-"""When to retry a failed request and how long to wait (OCI SDK conventions)."""
+"""When to retry a failed request and how long to wait (OCI SDK conventions).
+
+`decide` is the one failure policy: the client's own retry loop and the delivery loop both
+ask it what to do after a failed attempt -- retry after a delay, give up, or keep the
+records and try again later (a run with a spool, `sync`, a run not created yet).
+"""
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import random
 import time
 from dataclasses import dataclass, field
@@ -53,6 +59,49 @@ class RetryPolicy:
         if elapsed + delay > self.total_timeout:
             return None
         return delay
+
+
+REFUSED_RETRY = 60.0  # a definite refusal (401/403/404) that is kept: probe again this often
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"  # within the policy's budget: try again after `delay`
+    GIVE_UP = "give up"  # out of budget, or refused, and nothing keeps the records
+    KEEP = "keep"  # out of budget, but the records are kept: try again after `delay`
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    delay: float = 0.0
+    retryable: bool = True  # False: a definite refusal (the caller reports it)
+
+
+def decide(
+    policy: RetryPolicy,
+    error: APIError | None,
+    attempts: int,
+    elapsed: float,
+    *,
+    keep: bool = False,
+) -> Decision:
+    """What to do after attempt number `attempts` failed with `error` (None: an internal
+    error, always worth another try), `elapsed` seconds after the first. With `keep`, the
+    caller keeps the records whatever happens, so the answer is never GIVE_UP."""
+    retryable = error is None or policy.is_retryable(error)
+    if error is None:
+        delay: float | None = policy.backoff(attempts)
+    else:
+        delay = policy.next_delay(error, attempts, elapsed)
+    verdict = Verdict.RETRY
+    if delay is None:
+        if not keep:
+            return Decision(Verdict.GIVE_UP, 0.0, retryable)
+        verdict = Verdict.KEEP
+        delay = policy.max_delay if retryable else REFUSED_RETRY
+    if error is not None and error.retry_after is not None:
+        delay = max(delay, error.retry_after)
+    return Decision(verdict, delay, retryable)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

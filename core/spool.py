@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from array import array
 from pathlib import Path
 
 from .journal import Journal, RunDescriptor, encode_metric, encode_op, save_run_id
-from .stream import QueuedOp, RunStream
+from .notice import Notices
+from .queue import QueuedOp, RunQueue
 from .worker import ProcessWorker
 
 writer = ProcessWorker("aidp-metrics-spool")
@@ -31,41 +31,38 @@ _WRITE_BATCH = 5000  # records encoded per lock acquisition
 
 
 class SpoolTask:
-    """The spool side of one stream (kept for the stream's life, registered while needed)."""
+    """The spool side of one run's queue (kept for the run's life, registered while needed)."""
 
-    def __init__(self, stream: RunStream, root: Path, descriptor: RunDescriptor) -> None:
-        self.stream = stream
+    def __init__(self, queue: RunQueue, root: Path, descriptor: RunDescriptor) -> None:
+        self.queue = queue
         self.root = root
         self.descriptor = descriptor
         self.journal: Journal | None = None
         self.started_locally = descriptor.run_id is None
         self.last_commit = time.monotonic()
-        self.finished = threading.Event()  # set when a closed stream's journal is finalized
+        self.finished = threading.Event()  # set when a closed queue's journal is finalized
+        self.notices = Notices()
         self._saved_run_id = descriptor.run_id
 
     def wake(self) -> None:
-        """Serve this stream soon (registering it again if it was let go)."""
+        """Serve this queue soon (registering it again if it was let go)."""
         self.finished.clear()
-        writer.register(self.stream, self)
+        writer.register(self.queue, self)
 
     def serve(self) -> float:
-        stream = self.stream
-        with stream.lock:
-            wanted = stream.spool_wanted and not stream.spool_failed
-            run_id = stream.run_id
+        queue = self.queue
+        wanted, run_id = queue.journal.plan()
         if run_id is not None and run_id != self._saved_run_id:
             self._record_run_id(run_id)
         if wanted and self.journal is None:
             self._open()
         journal = self.journal
-        if journal is not None and not stream.spool_failed:
+        if journal is not None and queue.can_spool():
             try:
                 while self._write(journal):
                     pass
                 self._commit_when_due(journal)
-                with stream.lock:
-                    acked = stream.journal_ack_offset_locked(journal.written)
-                journal.save_acked(acked)
+                journal.save_acked(queue.journal.ack_offset(journal.written))
             except OSError as exc:
                 self._failed(exc)
         return self._settle_state()
@@ -78,19 +75,16 @@ class SpoolTask:
         except OSError as exc:
             self._failed(exc)
             return
-        with self.stream.lock:
-            self.stream.journal_dir = str(self.journal.directory)
+        self.queue.journal.opened(str(self.journal.directory))
 
     def _write(self, journal: Journal) -> bool:
         """Append the next unwritten records; False when there were none."""
-        stream = self.stream
-        with stream.lock:
-            start, records, ops = stream.unwritten_locked(_WRITE_BATCH)
+        start, records, ops = self.queue.journal.unwritten(_WRITE_BATCH)
         if not records and not ops:
             return False
         base = journal.written
         parts: list[bytes] = []
-        ends = array("q")
+        ends: list[int] = []
         op_offsets: list[tuple[QueuedOp, int]] = []
         size = 0
         next_op = 0
@@ -115,70 +109,45 @@ class SpoolTask:
             ends.append(base + size)
         put_ops(start + len(records))
         journal.append(b"".join(parts))
-        with stream.lock:
-            stream.mark_written_locked(start, len(records), ends, first_metric, op_offsets)
+        self.queue.journal.mark_written(start, ends, first_metric, op_offsets)
         return True
 
     def _commit_when_due(self, journal: Journal) -> None:
-        stream = self.stream
-        with stream.lock:
-            hurry = stream.commit_now or stream.closed or stream.closing
-            stream.commit_now = False
-        due = time.monotonic() - self.last_commit >= stream.options.commit_interval
+        hurry = self.queue.journal.take_commit_request()
+        due = time.monotonic() - self.last_commit >= self.queue.options.commit_interval
         if journal.committed < journal.written and (hurry or due):
             journal.commit()
             self.last_commit = time.monotonic()
-        with stream.lock:
-            if journal.committed >= journal.written:
-                stream.durable = (stream.written, stream.ops_written)
-                stream.changed.notify_all()
+        if journal.committed >= journal.written:
+            self.queue.journal.mark_durable()
 
     def _settle_state(self) -> float:
-        """Delete a journal nobody needs, let go of a stream with nothing left to write,
+        """Delete a journal nobody needs, let go of a queue with nothing left to write,
         or say when to come back."""
-        stream = self.stream
+        queue = self.queue
+        waiting_for_id = self.started_locally and self._saved_run_id is None
+        remove, release, everything_out = queue.journal.step(waiting_for_id=waiting_for_id)
         journal = self.journal
-        remove = release = False
-        with stream.lock:
-            settled = stream.all_settled_locked()
-            caught_up = stream.options.spool == "on_failure" and not stream.offline
-            if journal is not None and settled and (stream.closed or caught_up):
-                remove = True
-                if not stream.closed:
-                    stream.spool_wanted = False
-                stream.journal_dir = None
-                stream.segments.clear()
-            # (A spool that failed takes nothing more: the run goes on in memory.)
-            everything_out = (
-                remove
-                or stream.spool_failed
-                or stream.durable_or_settled((stream.logged, stream.ops_logged))
-            )
-            # A run that started locally: remember the id it gets, for checkpoints that
-            # saved the local one (while the run is open).
-            waiting_for_id = (
-                self.started_locally and self._saved_run_id is None and not stream.closed
-            )
-            if (stream.closed or not stream.spool_wanted) and everything_out and not waiting_for_id:
-                writer.unregister(stream)  # under the stream lock: a later wake re-registers
-                release = True
-            elif everything_out:
-                stream.spool_idle = True
         if remove and journal is not None:
             journal.remove()
             self.journal = None
         if release:
+            writer.unregister(queue)
+            if queue.journal.needed():  # woken meanwhile: that wake must not be lost
+                writer.register(queue, self)
+                return 0.0
             if self.journal is not None:
                 self.journal.close()  # the file handle; the records stay for sync
             self.finished.set()
             return math.inf
         if everything_out:
             return math.inf
-        return max(0.0, self.last_commit + stream.options.commit_interval - time.monotonic())
+        interval = queue.options.commit_interval
+        return max(0.0, self.last_commit + interval - time.monotonic())
 
     def _record_run_id(self, run_id: str) -> None:
         self._saved_run_id = run_id
-        self.descriptor.run_id = run_id
+        self.descriptor.opened_as(run_id, None, None)
         try:
             if self.started_locally:
                 save_run_id(self.root, self.descriptor.local_id, run_id)
@@ -188,17 +157,11 @@ class SpoolTask:
             self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
-        stream = self.stream
-        with stream.lock:
-            first = not stream.spool_failed
-            stream.spool_failed = True
-            stream.spool_wanted = False
-            stream.changed.notify_all()
-        if first:
-            stream.notifier.once(
+        if self.queue.journal.failed():
+            self.notices.once(
                 "spool-failed",
                 f"aidp-metrics: cannot write the spool in {self.root} "
                 f"({type(exc).__name__}: {exc.strerror or exc}); the run goes on in memory "
-                f"(queue policy {stream.options.policy!r}); set AIDP_METRICS_DIR or spool_dir= "
-                "to a writable directory",
+                f"(queue policy {self.queue.options.policy!r}); set AIDP_METRICS_DIR or "
+                "spool_dir= to a writable directory",
             )

@@ -46,7 +46,7 @@ class RunStats:
 
 
 class Counters:
-    """The mutable side, updated under the stream's lock."""
+    """The mutable side, owned by a run's queue and updated under its lock."""
 
     __slots__ = (
         "bytes",
@@ -74,6 +74,37 @@ class Counters:
         self.bytes = 0
         self.spooled = 0
         self.failures: dict[str, int] = {}
+
+    def log(self, count: int, rejected: int = 0) -> None:
+        """`count` valid and `rejected` invalid points were logged."""
+        self.logged += count + rejected
+        self.rejected += rejected
+
+    def drop(self, count: int) -> None:
+        self.dropped += count
+
+    def spool(self, count: int) -> None:
+        self.spooled += count
+
+    def request(self, size: int) -> None:
+        self.requests += 1
+        self.bytes += size
+
+    def retry(self) -> None:
+        self.retried += 1
+
+    def settle(self, outcomes: list[str | None], delivered: str, skipped: str) -> None:
+        """Count a chunk's outcomes: `delivered`, `skipped`, else the reason it failed."""
+        failures: dict[str, int] = {}
+        for outcome in outcomes:
+            if outcome == delivered:
+                self.delivered += 1
+            elif outcome == skipped:
+                self.skipped += 1
+            elif outcome is not None:
+                failures[outcome] = failures.get(outcome, 0) + 1
+        for reason, count in failures.items():
+            self.fail(count, reason)
 
     def fail(self, count: int, reason: str) -> None:
         if count <= 0:

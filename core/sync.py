@@ -1,10 +1,11 @@
 """`aidp-metrics sync`: deliver what the spool holds, in order, resumably, without duplicates.
 
-Each journal is replayed from its `acked` offset through the same `StreamSender` the
-delivery loop uses, a group of records at a time: create or attach, metrics, params, tags
-and status reach the server in the order they were logged (a status set while offline
-arrives after the metrics). The offset moves forward only once a group is settled, so an
-interrupted sync resumes where it stopped; a group acknowledged just before a crash may be
+Each journal is replayed from its `acked` offset through the same `StreamSender` (and so the
+same `RunOpener` and failure policy) the delivery loop uses, told to keep retrying, a group
+of records at a time: create or attach, metrics, params, tags and status reach the server
+in the order they were logged (a status set while offline arrives after the metrics). The
+offset moves forward only once a group is settled, so an interrupted sync resumes where it
+stopped; a group acknowledged just before a crash may be
 sent again, and the server keeps one copy of identical points. A run that exists only
 locally is created first, tagged with its local id, so a sync after a crash finds the run
 an earlier attempt created instead of creating another.
@@ -19,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .client import MetricsClient
-from .delivery import StreamSender, find_created
+from .delivery import StreamSender
 from .errors import AIDPError
 from .journal import Journal, Line, Op, find_journals, save_run_id
-from .notify import Notifier
+from .metric import Metric
+from .notice import Notices
+from .opener import RunOpener
 from .options import DeliveryOptions
+from .queue import RunQueue
 from .retry import RetryPolicy
-from .stream import RunStream
 
 Progress = Callable[[int, int], None]
 _GROUP = 1000  # metrics replayed (and acknowledged) together, with the ops among them
@@ -44,17 +47,18 @@ class RunSyncResult:
     error: str | None = None
 
 
-class _Recorder(Notifier):
-    """Collects what the sender would log, for the result instead of the console."""
+class _Recorder(Notices):
+    """Collects what the sender would say, for the result instead of the console."""
 
     def __init__(self, result: RunSyncResult) -> None:
         super().__init__()
         self.result = result
 
-    def once(self, topic: str, message: str, level: int = 0) -> None:
+    def once(self, topic: str, message: str) -> bool:
         self._note(message)
+        return True
 
-    def throttled(self, topic: str, message: str, level: int = 0) -> None:
+    def throttled(self, topic: str, message: str) -> None:
         self._note(message)
 
     def _note(self, message: str) -> None:
@@ -111,7 +115,7 @@ def count_unacked(journal: Journal) -> tuple[int, list[str]]:
     for line in journal.lines(journal.acked):
         if line.record is None:
             problems.append(f"skipped a {line.problem} at offset {line.start}")
-        elif len(line.record) == 4:
+        elif isinstance(line.record, Metric):
             points += 1
     return points, problems
 
@@ -120,7 +124,8 @@ def _has_unacked_ops(journal: Journal) -> bool:
     if journal.legacy_fields is not None and journal.acked < journal.written:
         return True
     return any(
-        line.record is not None and len(line.record) == 2 for line in journal.lines(journal.acked)
+        line.record is not None and not isinstance(line.record, Metric)
+        for line in journal.lines(journal.acked)
     )
 
 
@@ -134,72 +139,69 @@ def _replay(
     progress: Progress | None,
 ) -> int:
     descriptor = journal.descriptor
-    options = DeliveryOptions(retry=SYNC_RETRY, flush_interval=0.0, spool="on_failure")
-    stream = RunStream(
-        options,
-        local_id=descriptor.local_id,
-        run_id=descriptor.run_id,
-        notifier=_Recorder(result),
-    )
-    sender = StreamSender(stream, client, spool_root=root)
+    options = DeliveryOptions(retry=SYNC_RETRY, flush_interval=0.0, spool="off")
+    queue = RunQueue(options, local_id=descriptor.local_id, run_id=descriptor.run_id)
+    sender = StreamSender(queue, client, notices=_Recorder(result), spool_root=root, keep=True)
     for group in _groups(journal):
-        ops_before = stream.ops_logged
+        ops_before = queue.mark()[1]
         for line in group:
             record = line.record
-            if record is None:
-                continue
-            if len(record) == 4:
-                stream.append([record])
-            else:
-                _queue(stream, record, client, journal)
-        _drive(stream, sender)
-        if stream.run_id is not None and descriptor.run_id != stream.run_id:
-            descriptor.run_id = stream.run_id
+            if isinstance(record, Metric):
+                queue.append([record])
+            elif record is not None:
+                _queue(queue, record, sender.opener, journal)
+        _drive(queue, sender)
+        run_id = queue.run_id
+        if run_id is not None and descriptor.run_id != run_id:
+            descriptor.opened_as(run_id, None, None)
             journal.save_descriptor()
-            save_run_id(root, descriptor.local_id, stream.run_id)
-        sent = stream.counters.delivered + stream.counters.failed + stream.counters.skipped
+            save_run_id(root, descriptor.local_id, run_id)
+        stats = queue.stats()
+        sent = stats.delivered + stats.failed + stats.skipped
         done += sent - result.sent
         result.sent = sent
-        result.run_id = stream.run_id
+        result.run_id = run_id
         if group and group[-1].end > journal.acked:
             journal.save_acked(group[-1].end)
-        if progress is not None and (sent or stream.ops_logged > ops_before):
+        if progress is not None and (sent or queue.mark()[1] > ops_before):
             progress(done, total)
-    for reason, count in stream.counters.failures.items():
+    failures = queue.stats().failures
+    for reason, count in failures.items():
         result.skipped.append(f"{count} metric(s) {reason}")
     return done
 
 
-def _queue(stream: RunStream, op: Op, client: MetricsClient, journal: Journal) -> None:
+def _queue(queue: RunQueue, op: Op, opener: RunOpener, journal: Journal) -> None:
     kind, payload = op
-    if kind == "create" and stream.run_id is None:
-        existing = _find_created(client, journal, payload)
+    if kind == "create" and queue.run_id is None:
+        existing = _find_created(opener, journal, payload)
         if existing is not None:
-            with stream.lock:
-                stream.run_id = existing
+            queue.resolved(existing)
+            queue.set_skips({}, opener.resumed_steps(existing, journal.descriptor.local_id))
             return
-    if kind == "create" and stream.run_id is not None:
-        return  # created by an earlier sync (or the process, just before it stopped)
-    opening = any(queued.op[0] in ("create", "attach") for queued in stream.ops)
-    if stream.run_id is None and not opening and kind not in ("create", "attach"):
+    if kind == "create" and queue.run_id is not None:
+        return  # created by an earlier sync (or the process, or a resumed job)
+    if queue.run_id is None and not _opening_queued(queue) and kind not in ("create", "attach"):
         raise AIDPError(
             f"journal {journal.directory} does not say which run it belongs to "
             "(no run id and no create record)"
         )
-    stream.append_op(kind, payload)
+    queue.append_op(kind, payload)
 
 
-def _drive(stream: RunStream, sender: StreamSender) -> None:
+def _opening_queued(queue: RunQueue) -> bool:
+    """A create or attach is queued (not settled yet)."""
+    return queue.progress()[1] < queue.mark()[1] and queue.run_id is None
+
+
+def _drive(queue: RunQueue, sender: StreamSender) -> None:
     """Serve the sender on this thread until every queued record is settled."""
     last_progress = time.monotonic()
-    before = (stream.acked, stream.ops_settled)
-    while True:
-        with stream.lock:
-            if stream.all_settled_locked():
-                return
+    before = queue.progress()
+    while not queue.all_settled():
         delay = sender.serve()
         now = time.monotonic()
-        state = (stream.acked, stream.ops_settled)
+        state = queue.progress()
         if state != before:
             before, last_progress = state, now
         elif now - last_progress > _STALL or sender.stuck:
@@ -217,7 +219,7 @@ def _groups(journal: Journal) -> Iterator[list[Line]]:
     metrics = 0
     for line in journal.lines(journal.acked):
         group.append(line)
-        metrics += line.record is not None and len(line.record) == 4
+        metrics += isinstance(line.record, Metric)
         if metrics >= _GROUP:
             yield group
             group, metrics = [], 0
@@ -255,8 +257,9 @@ def _status_payload(fields: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _find_created(client: MetricsClient, journal: Journal, spec: dict[str, Any]) -> str | None:
-    """The server run an earlier, interrupted sync (or the process) created, if any."""
+def _find_created(opener: RunOpener, journal: Journal, spec: dict[str, Any]) -> str | None:
+    """The server run an earlier, interrupted sync, the process, or a resumed job that
+    attached to this local id created, if any."""
     experiment = spec.get("experiment_name") or journal.descriptor.experiment_name
     experiment_id = spec.get("experiment_id") or journal.descriptor.experiment_id
-    return find_created(client, journal.descriptor.local_id, experiment, experiment_id)
+    return opener.resolve(journal.descriptor.local_id, experiment, experiment_id)

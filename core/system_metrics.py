@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .notice import notice
+
 logger = logging.getLogger("aidp_metrics")
 
 PREFIX = "system/"
@@ -409,7 +411,7 @@ class Sampler(threading.Thread):
                             f"send-{type(exc).__name__}", f"system metrics not logged: {exc}"
                         )
         except Exception as exc:
-            logger.warning("aidp-metrics: system metrics stopped: %s", exc)
+            notice(f"aidp-metrics: system metrics stopped: {exc}")
         finally:
             for source in sources:
                 source.close()
@@ -438,17 +440,13 @@ class Sampler(threading.Thread):
 
 _lock = threading.Lock()
 _sampler: Sampler | None = None
-_fork_hook_installed = False
 
 
 def watch(run: Watchable, interval: float) -> None:
     """Sample system metrics into `run` now and every `interval` seconds, until `unwatch`.
     Watching a run already watched changes nothing."""
-    global _sampler, _fork_hook_installed
+    global _sampler
     with _lock:
-        if not _fork_hook_installed:
-            os.register_at_fork(after_in_child=_forget_in_child)
-            _fork_hook_installed = True
         sampler = _sampler
         if sampler is None or not sampler.is_alive():
             fresh = Sampler()
@@ -479,7 +477,7 @@ def unwatch(run: Watchable) -> None:
         sampler.join(JOIN_TIMEOUT)
 
 
-def _forget_in_child() -> None:
+def forget_in_child() -> None:
     """A forked child has no sampler thread; its inherited runs belong to the parent."""
     global _sampler, _lock
     _sampler = None

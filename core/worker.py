@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
 
+from .notice import Notices
+
 logger = logging.getLogger("aidp_metrics")
+_notices = Notices()
 
 MAX_IDLE = 5.0  # re-check at least this often, whatever the tasks said
 
@@ -54,11 +56,11 @@ class ProcessWorker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
+        self.reset_after_fork()
 
-    def _reset(self) -> None:
-        # In a forked child the parent's thread does not exist and the lock may be held.
+    def reset_after_fork(self) -> None:
+        """In a forked child (lifecycle.py calls this) the parent's thread does not exist
+        and the lock may be held: start from nothing."""
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._tasks: dict[int, Task] = {}
@@ -183,8 +185,13 @@ class ProcessWorker:
         for task in tasks:
             try:
                 delay = task.serve()
-            except Exception:  # a task contains its own errors; this is the last line
-                logger.exception("aidp-metrics: %s: unexpected error (carrying on)", self.name)
+            except Exception as exc:  # a task contains its own errors; this is the last line
+                logger.debug("%s: unexpected error", self.name, exc_info=True)
+                _notices.once(
+                    f"{self.name}-error",
+                    f"aidp-metrics: {self.name}: unexpected error (carrying on): "
+                    f"{type(exc).__name__}: {exc}",
+                )
                 delay = 1.0
             soonest = min(soonest, delay)
         return soonest

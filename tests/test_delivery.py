@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from aidp_metrics import MetricsClient, NotFound, Run, UnexpectedResponse
+from aidp_metrics.errors import AIDPMetricsWarning
 from aidp_metrics.journal import Journal
 from aidp_metrics.retry import RetryPolicy
 from aidp_metrics.sync import sync_directory
@@ -61,22 +61,20 @@ def test_unwritable_spool_dir_warns_once_naming_it_and_the_run_goes_on_in_memory
     fresh_experiment: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
 ) -> None:
     """0.1: `OSError` out of `log_metrics` (spool="always" journals on the first call)."""
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")
     monkeypatch.setenv("AIDP_METRICS_DIR", str(not_a_dir))
-    with caplog.at_level(logging.WARNING, logger="aidp_metrics"):
-        run = Run.start(
-            experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always"
-        )
-        for step in range(200):
-            run.log_metrics({"loss": 1 / (step + 1)}, step=step)
-        stats = run.end()
+    run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always")
+    for step in range(200):
+        run.log_metrics({"loss": 1 / (step + 1)}, step=step)
+    stats = run.end()
     assert history(mlflow_server, run.run_id, "loss") == [(s, 1 / (s + 1)) for s in range(200)]
     assert (stats.delivered, stats.failed, stats.pending) == (200, 0, 0)
-    said = [r.getMessage() for r in caplog.records if "cannot write the spool" in r.getMessage()]
+    said = [str(w.message) for w in recwarn if "cannot write the spool" in str(w.message)]
+    assert all(w.category is AIDPMetricsWarning for w in recwarn if str(w.message) in said)
     assert len(said) == 1
     assert str(not_a_dir) in said[0]
 
@@ -334,22 +332,19 @@ def test_an_exception_in_the_send_path_is_contained_and_delivery_goes_on(
     transport: str,
     mlflow_server: MLflowServer,
     fresh_experiment: str,
-    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
 ) -> None:
     """0.1: the points of the failing batch were counted failed (batch), or the lane thread
     died and delivery stalled for good (metric)."""
     client = MetricsClient(mlflow_server.url, auth=FlakyAuth(2))
-    with caplog.at_level(logging.WARNING, logger="aidp_metrics"):
-        run = Run.start(
-            experiment_name=fresh_experiment, client=client, transport=transport, **FAST
-        )
-        expected: Points = {}
-        train(run, range(20), expected)
-        assert run.flush(60)
-        stats = run.end()
+    run = Run.start(experiment_name=fresh_experiment, client=client, transport=transport, **FAST)
+    expected: Points = {}
+    train(run, range(20), expected)
+    assert run.flush(60)
+    stats = run.end()
     assert (stats.delivered, stats.failed) == (80, 0)
     assert_exactly_once(mlflow_server.url, run.run_id, expected)
-    reported = [r for r in caplog.records if "credential refresh failed" in r.getMessage()]
+    reported = [w for w in recwarn if "credential refresh failed" in str(w.message)]
     assert len(reported) == 1
     client.close()
 
@@ -533,7 +528,7 @@ def test_accounting_is_exact_at_every_moment_under_faults(
 
 
 def test_ending_without_waiting_never_closes_a_connection_under_a_request(
-    chaos_proxy: ChaosProxy, fresh_experiment: str, caplog: pytest.LogCaptureFixture
+    chaos_proxy: ChaosProxy, fresh_experiment: str, recwarn: pytest.WarningsRecorder
 ) -> None:
     """`end(timeout=0)` while a request is in flight: the connection is closed once the
     request returns, not under it (which failed it with "Bad file descriptor")."""
@@ -541,12 +536,11 @@ def test_ending_without_waiting_never_closes_a_connection_under_a_request(
     chaos_proxy.hold(1.0, times=1)
     run.log_metric("x", 1.0, step=1)
     assert not run.flush(timeout=0.3)  # the request is held at the proxy now
-    with caplog.at_level(logging.WARNING, logger="aidp_metrics"):
-        stats = run.end(timeout=0)
-        assert wait_until(lambda: chaos_proxy.holding == 0, 10)
-        assert wait_until(lambda: our_threads() == [], 10)
+    stats = run.end(timeout=0)
+    assert wait_until(lambda: chaos_proxy.holding == 0, 10)
+    assert wait_until(lambda: our_threads() == [], 10)
     assert (stats.logged, stats.failed) == (1, 1)
-    assert [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()] == []
+    assert [str(w.message) for w in recwarn if "delivery failed" in str(w.message)] == []
 
 
 def test_a_spool_that_cannot_be_written_leaves_no_thread_behind(
@@ -560,6 +554,6 @@ def test_a_spool_that_cannot_be_written_leaves_no_thread_behind(
     monkeypatch.setenv("AIDP_METRICS_DIR", str(not_a_dir))
     run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, spool="always")
     run.log_metric("x", 1.0)
-    assert wait_until(lambda: run._stream.spool_failed, 10)
+    assert wait_until(lambda: not run._queue.can_spool(), 10)
     run.end()
     assert our_threads() == []

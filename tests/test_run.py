@@ -23,6 +23,7 @@ from aidp_metrics import (
     MetricsClient,
     Run,
 )
+from aidp_metrics.journal import decode_line
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, free_port, get_metric_history, get_run
 
@@ -274,7 +275,7 @@ def test_batch_with_a_key_the_server_rejects_delivers_the_rest(
     # A key that passed the client's checks but that the server refuses (the server's
     # rules can be stricter than ours): it must be isolated, the rest delivered.
     records.insert(137, ("bad/../key", 1.0, stamp, 0))
-    run._stream.append(records)
+    run._queue.append([Metric(*record) for record in records])  # past the client's checks
     assert run.flush(60)
     stats = run.stats
     assert stats.delivered == 200
@@ -296,7 +297,7 @@ def test_bounded_queue_with_the_server_down(fresh_experiment: str) -> None:
     for step in range(20_000):
         run.log_metrics({"a": 1.0, "b": 2.0, "c": 3.0}, step=step)
         if step % 500 == 0:
-            biggest = max(biggest, len(run._stream.memory))
+            biggest = max(biggest, run._queue.sizes()[0])
     stats = run.stats
     assert biggest <= 1000
     assert stats.logged == 60_000
@@ -314,7 +315,7 @@ def test_strict_end_raises_when_something_was_not_delivered(
 ) -> None:
     run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, strict=True)
     run.log_metric("good", 1.0, step=1)
-    run._stream.append([("bad/../key", 1.0, 1, 0)])  # the server refuses this one
+    run._queue.append([Metric("bad/../key", 1.0, 1, 0)])  # the server refuses this one
     with pytest.raises(DeliveryError, match="1 of 2 metric"):
         run.end()
     assert history(mlflow_server, run.run_id, "good") == [(1, 1.0)]
@@ -421,7 +422,11 @@ def test_atexit_keeps_undelivered_points_on_disk_and_says_how_to_sync(
     (journal,) = (spool / "runs").iterdir()
     lines = (journal / "records.log").read_bytes().splitlines()
     # The metric, then the status the run ended with: both wait for `sync`.
-    assert [line.split(b" ", 1)[1][:2] for line in lines] == [b'["', b'{"']
+    metric, status = (decode_line(line) for line in lines)
+    assert isinstance(metric, Metric)
+    assert metric[:2] == ("loss", 1.0)
+    assert status[0] == "status"
+    assert status[1]["status"] == "FINISHED"
 
 
 def test_fork_child_is_a_noop_and_parent_delivers(

@@ -142,9 +142,10 @@ def test_no_endpoint_configured_warns_once_and_goes_offline(
     for name in ("MLFLOW_TRACKING_URI", "AIDP_INSTANCE_ID", "AIDP_WORKSPACE_KEY", "AIDP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("AIDP_METRICS_MODE", raising=False)
-    import aidp_metrics.run as run_module
+    import aidp_metrics.creation as creation
+    from aidp_metrics.notice import Notices
 
-    monkeypatch.setattr(run_module, "_noticed", set())
+    monkeypatch.setattr(creation, "process_notices", Notices())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = Run.start(experiment_name="nowhere")

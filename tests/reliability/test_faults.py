@@ -168,11 +168,11 @@ def test_memory_stays_bounded_while_the_server_is_down(
         train(run, range(start, start + 25), expected)
         # The spool writer moves what is on disk out of memory on its own thread; until it
         # has, the caller may hold up to twice the bound (then the queue policy applies).
-        biggest_transient = max(biggest_transient, len(run._stream.memory))
-        assert wait_until(lambda: len(run._stream.memory) <= max_queue, 5)
-        biggest_queue = max(biggest_queue, len(run._stream.memory))
-        chunk = run._stream.chunk
-        biggest_inflight = max(biggest_inflight, len(chunk.records) if chunk else 0)
+        biggest_transient = max(biggest_transient, run._queue.sizes()[0])
+        assert wait_until(lambda: run._queue.sizes()[0] <= max_queue, 5)
+        in_memory, in_flight = run._queue.sizes()
+        biggest_queue = max(biggest_queue, in_memory)
+        biggest_inflight = max(biggest_inflight, in_flight)
         directory = directory or run.spool_directory
     stats = run.stats
     assert biggest_queue <= max_queue

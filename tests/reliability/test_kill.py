@@ -34,11 +34,10 @@ TRAINER = textwrap.dedent(
         retry=RetryPolicy(max_attempts=2, base_delay=0.02, max_delay=0.1, total_timeout=0.5),
     )
     print("run", run.run_id, flush=True)
-    stream = run._stream
+    queue = run._queue
 
     def committed() -> bool:
-        with stream.lock:
-            return stream.durable_or_settled((stream.logged, stream.ops_logged))
+        return queue.durable_or_settled(queue.mark())
 
     step = 0
     while True:

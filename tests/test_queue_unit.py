@@ -1,0 +1,224 @@
+"""The run queue on its own: what each party gets, what it is told to do, what is counted.
+
+No server, no thread: the test plays the training thread, the delivery loop and the end."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from aidp_metrics.metric import Metric
+from aidp_metrics.options import DeliveryOptions
+from aidp_metrics.queue import (
+    DELIVERED,
+    SKIPPED,
+    Chunk,
+    EndStep,
+    QueuedOp,
+    QueueState,
+    RunQueue,
+    Wake,
+)
+
+
+def points(start: int, stop: int, key: str = "loss") -> list[Metric]:
+    return [Metric(key, float(i), 1_700_000_000_000 + i, i) for i in range(start, stop)]
+
+
+def queue(**options: object) -> RunQueue:
+    settings = {"flush_interval": 0.0, "spool": "off", **options}
+    return RunQueue(DeliveryOptions(**settings), local_id="local-test", run_id="run-1")  # type: ignore[arg-type]
+
+
+def deliver(q: RunQueue, outcome: str = DELIVERED) -> Chunk:
+    work = q.next_work(time.monotonic(), 1000)
+    assert isinstance(work, Chunk)
+    work.set_outcome(work.pending(), outcome)
+    q.settle_chunk(work)
+    return work
+
+
+def test_append_says_when_to_wake_the_sender() -> None:
+    q = queue()
+    assert q.append(points(0, 1)) == Wake.SENDER  # the first point: the sender may sleep
+    assert q.append(points(1, 2)) == Wake.NONE  # it knows already
+    assert q.append(points(2, 1000)) == Wake.SENDER  # a full batch is ready
+    assert q.append(points(1000, 1001)) == Wake.NONE
+
+
+def test_chunks_come_in_order_and_every_point_is_counted_once() -> None:
+    q = queue()
+    q.append(points(0, 2500))
+    sent = [deliver(q) for _ in range(3)]
+    assert [(c.start, c.end) for c in sent] == [(0, 1000), (1000, 2000), (2000, 2500)]
+    assert [m.step for c in sent for m in c.records] == list(range(2500))
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.pending) == (2500, 2500, 0)
+    assert q.next_work(time.monotonic(), 1000) == math.inf  # nothing left: sleep until woken
+
+
+def test_an_op_goes_after_the_metrics_logged_before_it() -> None:
+    q = queue()
+    q.append(points(0, 3))
+    q.append_op("tags", {"items": [["a", "b"]]})
+    q.append(points(3, 5))
+    first = q.next_work(time.monotonic(), 1000)
+    assert isinstance(first, Chunk)
+    assert (first.start, first.end) == (0, 3)  # stops at the op
+    first.set_outcome(first.pending(), DELIVERED)
+    q.settle_chunk(first)
+    op = q.next_work(time.monotonic(), 1000)
+    assert isinstance(op, QueuedOp)
+    assert op.op == ("tags", {"items": [["a", "b"]]})
+    q.settle_op(op)
+    rest = deliver(q)
+    assert (rest.start, rest.end) == (3, 5)
+    assert q.all_settled()
+
+
+def test_nothing_is_sent_before_the_run_exists() -> None:
+    q = RunQueue(DeliveryOptions(flush_interval=0.0, spool="off"), local_id="local-x")
+    q.append_op("create", {"experiment_name": "e"})
+    q.append(points(0, 2))
+    create = q.next_work(time.monotonic(), 1000)
+    assert isinstance(create, QueuedOp)
+    q.settle_op(create)  # settled without a run id (given up): metrics still wait
+    assert q.next_work(time.monotonic(), 1000) == math.inf
+    q.resolved("run-9")
+    assert q.run_id == "run-9"
+    assert isinstance(q.next_work(time.monotonic(), 1000), Chunk)
+
+
+def test_points_wait_for_the_flush_interval_unless_rushed() -> None:
+    q = RunQueue(DeliveryOptions(flush_interval=60.0, spool="off"), local_id="l", run_id="r")
+    q.append(points(0, 10))
+    wait = q.next_work(time.monotonic(), 1000)
+    assert isinstance(wait, float)
+    assert 0 < wait <= 60.0
+    q.rush(q.mark())  # flush() / end(): send it now
+    rushed = q.next_work(time.monotonic(), 1000)
+    assert isinstance(rushed, Chunk)
+    assert (rushed.start, rushed.end) == (0, 10)
+
+
+def test_outcomes_are_counted_by_kind_and_reason() -> None:
+    q = queue()
+    q.append(points(0, 4), rejected=1)
+    work = q.next_work(time.monotonic(), 1000)
+    assert isinstance(work, Chunk)
+    work.set_outcome([0], DELIVERED)
+    work.set_outcome([1], SKIPPED)
+    work.set_outcome([2, 3], "not delivered: HTTP 503")
+    q.settle_chunk(work)
+    q.settle_chunk(work)  # a second settle of the same chunk counts nothing
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.skipped, stats.failed, stats.rejected) == (
+        5,
+        1,
+        1,
+        2,
+        1,
+    )
+    assert stats.failures == {"not delivered: HTTP 503": 2}
+    assert stats.pending == 0
+
+
+def test_resumed_runs_skip_what_the_server_holds() -> None:
+    q = queue()
+    q.set_skips({"loss": 2})
+    q.append(points(0, 5))
+    work = q.next_work(time.monotonic(), 1000)
+    assert isinstance(work, Chunk)
+    assert work.skip_logged(*q.skips()) == 3  # steps 0, 1, 2
+    assert work.pending() == [3, 4]
+
+
+def test_a_lost_jobs_sync_skips_what_its_resumed_job_logged_again() -> None:
+    q = queue()
+    q.set_skips({}, {"loss": 3})  # the resumed job logged "loss" from step 3 on
+    q.append(points(0, 5))
+    work = q.next_work(time.monotonic(), 1000)
+    assert isinstance(work, Chunk)
+    assert work.skip_logged(*q.skips()) == 2  # steps 3, 4
+    assert work.pending() == [0, 1, 2]
+
+
+def test_a_full_queue_without_a_spool_drops_the_oldest_and_counts_them() -> None:
+    q = queue(max_queue=10)
+    wake = q.append(points(0, 25))
+    assert wake & Wake.FULL
+    assert not wake & Wake.SPOOL  # no spool to spill to
+    assert q.make_room() == 15
+    chunk = deliver(q)
+    assert [m.step for m in chunk.records] == list(range(15, 25))
+    stats = q.stats()
+    assert (stats.logged, stats.dropped, stats.delivered, stats.pending) == (25, 15, 10, 0)
+
+
+def test_a_full_queue_with_a_spool_asks_for_the_writer() -> None:
+    q = queue(max_queue=10, spool="on_failure")
+    wake = q.append(points(0, 11))
+    assert wake & Wake.FULL
+    assert wake & Wake.SPOOL
+    assert q.journal.plan() == (True, "run-1")
+
+
+def test_the_first_failure_starts_the_journal_once() -> None:
+    q = queue(spool="on_failure")
+    assert q.journal.plan()[0] is False
+    assert q.spill_on_failure() == (True, True)
+    assert q.spill_on_failure() == (True, False)
+    assert queue(spool="off").spill_on_failure() == (False, False)
+
+
+def test_end_closes_a_settled_queue_and_logging_reopens_it() -> None:
+    q = queue()
+    q.append(points(0, 3))
+    assert q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert q.state is QueueState.CLOSING
+    deliver(q)
+    status = q.next_work(time.monotonic(), 1000)
+    assert isinstance(status, QueuedOp)
+    assert status.op[0] == "status"
+    q.settle_op(status)
+    assert q.end_step(q.mark(), out_of_time=False, reason="r") is EndStep.DONE
+    assert q.state is QueueState.CLOSED
+    assert q.finish_close()
+    assert not q.begin_end({"status": "FINISHED"}, repeat=True)  # idempotent
+    assert q.next_work(time.monotonic(), 1000) == math.inf  # closed: nothing is delivered
+
+    wake = q.append(points(3, 4))
+    assert wake & Wake.REOPENED
+    assert wake & Wake.SENDER
+    assert q.state is QueueState.OPEN
+    running = q.next_work(time.monotonic(), 1000)  # RUNNING again, before the new point
+    assert isinstance(running, QueuedOp)
+    assert running.op == ("status", {"status": "RUNNING"})
+
+
+def test_end_without_a_spool_counts_the_rest_failed_but_keeps_the_opening() -> None:
+    q = RunQueue(DeliveryOptions(spool="off"), local_id="local-y")
+    q.append_op("create", {"experiment_name": "e"})
+    q.append(points(0, 7))
+    q.begin_end({"status": "FINISHED"}, repeat=False)
+    step = q.end_step(q.mark(), out_of_time=True, reason="not delivered within 0 s")
+    assert step is EndStep.DONE
+    stats = q.stats()
+    assert (stats.failed, stats.pending) == (7, 0)
+    assert stats.failures == {"not delivered within 0 s": 7}
+    q.append(points(7, 8))  # logging again must still create the run first
+    opening = q.next_work(time.monotonic(), 1000)
+    assert isinstance(opening, QueuedOp)
+    assert opening.op[0] == "create"
+
+
+def test_end_with_a_spool_asks_to_spill() -> None:
+    q = queue(spool="on_failure")
+    q.append(points(0, 2))
+    q.begin_end({"status": "FINISHED"}, repeat=False)
+    mark = q.mark()
+    assert q.end_step(mark, out_of_time=True, reason="r") is EndStep.SPILL
+    assert q.journal.take_commit_request()  # the writer fsyncs at once
+    assert q.end_after_spill(mark, out_of_time=False, reason="r")
+    assert q.state is QueueState.CLOSED
+    assert q.stats().pending == 2  # kept for the journal, not counted failed
