@@ -26,6 +26,7 @@ from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient, RunInfo
 from .delivery import LOCAL_ID_TAG, StreamSender, find_created, last_steps, loop
 from .endpoint import Endpoint
+from .env import AIDP_METRICS_MODE, EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 from .errors import (
     AIDPMetricsWarning,
     APIError,
@@ -53,8 +54,6 @@ from .stats import RunStats
 from .stream import RunStream
 from .worker import ProcessWorker
 
-RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
-EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_NAME_TAG = "mlflow.runName"
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
@@ -854,7 +853,7 @@ def _client_or_offline(
     """The client to use and whether we own it; (None, False) for an offline run."""
     if client is not None:
         return client, False
-    if os.environ.get("AIDP_METRICS_MODE", "").strip().lower() == "offline":
+    if os.environ.get(AIDP_METRICS_MODE, "").strip().lower() == "offline":
         return None, False
     if endpoint is None:
         try:
@@ -875,14 +874,6 @@ def _notice_once(message: str) -> None:
     if message not in _noticed:
         _noticed.add(message)
         warnings.warn(message, AIDPMetricsWarning, stacklevel=4)
-
-
-def first_env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 def _string_tags(tags: Mapping[str, object]) -> dict[str, str]:

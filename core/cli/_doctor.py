@@ -1,4 +1,4 @@
-"""`aidp-metrics doctor`, and the endpoint + auth resolution every CLI command shares.
+"""`aidp-metrics doctor`: is the configuration going to work, and if not, what to change.
 
 Doctor resolves the endpoint and credentials exactly as the other commands do, sends one
 signed read request (`GET experiments/get-by-name?experiment_name=Default`: even a 404
@@ -10,148 +10,48 @@ every line goes through `aidp_metrics.redact`.
 
 from __future__ import annotations
 
-import email.utils
+import argparse
 import os
 import platform
 import sys
 import time
-from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._version import __version__
-from .endpoint import Endpoint
-from .errors import APIError, ConfigurationError, NoEndpointConfigured
-from .redact import redact
+from aidp_metrics._version import __version__
+from aidp_metrics.endpoint import Endpoint
+from aidp_metrics.env import MLFLOW_TRACKING_URI
+from aidp_metrics.errors import APIError, ConfigurationError, NoEndpointConfigured
+from aidp_metrics.redact import redact
+
+from . import _doctor_advice as advice
+from ._connection import ConnectionOptions, build_auth, resolve_endpoint
+from ._doctor_probe import MAX_CLOCK_SKEW, Exchange, recording_auth
+from ._parser import Subparsers, add_command
+from ._terminal import check_marks
 
 if TYPE_CHECKING:
     import httpx
 
-    from .client import MetricsClient
-
-MAX_CLOCK_SKEW = 300.0  # seconds; OCI rejects signed requests whose date is further off
 PROBE_PATH = "experiments/get-by-name"
 PROBE_PARAMS = {"experiment_name": "Default"}
 PROBE_TIMEOUT = 15.0
-_PRECEDENCE = "MLflow's order: user:password in the URI, USERNAME/PASSWORD, TOKEN"
-
-# -- resolution shared by all commands -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConnectionOptions:
-    """The CLI's global connection flags; None means "from the environment"."""
-
-    auth: str | None = None
-    profile: str | None = None
-    config_file: str | None = None
-    tracking_uri: str | None = None
-    endpoint: str | None = None
-
-
-def resolve_endpoint(options: ConnectionOptions) -> Endpoint:
-    """`--tracking-uri`, else `--endpoint` with the AIDP workspace, else `Endpoint.from_env()`."""
-    if options.tracking_uri and options.endpoint:
-        raise ConfigurationError(
-            "--tracking-uri (MLflow) and --endpoint (AIDP) exclude each other; pass one"
-        )
-    if options.tracking_uri:
-        return Endpoint.mlflow(options.tracking_uri, source="--tracking-uri")
-    if options.endpoint:
-        env = os.environ
-        return Endpoint.aidp(
-            env.get("AIDP_INSTANCE_ID", "").strip(),
-            env.get("AIDP_WORKSPACE_KEY", "").strip(),
-            endpoint=options.endpoint,
-            user_principal=env.get("AIDP_USER_PRINCIPAL", "").strip() or None,
-        )
-    return Endpoint.from_env()
+def register(subparsers: Subparsers) -> None:
+    add_command(
+        subparsers,
+        "doctor",
+        _doctor,
+        "check endpoint, credentials, reachability and clock skew",
+        "Resolve the endpoint and credentials, send one signed read request and report what\n"
+        "works and, for what does not, what to change. Prints no secret.\n"
+        "Exit status 0 only when logging would work.",
+    )
 
 
-def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | None:
-    """OCI request signing for AIDP; for MLflow the environment's token/basic auth (or none)."""
-    from . import auth
-
-    if endpoint.kind == "aidp":
-        return auth.oci_signer_auth(
-            options.auth, config_file=options.config_file, profile=options.profile
-        )
-    return auth.mlflow_auth(endpoint.credential)
-
-
-def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:
-    from .client import MetricsClient
-
-    endpoint = resolve_endpoint(options)
-    return MetricsClient(endpoint, auth=build_auth(endpoint, options), **kwargs)
-
-
-# -- clock skew ----------------------------------------------------------------------------
-
-
-def clock_skew(date_header: str | None, sent: float, received: float) -> float | None:
-    """Server clock minus local clock in seconds (positive: the server is ahead).
-
-    `sent` and `received` are local epoch times around the request; the server stamped
-    `Date` somewhere in between. `Date` has whole seconds (truncated), hence the +0.5.
-    None when the header is missing or unparseable.
-    """
-    if not date_header:
-        return None
-    try:
-        server = email.utils.parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if server.tzinfo is None:  # "-0000" means UTC without a known zone
-        return None
-    return server.timestamp() + 0.5 - (sent + received) / 2
-
-
-# -- the probe -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Exchange:
-    status: int | None = None
-    date: str | None = None
-    sent: float = 0.0
-    received: float = 0.0
-    attempts: int = 0
-
-
-def _recording_auth(inner: httpx.Auth | None, exchange: _Exchange) -> httpx.Auth:
-    """Wraps the real auth to note each raw response's status, `Date` and timing.
-
-    An auth wrapper rather than a custom transport: httpx ignores proxy variables when a
-    transport is given, and doctor must take the same network path as the real client.
-    """
-    import httpx
-
-    class RecordingAuth(httpx.Auth):
-        requires_request_body = bool(getattr(inner, "requires_request_body", False))
-
-        def auth_flow(
-            self, request: httpx.Request
-        ) -> Generator[httpx.Request, httpx.Response, None]:
-            flow = inner.auth_flow(request) if inner is not None else _unchanged(request)
-            outgoing = next(flow)
-            while True:
-                exchange.attempts += 1
-                exchange.sent = time.time()
-                response = yield outgoing
-                exchange.received = time.time()
-                exchange.status = response.status_code
-                exchange.date = response.headers.get("date")
-                try:
-                    outgoing = flow.send(response)
-                except StopIteration:
-                    return
-
-    return RecordingAuth()
-
-
-def _unchanged(request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-    yield request
+def _doctor(args: argparse.Namespace) -> int:
+    return run(ConnectionOptions.from_args(args), sys.stdout)
 
 
 @dataclass
@@ -176,19 +76,20 @@ class Report:
             self.failures.append(text)
 
 
-def _marks(stream: TextIO) -> dict[str, str]:
-    encoding = getattr(stream, "encoding", None) or "ascii"
-    try:
-        "✓✗!".encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return {"ok": "[ok]  ", "fail": "[FAIL]", "warn": "[warn]"}
-    return {"ok": "✓", "fail": "✗", "warn": "!"}
+@dataclass
+class _Answer:
+    """What the probe request got back."""
+
+    error: APIError | None
+    reply: dict[str, Any]
+    elapsed_ms: float
+    exchange: Exchange
 
 
 def run(options: ConnectionOptions, out: TextIO | None = None) -> int:
     """Print the diagnosis; 0 only when logging to the resolved endpoint would work."""
     stream = out if out is not None else sys.stdout
-    report = Report(stream, _marks(stream))
+    report = Report(stream, check_marks(stream))
     stream.write(f"aidp-metrics {__version__} doctor (Python {platform.python_version()})\n")
     _diagnose(options, report)
     if report.ok:
@@ -199,7 +100,34 @@ def run(options: ConnectionOptions, out: TextIO | None = None) -> int:
 
 
 def _diagnose(options: ConnectionOptions, report: Report) -> None:
-    # 1. endpoint
+    endpoint = _endpoint(options, report)
+    if endpoint is None:
+        return
+    try:
+        auth = build_auth(endpoint, options)
+    except ConfigurationError as exc:
+        report.info("auth", advice.auth_wanted(endpoint, options))
+        fixes = [str(exc)]
+        if endpoint.kind == "aidp":
+            fixes.append(
+                "choose the mode with --auth MODE or OCI_CLI_AUTH, the profile with "
+                "--profile or OCI_CLI_PROFILE, the file with --config-file or OCI_CLI_CONFIG_FILE"
+            )
+        report.check(False, "auth: credentials could not be loaded", *fixes)
+        return
+    report.info("auth", advice.auth_description(endpoint, auth, options))
+    for note in advice.ignored_credential_notes(endpoint, auth):
+        report.info("note", note)
+    answer = _probe(endpoint, auth, report)
+    if answer is None:
+        return
+    report.out.write("\n")
+    report.check(True, "configuration: endpoint and credentials resolved")
+    _judge_answer(report, endpoint, auth, options, answer)
+
+
+def _endpoint(options: ConnectionOptions, report: Report) -> Endpoint | None:
+    """The resolved endpoint, described in the report; None (and a failed check) if none."""
     try:
         endpoint = resolve_endpoint(options)
     except NoEndpointConfigured as exc:
@@ -209,45 +137,28 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
             str(exc),
             "or pass --tracking-uri URL (MLflow) / --endpoint URL (AIDP) on the command line",
         )
-        return
+        return None
     except ConfigurationError as exc:
         report.check(False, "endpoint: configuration incomplete", str(exc))
-        return
+        return None
     report.info("endpoint", endpoint.describe())
     report.info("base URL", endpoint.public_url())
     if endpoint.kind == "aidp":
-        if endpoint.region:
-            report.info("region", endpoint.region)
-        else:
-            report.info("region", "- (explicit endpoint URL)")
-        if os.environ.get("MLFLOW_TRACKING_URI") and not options.tracking_uri:
+        report.info("region", endpoint.region or "- (explicit endpoint URL)")
+        if os.environ.get(MLFLOW_TRACKING_URI) and not options.tracking_uri:
             report.info("note", "MLFLOW_TRACKING_URI is set but ignored: AIDP_* settings win")
         if endpoint.user_principal:
             report.info("principal", endpoint.user_principal)
+    return endpoint
 
-    # 2. credentials
-    try:
-        auth = build_auth(endpoint, options)
-    except ConfigurationError as exc:
-        report.info("auth", _auth_wanted(endpoint, options))
-        fixes = [str(exc)]
-        if endpoint.kind == "aidp":
-            fixes.append(
-                "choose the mode with --auth MODE or OCI_CLI_AUTH, the profile with "
-                "--profile or OCI_CLI_PROFILE, the file with --config-file or OCI_CLI_CONFIG_FILE"
-            )
-        report.check(False, "auth: credentials could not be loaded", *fixes)
-        return
-    report.info("auth", _auth_description(endpoint, auth, options))
-    for name in _ignored_mlflow_credentials(endpoint, auth):
-        report.info("note", f"{name} is set but not used: {_source(auth)} wins ({_PRECEDENCE})")
 
-    # 3. one read request
-    from .client import MetricsClient
+def _probe(endpoint: Endpoint, auth: httpx.Auth | None, report: Report) -> _Answer | None:
+    """Send the one read request; None (and a failed check) when credentials broke on the way."""
+    from aidp_metrics.client import MetricsClient
 
-    exchange = _Exchange()
-    recorder = _recording_auth(auth, exchange)
+    exchange = Exchange()
     report.info("request", f"GET {PROBE_PATH}?experiment_name=Default")
+    recorder = recording_auth(auth, exchange)
     with MetricsClient(endpoint, auth=recorder, timeout=PROBE_TIMEOUT) as client:
         started = time.monotonic()
         error: APIError | None = None
@@ -256,52 +167,45 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
             reply = client.send("GET", PROBE_PATH, params=PROBE_PARAMS)
         except ConfigurationError as exc:  # e.g. a token refresh after 401 failed
             report.check(False, "auth: credentials could not be refreshed", str(exc))
-            return
+            return None
         except APIError as exc:
             error = exc
         elapsed_ms = (time.monotonic() - started) * 1000
-    report.out.write("\n")
-    skew = (
-        clock_skew(exchange.date, exchange.sent, exchange.received)
-        if exchange.status is not None
-        else None
-    )
-    _judge(report, endpoint, auth, options, error, reply, elapsed_ms, exchange, skew)
+    return _Answer(error, reply, elapsed_ms, exchange)
 
 
-def _judge(
+def _judge_answer(
     report: Report,
     endpoint: Endpoint,
     auth: httpx.Auth | None,
     options: ConnectionOptions,
-    error: APIError | None,
-    reply: dict[str, Any],
-    elapsed_ms: float,
-    exchange: _Exchange,
-    skew: float | None,
+    answer: _Answer,
 ) -> None:
-    from .errors import NotFound, TooManyRequests, TransportError, Unauthorized
+    from aidp_metrics.errors import NotFound, TransportError, Unauthorized
 
-    aidp = endpoint.kind == "aidp"
-    report.check(True, "configuration: endpoint and credentials resolved")
+    error = answer.error
     if isinstance(error, TransportError):
         report.check(
             False,
-            f"reachable: no HTTP answer from {_host(endpoint)} ({error.message})",
-            *_unreachable_fixes(endpoint),
+            f"reachable: no HTTP answer from {advice.host(endpoint)} ({error.message})",
+            *advice.unreachable_fixes(endpoint),
         )
         return
-    status = exchange.status if error is None else error.status
-    report.check(True, f"reachable: HTTP {status} in {elapsed_ms:.0f} ms")
-
+    status = answer.exchange.status if error is None else error.status
+    report.check(True, f"reachable: HTTP {status} in {answer.elapsed_ms:.0f} ms")
+    skew = answer.exchange.skew()
     skew_bad = skew is not None and abs(skew) > MAX_CLOCK_SKEW
     if error is None or (isinstance(error, NotFound) and _missing_resource(error)):
-        if error is None and "experiment" not in reply:
+        if error is None and "experiment" not in answer.reply:
             report.check(
                 False,
                 "API: the server answered 200 but not like an MLflow tracking API",
                 "the URL points at something else: check "
-                + ("AIDP_ENDPOINT" if aidp else "MLFLOW_TRACKING_URI (the server's root URL)"),
+                + (
+                    "AIDP_ENDPOINT"
+                    if endpoint.kind == "aidp"
+                    else "MLFLOW_TRACKING_URI (the server's root URL)"
+                ),
             )
             return
         report.check(True, "auth: accepted" if auth is not None else "auth: none required")
@@ -310,11 +214,20 @@ def _judge(
         report.check(
             False,
             f"auth: rejected ({error})",
-            *_unauthorized_fixes(endpoint, auth, options, skew_bad),
+            *advice.unauthorized_fixes(endpoint, auth, options, skew_bad),
         )
-    elif isinstance(error, NotFound):
+    else:
+        _judge_refusal(report, endpoint, error)
+    _judge_clock(report, skew, aidp=endpoint.kind == "aidp")
+
+
+def _judge_refusal(report: Report, endpoint: Endpoint, error: APIError) -> None:
+    """An HTTP error other than 401 or a missing Default experiment."""
+    from aidp_metrics.errors import NotFound, TooManyRequests
+
+    if isinstance(error, NotFound):
         report.check(None, "auth: not verified (the path was refused first)")
-        report.check(False, f"path: not found ({error})", *_not_found_fixes(endpoint))
+        report.check(False, f"path: not found ({error})", *advice.not_found_fixes(endpoint))
     elif isinstance(error, TooManyRequests):
         wait = f" (Retry-After {error.retry_after:g} s)" if error.retry_after else ""
         report.check(
@@ -323,23 +236,25 @@ def _judge(
             "try again later; lower the logging rate (log less often, or batch more points "
             "per request) if this persists",
         )
-    elif error is not None and error.status == 403:
+    elif error.status == 403:
         report.check(
             False,
             f"auth: accepted but not allowed ({error})",
             "an IAM policy must allow your user/group (or dynamic group) to use the AIDP "
             "workspace's MLOps API",
         )
-    elif error is not None:
+    else:
         report.check(
             False,
             f"server error: {error}",
             "the service failed the request; retry later and quote the opc-request-id to support",
         )
 
+
+def _judge_clock(report: Report, skew: float | None, *, aidp: bool) -> None:
     if skew is None:
         report.check(None, "clock skew: unknown (the server sent no usable Date header)")
-    elif skew_bad:
+    elif abs(skew) > MAX_CLOCK_SKEW:
         text = f"clock skew: {skew:+.1f} s against the server (OCI rejects more than 5 min)"
         fix = "sync the local clock (NTP: `timedatectl set-ntp true`, `chronyc makestep`)"
         if aidp:
@@ -353,158 +268,3 @@ def _judge(
 def _missing_resource(error: APIError) -> bool:
     # The Default experiment may not exist: the request was still routed and authorised.
     return error.code in ("RESOURCE_DOES_NOT_EXIST", "ResourceDoesNotExist")
-
-
-def _host(endpoint: Endpoint) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(endpoint.public_url())
-    return parts.netloc
-
-
-def _unreachable_fixes(endpoint: Endpoint) -> list[str]:
-    proxy = "check the network and any proxy (HTTPS_PROXY / NO_PROXY)"
-    if endpoint.kind == "aidp":
-        source = (
-            f"OCI_CLI_REGION / the profile's region (now {endpoint.region})"
-            if endpoint.region
-            else "AIDP_ENDPOINT (or --endpoint)"
-        )
-        return [f"check {source}", proxy]
-    return [
-        "is the MLflow server running at that address? check MLFLOW_TRACKING_URI "
-        "(or --tracking-uri); `aidp-metrics local-server` starts one",
-        proxy,
-    ]
-
-
-def _unauthorized_fixes(
-    endpoint: Endpoint, auth: httpx.Auth | None, options: ConnectionOptions, skew_bad: bool
-) -> list[str]:
-    fixes: list[str] = []
-    if skew_bad:
-        fixes.append("the local clock is more than 5 minutes off: OCI rejects the signature")
-    if endpoint.kind != "aidp":
-        if auth is None:
-            fixes.append(
-                "the server wants credentials: set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or put user:password@ in the tracking URI), "
-                "or MLFLOW_TRACKING_TOKEN"
-            )
-        else:
-            fixes.append(f"the server refused the credentials from {_source(auth)}: check them")
-        return fixes
-    mode = getattr(auth, "mode", None)
-    profile, path = _profile_location(options)
-    keys = _profile_keys(options)
-    if mode == "api_key":
-        fixes.append(
-            f"check key_file and fingerprint in profile {profile!r} of {path}: the public key "
-            "must be uploaded to that user (Console > My profile > API keys) and the "
-            "fingerprint must be that key's; check user and tenancy too"
-        )
-        if keys.get("security_token_file"):
-            fixes.append(
-                "this profile has security_token_file: try --auth security_token "
-                "(or OCI_CLI_AUTH=security_token)"
-            )
-    elif mode == "security_token":
-        fixes.append(
-            f"the session token may have expired: run `oci session refresh --profile {profile}` "
-            f"or `oci session authenticate --profile-name {profile}`"
-        )
-        if keys.get("fingerprint") and keys.get("user"):
-            fixes.append("or use the profile's API key: --auth api_key (OCI_CLI_AUTH=api_key)")
-    elif mode in ("instance_principal", "resource_principal", "oke_workload_identity"):
-        fixes.append(
-            f"{mode}: check that the dynamic group matches this resource and a policy allows it "
-            "to use the AIDP workspace"
-        )
-    fixes.append("a wrong AIDP_INSTANCE_ID or region can also answer 401")
-    return fixes
-
-
-def _not_found_fixes(endpoint: Endpoint) -> list[str]:
-    if endpoint.kind == "aidp":
-        return [
-            f"check AIDP_INSTANCE_ID (now {endpoint.instance_id}) and AIDP_WORKSPACE_KEY "
-            f"(now {endpoint.workspace_key}); AIDP answers NotAuthorizedOrNotFound also when "
-            "your user may not see the workspace",
-            "check the region (OCI_CLI_REGION) or AIDP_ENDPOINT: the instance lives in one region",
-        ]
-    return [
-        "MLFLOW_TRACKING_URI must be the tracking server's root URL (the one whose "
-        "/api/2.0/mlflow/... answers), without a path such as /api or /#/"
-    ]
-
-
-def _profile_location(options: ConnectionOptions) -> tuple[str, str]:
-    from .oci_config import resolve_location
-
-    path, name = resolve_location(options.config_file, options.profile)
-    return name, str(path)
-
-
-def _profile_keys(options: ConnectionOptions) -> dict[str, str]:
-    from .oci_config import read_profile
-
-    try:
-        return read_profile(options.config_file, options.profile)
-    except ConfigurationError:
-        return {}
-
-
-def _auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
-    if endpoint.kind != "aidp":
-        return "MLflow basic / bearer auth from the tracking URI or MLFLOW_TRACKING_* variables"
-    mode = options.auth or os.environ.get("OCI_CLI_AUTH") or "auto (api_key or security_token)"
-    profile, path = _profile_location(options)
-    return f"OCI request signing, mode {mode}, profile {profile} in {path}"
-
-
-def _auth_description(
-    endpoint: Endpoint, auth: httpx.Auth | None, options: ConnectionOptions
-) -> str:
-    if endpoint.kind != "aidp":
-        return _mlflow_auth_name(auth)
-    mode = str(getattr(auth, "mode", type(auth).__name__))
-    if mode not in ("api_key", "security_token"):
-        return f"OCI request signing, mode {mode}"
-    profile, path = _profile_location(options)
-    text = f"OCI request signing, mode {mode}, profile {profile} in {path}"
-    fingerprint = _profile_keys(options).get("fingerprint")
-    if fingerprint and mode == "api_key":
-        text += f", key fingerprint {fingerprint}"
-    return text
-
-
-def _mlflow_auth_name(auth: object) -> str:
-    if auth is None:
-        return (
-            "none (no user:password in the tracking URI, no MLFLOW_TRACKING_USERNAME/PASSWORD "
-            "or MLFLOW_TRACKING_TOKEN set)"
-        )
-    from .auth import BearerToken
-
-    kind = "bearer token" if isinstance(auth, BearerToken) else "basic"
-    return f"{kind} (from {_source(auth)})"
-
-
-def _source(auth: object) -> str:
-    return str(getattr(auth, "source", None) or type(auth).__name__)
-
-
-def _ignored_mlflow_credentials(endpoint: Endpoint, auth: object) -> list[str]:
-    """The MLFLOW_TRACKING_* credential variables that are set but lose to `auth`."""
-    if endpoint.kind != "mlflow" or auth is None:
-        return []
-    from .auth import ENV_BASIC_SOURCE
-
-    ignored = []
-    if _source(auth) != ENV_BASIC_SOURCE and (
-        os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    ):
-        ignored.append("MLFLOW_TRACKING_USERNAME/PASSWORD")
-    if _source(auth) != "MLFLOW_TRACKING_TOKEN" and os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        ignored.append("MLFLOW_TRACKING_TOKEN")
-    return ignored
