@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp_metrics.local_server import LocalMLflowServer
+from aidp_metrics.cli._local_server import LocalMLflowServer
 
 # -- the server -----------------------------------------------------------------------------
 

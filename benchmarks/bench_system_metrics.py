@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aidp_metrics import system_metrics
-from aidp_metrics.local_server import LocalMLflowServer
+from aidp_metrics.cli._local_server import LocalMLflowServer
 from aidp_metrics.run import Run
 
 from ._common import (

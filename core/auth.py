@@ -17,10 +17,16 @@ from urllib.parse import urlsplit
 import httpx
 
 from aidp_metrics.endpoint import BasicCredential
+from aidp_metrics.env import (
+    MLFLOW_TRACKING_PASSWORD,
+    MLFLOW_TRACKING_TOKEN,
+    MLFLOW_TRACKING_USERNAME,
+    OCI_CLI_AUTH,
+)
 from aidp_metrics.errors import ConfigurationError
 from aidp_metrics.oci_config import AUTH_MODES, read_profile, resolve_location
 
-ENV_BASIC_SOURCE = "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+ENV_BASIC_SOURCE = f"{MLFLOW_TRACKING_USERNAME}/{MLFLOW_TRACKING_PASSWORD}"
 
 # Headers the oci signers add or fill in; copied from the signed request back onto httpx's.
 _SIGNED_HEADERS = ("authorization", "date", "x-content-sha256", "content-length", "content-type")
@@ -132,7 +138,7 @@ def oci_signer_auth(
     `security_token_file`, else `api_key`. The config file and profile default to
     `OCI_CLI_CONFIG_FILE` / `OCI_CLI_PROFILE` (see `aidp_metrics.oci_config`).
     """
-    raw = mode or os.environ.get("OCI_CLI_AUTH") or ""
+    raw = mode or os.environ.get(OCI_CLI_AUTH) or ""
     chosen = raw.strip().lower().replace("-", "_") or None
     if chosen is not None and chosen not in AUTH_MODES:
         raise ConfigurationError(
@@ -269,7 +275,7 @@ def _key_error(where: str, e: Exception) -> str:
 class BearerToken(httpx.Auth):
     """`Authorization: Bearer <token>`; the token never appears in repr."""
 
-    def __init__(self, token: str, *, source: str = "MLFLOW_TRACKING_TOKEN") -> None:
+    def __init__(self, token: str, *, source: str = MLFLOW_TRACKING_TOKEN) -> None:
         self._token = token
         self.source = source
 
@@ -303,11 +309,11 @@ def mlflow_auth(credential: BasicCredential | None = None) -> httpx.Auth | None:
     """
     if credential is not None:
         return BasicAuth(credential.username, credential.password, source=credential.source)
-    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    username = os.environ.get(MLFLOW_TRACKING_USERNAME)
+    password = os.environ.get(MLFLOW_TRACKING_PASSWORD)
     if username and password:
         return BasicAuth(username, password, source=ENV_BASIC_SOURCE)
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    token = os.environ.get(MLFLOW_TRACKING_TOKEN)
     if token:
         return BearerToken(token)
     if username or password:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from ._version import __version__
 from .client import MAX_TAG_VALUE_LENGTH, MetricsClient
 from .endpoint import Endpoint
+from .env import AIDP_METRICS_MODE
 from .errors import APIError, NoEndpointConfigured
 from .journal import RunDescriptor, new_local_id, run_id_for, spool_root
 from .metric import now_ms, sanitize_key
@@ -25,8 +26,6 @@ from .notice import Notices
 from .opener import Opened, RunOpener
 from .options import DeliveryOptions
 
-RUN_ID_VARIABLES = ("AIDP_RUN_ID", "MLFLOW_RUN_ID")
-EXPERIMENT_VARIABLES = ("AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME")
 RUN_NAME_TAG = "mlflow.runName"
 # Answers that are definite: the run cannot be created or found, whatever we wait.
 _DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
@@ -166,7 +165,7 @@ def client_or_offline(
     """The client to use and whether we own it; (None, False) for an offline run."""
     if client is not None:
         return client, False
-    if os.environ.get("AIDP_METRICS_MODE", "").strip().lower() == "offline":
+    if os.environ.get(AIDP_METRICS_MODE, "").strip().lower() == "offline":
         return None, False
     if endpoint is None:
         try:
@@ -179,14 +178,6 @@ def client_or_offline(
             )
             return None, False
     return MetricsClient(endpoint), True
-
-
-def first_env(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 def string_tags(tags: Mapping[str, object]) -> dict[str, str]:

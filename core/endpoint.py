@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 
+from .env import (
+    AIDP_ENDPOINT,
+    AIDP_INSTANCE_ID,
+    AIDP_USER_PRINCIPAL,
+    AIDP_WORKSPACE_KEY,
+    MLFLOW_TRACKING_URI,
+    OCI_CLI_ENDPOINT,
+    OCI_CLI_REGION,
+)
 from .errors import ConfigurationError, NoEndpointConfigured
 from .redact import redact_url
 
@@ -147,22 +156,22 @@ class Endpoint:
     def from_env(cls) -> Endpoint:
         """Resolve the endpoint from the environment, read now (never at import)."""
         env = os.environ
-        instance_id = env.get("AIDP_INSTANCE_ID", "").strip()
-        workspace_key = env.get("AIDP_WORKSPACE_KEY", "").strip()
-        explicit = (env.get("AIDP_ENDPOINT") or env.get("OCI_CLI_ENDPOINT") or "").strip()
+        instance_id = env.get(AIDP_INSTANCE_ID, "").strip()
+        workspace_key = env.get(AIDP_WORKSPACE_KEY, "").strip()
+        explicit = (env.get(AIDP_ENDPOINT) or env.get(OCI_CLI_ENDPOINT) or "").strip()
         if instance_id or workspace_key:
             missing = [
                 name
                 for name, value in (
-                    ("AIDP_INSTANCE_ID", instance_id),
-                    ("AIDP_WORKSPACE_KEY", workspace_key),
+                    (AIDP_INSTANCE_ID, instance_id),
+                    (AIDP_WORKSPACE_KEY, workspace_key),
                 )
                 if not value
             ]
             if missing:
                 names = " and ".join(missing)
                 raise ConfigurationError(f"AIDP endpoint is incomplete: set {names}")
-            region = env.get("OCI_CLI_REGION", "").strip() or None
+            region = env.get(OCI_CLI_REGION, "").strip() or None
             if region is None and not explicit:
                 from .oci_config import profile_region
 
@@ -172,11 +181,11 @@ class Endpoint:
                 workspace_key,
                 region=region,
                 endpoint=explicit or None,
-                user_principal=env.get("AIDP_USER_PRINCIPAL", "").strip() or None,
+                user_principal=env.get(AIDP_USER_PRINCIPAL, "").strip() or None,
             )
-        tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+        tracking_uri = env.get(MLFLOW_TRACKING_URI, "").strip()
         if tracking_uri:
-            return cls.mlflow(tracking_uri, source="MLFLOW_TRACKING_URI")
+            return cls.mlflow(tracking_uri, source=MLFLOW_TRACKING_URI)
         if explicit:
             raise ConfigurationError(
                 f"AIDP_ENDPOINT is set but the workspace is not: set {_AIDP_VARIABLES}"

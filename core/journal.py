@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .env import AIDP_METRICS_DIR
 from .metric import Metric, decode_value, metric_json
 
 FORMAT_VERSION = 2
@@ -47,7 +48,7 @@ OP_KINDS = frozenset({"create", "attach", "params", "tags", "status"})
 
 def spool_root(directory: str | os.PathLike[str] | None = None) -> Path:
     """The spool directory: the argument, else `AIDP_METRICS_DIR`, else ./aidp-metrics."""
-    chosen = directory or os.environ.get("AIDP_METRICS_DIR") or DEFAULT_DIR
+    chosen = directory or os.environ.get(AIDP_METRICS_DIR) or DEFAULT_DIR
     return Path(chosen).expanduser().absolute()
 
 

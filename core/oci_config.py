@@ -10,6 +10,7 @@ import configparser
 import os
 from pathlib import Path
 
+from aidp_metrics.env import OCI_CLI_CONFIG_FILE, OCI_CLI_PROFILE, OCI_CONFIG_FILE
 from aidp_metrics.errors import ConfigurationError
 
 # OCI request-signing modes, as aidp-cli names them (here, in a module that imports no
@@ -29,8 +30,8 @@ DEFAULT_PROFILE = "DEFAULT"
 def config_file_path() -> Path:
     """`OCI_CLI_CONFIG_FILE`, else `OCI_CONFIG_FILE`, else `~/.oci/config`."""
     raw = (
-        os.environ.get("OCI_CLI_CONFIG_FILE")
-        or os.environ.get("OCI_CONFIG_FILE")
+        os.environ.get(OCI_CLI_CONFIG_FILE)
+        or os.environ.get(OCI_CONFIG_FILE)
         or DEFAULT_CONFIG_FILE
     )
     return Path(raw).expanduser()
@@ -38,7 +39,7 @@ def config_file_path() -> Path:
 
 def profile_name() -> str:
     """`OCI_CLI_PROFILE`, else `DEFAULT`."""
-    return os.environ.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
+    return os.environ.get(OCI_CLI_PROFILE) or DEFAULT_PROFILE
 
 
 def resolve_location(

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .env import AIDP_METRICS_SPOOL, SYSTEM_METRICS_VARIABLES
 from .errors import ConfigurationError
 from .notice import notice
 from .retry import RetryPolicy
@@ -123,14 +124,13 @@ def check_option_names(given: Iterable[str], valid: Iterable[str], where: str = 
     )
 
 
-_SYSTEM_METRICS_VARIABLES = ("AIDP_METRICS_SYSTEM_METRICS", "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
 
 def _system_metrics_from_env() -> bool:
     """The first of the variables that is set decides; a value that is not a boolean warns."""
-    for name in _SYSTEM_METRICS_VARIABLES:
+    for name in SYSTEM_METRICS_VARIABLES:
         value = os.environ.get(name, "").strip().lower()
         if not value:
             continue
@@ -146,5 +146,5 @@ def _system_metrics_from_env() -> bool:
 
 
 def _spool_from_env() -> SpoolMode:
-    value = os.environ.get("AIDP_METRICS_SPOOL", "").strip().lower() or "on_failure"
+    value = os.environ.get(AIDP_METRICS_SPOOL, "").strip().lower() or "on_failure"
     return value  # type: ignore[return-value]  # checked in __post_init__

@@ -16,16 +16,9 @@ from typing import Any
 
 from . import lifecycle, system_metrics
 from .client import MetricsClient
-from .creation import (
-    EXPERIMENT_VARIABLES,
-    RUN_ID_VARIABLES,
-    RunSetup,
-    attach_setup,
-    first_env,
-    start_setup,
-    string_tags,
-)
+from .creation import RunSetup, attach_setup, start_setup, string_tags
 from .endpoint import Endpoint
+from .env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 from .errors import DeliveryError, InvalidMetric
 from .journal import new_local_id
 from .metric import (

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from aidp_metrics import MetricsClient, Run, system_metrics
-    from aidp_metrics.local_server import LocalMLflowServer
+    from aidp_metrics.cli._local_server import LocalMLflowServer
 
     if not torch.cuda.is_available():
         print("FAIL: torch sees no CUDA device", file=sys.stderr)

@@ -48,7 +48,7 @@ def open_run(
     start a run. A refusal warns once and returns an offline run that keeps every point in
     the spool."""
     from aidp_metrics import Run
-    from aidp_metrics.run import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
+    from aidp_metrics.env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 
     target = run_id or (first_env(RUN_ID_VARIABLES) if environment_run_id else None)
     experiment_name = experiment_name or first_env(EXPERIMENT_VARIABLES)

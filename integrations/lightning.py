@@ -195,7 +195,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     @property
     def name(self) -> str:
         """The experiment name (no network call, same on every rank)."""
-        from aidp_metrics.run import EXPERIMENT_VARIABLES, first_env
+        from aidp_metrics.env import EXPERIMENT_VARIABLES, first_env
 
         return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or DEFAULT_EXPERIMENT
 

@@ -62,6 +62,7 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from aidp_metrics.env import RUN_ID_VARIABLES, first_env
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
 from aidp_metrics.integrations._runs import (
     check_run_options,
@@ -72,7 +73,6 @@ from aidp_metrics.integrations._runs import (
     options_state,
 )
 from aidp_metrics.params import flatten_params
-from aidp_metrics.run import RUN_ID_VARIABLES, first_env
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments

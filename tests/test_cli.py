@@ -264,7 +264,7 @@ def test_doctor_reports_clock_skew_on_401(
 
 
 def test_clock_skew_computation() -> None:
-    from aidp_metrics.doctor import MAX_CLOCK_SKEW, clock_skew
+    from aidp_metrics.cli._doctor_probe import MAX_CLOCK_SKEW, clock_skew
 
     now = 1_700_000_000.0
     ahead = email.utils.formatdate(now + 600, usegmt=True)
@@ -418,7 +418,7 @@ def test_plot_png_without_matplotlib_names_the_extra(
 
 
 def test_render_chart_edge_cases() -> None:
-    from aidp_metrics.cli_plot import render_chart
+    from aidp_metrics.cli._plot import render_chart
 
     single = render_chart({"loss": [(5, 1.0)]}, width=40, height=5, unicode=False)
     assert "* loss: 1 point, last 1 at step 5" in single
@@ -477,16 +477,17 @@ def test_import_loads_nothing_heavy() -> None:
 
 
 def test_auth_modes_match_the_library() -> None:
-    from aidp_metrics import auth, cli
+    from aidp_metrics import auth
+    from aidp_metrics.cli import _parser
 
-    assert cli.AUTH_MODES == auth.AUTH_MODES
+    assert _parser.AUTH_MODES == auth.AUTH_MODES
 
 
 def test_progress_bar_shows_count_rate_and_eta() -> None:
-    from aidp_metrics.cli import _ProgressBar
+    from aidp_metrics.cli._sync import ProgressBar
 
     stream = io.StringIO()
-    bar = _ProgressBar(stream, width=10)
+    bar = ProgressBar(stream, width=10)
     bar.started -= 2.0  # two seconds in
     bar(500, 1000)
     bar.finish()

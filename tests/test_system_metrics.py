@@ -497,7 +497,7 @@ def test_ddp_spawn_rank_one_samples_nothing(
 
 
 def test_plot_draws_system_metrics_in_their_own_panel(tmp_path: Path) -> None:
-    from aidp_metrics.cli_plot import render_chart, split_system, write_png
+    from aidp_metrics.cli._plot import render_chart, split_system, write_png
 
     series = {
         "loss": [(0, 1.0), (10, 0.5), (20, 0.25)],

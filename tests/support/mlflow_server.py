@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from aidp_metrics.local_server import LocalMLflowServer as MLflowServer
-from aidp_metrics.local_server import free_port
+from aidp_metrics.cli._local_server import LocalMLflowServer as MLflowServer
+from aidp_metrics.cli._local_server import free_port
 
 __all__ = ["MLflowServer", "free_port", "get_metric_history", "get_run", "runs_in_experiment"]
 

@@ -1,28 +1,32 @@
 """A real MLflow tracking server on loopback: for trying aidp-metrics without an OCI account.
 
-Used by `aidp-metrics local-server`, the quickstart and the test suite. Needs the `mlflow`
-package in the same environment (`pip install mlflow`).
+`aidp-metrics local-server` runs one until Ctrl-C; the quickstart and the test suite use
+`LocalMLflowServer`. Needs the `mlflow` package in the same environment (`pip install
+mlflow`). httpx is imported when a server starts, so that the CLI's import stays light.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-import httpx
+from aidp_metrics.errors import ConfigurationError
 
-from .errors import ConfigurationError
+from ._parser import EXIT_OK, Subparsers, add_command
 
 STARTUP_TIMEOUT = 90.0
 _LOG_TAIL_CHARS = 4000
+DEFAULT_SERVER_DIR = "aidp-metrics-mlflow"
 
 
 def free_port() -> int:
@@ -117,6 +121,8 @@ class LocalMLflowServer:
             raise
 
     def _wait_healthy(self) -> None:
+        import httpx
+
         deadline = time.monotonic() + self.startup_timeout
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
@@ -182,3 +188,80 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "local-server",
+        _local_server,
+        "run a local MLflow tracking server to try things without an OCI account",
+        "Start a real MLflow tracking server (sqlite store, 127.0.0.1, one worker; needs\n"
+        'mlflow: pip install "aidp-metrics[local]"), print the MLFLOW_TRACKING_URI to\n'
+        "export, and run until Ctrl-C (SIGINT) or SIGTERM, then stop it cleanly.\n"
+        "The store survives restarts when --dir is the same.",
+    )
+    parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(DEFAULT_SERVER_DIR),
+        metavar="PATH",
+        help=f"store and log directory (default ./{DEFAULT_SERVER_DIR})",
+    )
+
+
+def _local_server(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ConfigurationError(f"--port {args.port} is not a TCP port")
+    if port_accepts(args.port):
+        raise ConfigurationError(
+            f"port {args.port} on 127.0.0.1 is already in use; pick another with --port"
+        )
+    directory = args.dir.expanduser().absolute()
+    server = LocalMLflowServer(directory, port=args.port)
+    print(f"starting MLflow tracking server (store in {directory}) ...", file=sys.stderr)
+    _start(server)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"export MLFLOW_TRACKING_URI={server.url}")
+        print(f"UI: {server.ui_url}")
+        print(f"log: {server.log_path}", file=sys.stderr)
+        print("Press Ctrl-C to stop.", file=sys.stderr)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            if not server.running:
+                raise ConfigurationError(
+                    f"the mlflow server exited unexpectedly; see {server.log_path}"
+                )
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("MLflow tracking server stopped.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _start(server: LocalMLflowServer) -> None:
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Until it is up, SIGTERM interrupts like Ctrl-C, so that start() stops the child.
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        # Its message carries the server log's tail; keep the one-line promise.
+        raise ConfigurationError(
+            f"mlflow server did not start ({str(exc).splitlines()[0]}); see {server.log_path}"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,19 +7,61 @@ the training curves, so that a loss of 0.1 is not flattened by a CPU at 80 %.
 
 from __future__ import annotations
 
+import argparse
 import math
+import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import ConfigurationError
+from aidp_metrics.errors import ConfigurationError
+
+from ._connection import client_for
+from ._history import histories
+from ._parser import EXIT_OK, Subparsers, add_command, add_keys_option, add_run_id_option
+from ._terminal import symbols
 
 Series = Mapping[str, Sequence[tuple[int, float]]]  # key -> [(step, value), ...]
 
 MARKERS = "*+ox#@%&"
 PNG_INSTALL_HINT = 'writing a PNG needs matplotlib: pip install "aidp-metrics[plot]"'
-
-
 SYSTEM_PREFIX = "system/"
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "plot",
+        _plot,
+        "plot metric curves against step (PNG or terminal)",
+        "Plot the curves of a run's metrics against step: into a PNG with -o (needs\n"
+        'matplotlib: pip install "aidp-metrics[plot]"), else as a chart in the terminal.',
+    )
+    add_run_id_option(parser)
+    add_keys_option(parser)
+    parser.add_argument("-o", "--output", metavar="FILE.png", type=Path, help="write a PNG")
+    parser.add_argument(
+        "--width", type=int, help="terminal chart width in characters (default: terminal's)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=16, help="terminal chart height in rows (default 16)"
+    )
+
+
+def _plot(args: argparse.Namespace) -> int:
+    with client_for(args) as client:
+        by_key = histories(client, args.run_id, args.key)
+    if not by_key:
+        raise ConfigurationError(f"run {args.run_id} has no metrics to plot")
+    series = {key: [(m.step, m.value) for m in points] for key, points in by_key.items()}
+    if args.output is not None:
+        write_png(series, args.output, title=f"run {args.run_id}")
+        print(f"wrote {args.output}", file=sys.stderr)
+        return EXIT_OK
+    width = args.width or min(shutil.get_terminal_size((80, 24)).columns, 120) - 1
+    unicode = bool(symbols(sys.stdout)["unicode"])
+    sys.stdout.write(render_chart(series, width=width, height=args.height, unicode=unicode))
+    return EXIT_OK
 
 
 def split_system(series: Series) -> tuple[Series, Series]:
