@@ -918,3 +918,24 @@ def test_a_run_you_started_is_logged_into_and_left_running(tracking: str, tmp_pa
     second.end()
     assert get_run(tracking, second.run_id)["info"]["status"] == "FINISHED"
     assert len(runs_in_experiment(tracking, experiment)) == 2
+
+
+def test_a_callback_rebuilt_from_a_checkpoint_leaves_the_given_run_open() -> None:
+    """The Trainer rebuilds a callback from JSON: it cannot carry the `Run`, so it logs
+    into the same run by id, and like the original never ends it."""
+    from aidp_metrics import Run
+
+    run = Run.start(offline=True, spool="off")
+    try:
+        stored = json.loads(json.dumps(AIDPCallback(run=run).state()))
+        assert stored["args"]["run_id"] is None
+        rebuilt = AIDPCallback(**stored["args"])
+        for name, value in stored["attributes"].items():  # as the Trainer restores it
+            setattr(rebuilt, name, value)
+        assert rebuilt._handle.user_owned
+        assert rebuilt._handle.user_run_id == run.run_id
+        assert rebuilt._resume_run_id == run.run_id
+        plain = json.loads(json.dumps(AIDPCallback().state()))
+        assert "_user_run_id" not in plain["attributes"]
+    finally:
+        run.end()
