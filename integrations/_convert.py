@@ -10,11 +10,11 @@ validation metrics of one step, Transformers its `epoch` in the training and eva
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 
 from aidp_metrics.errors import AIDPMetricsWarning, InvalidMetric
 from aidp_metrics.metric import sanitize_key, to_float
+from aidp_metrics.notice import notice
 
 __all__ = ["AIDPMetricsWarning", "MetricConverter"]
 
@@ -65,10 +65,9 @@ class MetricConverter:
         full = f"{self.prefix}{self.separator}{raw_key}" if self.prefix else str(raw_key)
         key = sanitize_key(full)
         if key != full:
-            warnings.warn(
+            notice(
                 f"aidp-metrics: metric key {full!r} is not valid for the server; "
                 f"logging it as {key!r}",
-                AIDPMetricsWarning,
                 stacklevel=4,
             )
         self._keys[raw_key] = key
@@ -78,9 +77,7 @@ class MetricConverter:
         if raw_key in self._dropped:
             return
         self._dropped.add(raw_key)
-        warnings.warn(
-            f"aidp-metrics: not logging {raw_key!r}: {reason}", AIDPMetricsWarning, stacklevel=4
-        )
+        notice(f"aidp-metrics: not logging {raw_key!r}: {reason}", stacklevel=4)
 
 
 def _same(a: float, b: float) -> bool:

@@ -40,12 +40,14 @@ hook. `accelerator.end_training()` ends it FINISHED (flushing first, at most the
 `end_timeout`). `tracker.tracker` (`accelerator.get_tracker("aidp", unwrap=True)`) is the
 `aidp_metrics.Run`. Logging never raises into training: a run that cannot be created, or
 any error in the tracker, gives one `AIDPMetricsWarning`, unless `strict=True`.
+
+`AIDPTracker(run=run)` logs into a `Run` you started (with its framework tags and the
+`config`): `end_training()` only flushes it, and it stays RUNNING until you end it.
 """
 
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -54,8 +56,7 @@ import accelerate
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 
-from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
-from aidp_metrics.integrations._runs import check_run_options, open_run
+from aidp_metrics.integrations._base import RunHandle, RunSpec
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         endpoint, client: where to send; by default from the environment.
         strict: raise when the run cannot be created or the tracker fails (default: warn
             once and go on; training never dies from logging).
+        run: a `Run` you started, to log into instead of opening one; `end_training()`
+            flushes it and leaves it open. Not with `experiment_name`, `run_name`,
+            `run_id`, `endpoint`, `client` or run options: the run has its own.
         **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
     """
 
@@ -109,9 +113,19 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         endpoint: Endpoint | None = None,
         client: MetricsClient | None = None,
         strict: bool = False,
+        run: Run | None = None,
         **run_options: Any,
     ) -> None:
-        check_run_options(run_options, type(self).__name__)
+        self._handle = RunHandle(
+            type(self).__name__,
+            kind="tracker",
+            run=run,
+            endpoint=endpoint,
+            client=client,
+            strict=strict,
+            options=run_options,
+            given={"experiment_name": experiment_name, "run_name": run_name, "run_id": run_id},
+        )
         super().__init__()
         self.project_name = project_name
         self.experiment_name = experiment_name
@@ -120,14 +134,8 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         self.log_params = log_params
         self.strict = strict
         self._run_id = run_id
-        self._endpoint = endpoint
-        self._client = client
-        self._run_options = run_options
-        self._run: Run | None = None
-        self._disabled = False
         self._calls = 0  # `log` calls so far: the step of a point logged without one
-        self._converter = MetricConverter()
-        self._warned: set[str] = set()
+        self._converter = self._handle.converter()
 
     # -- Accelerate's tracker API ------------------------------------------------------------
 
@@ -140,7 +148,8 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
     @property
     def run_id(self) -> str | None:
         """The id of the run, once it exists on the main process."""
-        return None if self._run is None else self._run.run_id
+        run = self._handle.run
+        return None if run is None else run.run_id
 
     @_on_main_process
     def start(self) -> None:
@@ -150,23 +159,23 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
                 self.project_name = _project_name_of_init_trackers()
             self._ensure_run()
         except Exception as exc:
-            self._failed("start", exc)
+            self._handle.failed("start", exc)
 
     @_on_main_process
     def store_init_configuration(self, values: Mapping[str, Any]) -> None:
         """`init_trackers`'s `config`, flattened into run params."""
         try:
-            if self.project_name is None and self._run is None:
+            if self.project_name is None and self._handle.run is None:
                 self.project_name = _project_name_of_init_trackers()
             run = self._ensure_run()
             if run is not None and self.log_params:
                 run.log_params(flatten_params(values))
         except Exception as exc:
-            self._failed("store_init_configuration", exc)
+            self._handle.failed("store_init_configuration", exc)
 
     def log(self, values: Mapping[str, Any], step: int | None = None, **kwargs: Any) -> None:
         """`accelerator.log(values, step)`: the numeric values at `step` (or the call count)."""
-        run = self._run
+        run = self._handle.run
         if run is None:
             # Only where the main-process check lets a run be created. Once it exists the
             # check (Accelerate's decorator, ~9 us a call, more than the logging) is done.
@@ -177,25 +186,19 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         self._calls += 1
         try:
             if kwargs:
-                self._warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
+                self._handle.warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
             metrics = self._converter.convert_at(_flat(values), int(at))
             if metrics:
                 run.log_metrics(metrics, step=at)
         except Exception as exc:
-            self._failed("log", exc)
+            self._handle.failed("log", exc)
 
     @_on_main_process
     def finish(self) -> None:
-        """`accelerator.end_training()`: flush and end the run FINISHED."""
-        run = self._run
-        if run is None:
-            return
-        try:
-            run.status_on_exit = "FINISHED"
-            if not run.ended:
-                run.end("FINISHED")
-        except Exception as exc:
-            self._failed("finish", exc)
+        """`accelerator.end_training()`: flush and end the run FINISHED (a run given as
+        `run=`: flush only)."""
+        with self._handle.guard("finish"):
+            self._handle.end("FINISHED")
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -204,56 +207,26 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         try:
             return self._ensure_run()
         except Exception as exc:
-            self._failed(hook, exc)
+            self._handle.failed(hook, exc)
             return None
 
     def _ensure_run(self) -> Run | None:
-        """The run, started or attached on first use; None once that has failed."""
-        if self._run is not None or self._disabled:
-            return self._run
+        """The run, started or attached on first use; None once that has failed. Until
+        `end_training()`, an exception escaping the script ends it FAILED."""
+        return self._handle.get(self._run_spec)
+
+    def _run_spec(self) -> RunSpec:
         tags = {
             TAG_FRAMEWORK: "accelerate",
             TAG_ACCELERATE_VERSION: accelerate.__version__,
             **self.tags,
         }
-        try:
-            run = open_run(
-                run_id=self._run_id,
-                experiment_name=self.experiment_name or self.project_name,
-                run_name=self.run_name,
-                tags=tags,
-                endpoint=self._endpoint,
-                client=self._client,
-                strict=self.strict,
-                **self._run_options,
-            )
-        except Exception as exc:
-            if self.strict:
-                raise
-            self._disabled = True
-            warnings.warn(
-                f"aidp-metrics: the tracker failed ({type(exc).__name__}: {exc}); "
-                "training goes on without it",
-                AIDPMetricsWarning,
-                stacklevel=4,
-            )
-            return None
-        # Until end_training(): an exception escaping the script ends the run FAILED.
-        run.status_on_exit = "FAILED"
-        self._run = run
-        self._run_id = run.run_id
-        return run
-
-    def _failed(self, hook: str, exc: Exception) -> None:
-        if self.strict:
-            raise exc
-        self._warn_once(hook, f"{hook} failed ({type(exc).__name__}: {exc}); training goes on")
-
-    def _warn_once(self, topic: str, message: str) -> None:
-        if topic in self._warned:
-            return
-        self._warned.add(topic)
-        warnings.warn(f"aidp-metrics: {message}", AIDPMetricsWarning, stacklevel=4)
+        return RunSpec(
+            run_id=self._run_id,
+            experiment_name=self.experiment_name or self.project_name,
+            run_name=self.run_name,
+            tags=tags,
+        )
 
     def __repr__(self) -> str:
         experiment = self.experiment_name or self.project_name

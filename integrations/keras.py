@@ -33,6 +33,9 @@ into training: an unreachable server gives an `AIDPMetricsWarning` (the run keep
 in its spool, or, when it cannot be created at all, the callback does nothing), unless
 `strict=True`.
 
+`AIDPCallback(run=run)` logs into a `Run` you started: the end of `fit` (or of a standalone
+`evaluate`) only flushes it, and it stays RUNNING until you end it.
+
 This module never imports TensorFlow; it imports `jax` / `torch.distributed` only when
 that is the active Keras backend.
 """
@@ -45,14 +48,13 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
-from aidp_metrics.integrations._runs import check_run_options, open_run
+from aidp_metrics.integrations._base import RunHandle, RunSpec
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -83,6 +85,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             from the environment when `None`).
         log_params: log the optimizer / fit / model parameters once per run.
         strict: raise logging errors instead of warning (forwarded to the run as well).
+        run: a `Run` you started, to log into instead of opening one; the callback never
+            ends it (the end of `fit` flushes it). Not with `experiment_name`, `run_name`,
+            `endpoint` or run options: the run has its own.
         **run_options: forwarded to the run (`transport`, `flush_interval`, ...).
 
     Attributes:
@@ -99,10 +104,20 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         endpoint: Endpoint | None = None,
         log_params: bool = True,
         strict: bool = False,
+        run: Run | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
-        check_run_options(run_options, type(self).__name__)
+        self._handle = RunHandle(
+            type(self).__name__,
+            kind="callback",
+            run=run,
+            endpoint=endpoint,
+            strict=strict,
+            options=run_options,
+            given={"experiment_name": experiment_name, "run_name": run_name},
+            is_main=self._is_process_zero,
+        )
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
             or not isinstance(log_every_n_steps, int)
@@ -115,20 +130,13 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tags = dict(tags) if tags else None
-        self._endpoint = endpoint
         self._log_params = log_params
-        self._strict = strict
-        self._run_options = dict(run_options)
-        if strict:
-            self._run_options["strict"] = True
 
-        self._run: Run | None = None  # the run (kept after it ends, for run_id)
         self._active: Run | None = None  # the run of the fit in progress
-        self._is_logger: bool | None = None  # process 0? decided at the first fit/evaluate
+        self._process_zero: bool | None = None  # decided at the first fit/evaluate
         self._params_logged = False  # once per run (a callback keeps one run)
-        self._warned: set[str] = set()
-        self._train_metrics = MetricConverter()
-        self._eval_metrics = MetricConverter(prefix="eval", separator="_")
+        self._train_metrics = self._handle.converter()
+        self._eval_metrics = self._handle.converter(prefix="eval", separator="_")
 
         # fit / evaluate state
         self._in_fit = False
@@ -153,12 +161,13 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
     @property
     def run(self) -> Run | None:
         """The run this callback logs to, once it exists."""
-        return self._run
+        return self._handle.run
 
     @property
     def run_id(self) -> str | None:
         """The run's id, once the run exists."""
-        return None if self._run is None else self._run.run_id
+        run = self._handle.run
+        return None if run is None else run.run_id
 
     # ------------------------------------------------------------------ fit
 
@@ -168,13 +177,13 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._batches_in_epoch = 0
         self._batches_since_read = 0
         self._active = None
-        with self._guard("on_train_begin"):
+        with self._handle.guard("on_train_begin"):
             run = self._ensure_run()
             if run is None:
                 return
             self._active = run
             # Until on_train_end says otherwise: an exception escaping fit() skips it.
-            run.status_on_exit = "FAILED"
+            self._handle.set_exit_status("FAILED")
             if self._log_params and not self._params_logged:
                 self._params_logged = True
                 run.log_params(self._collect_params())
@@ -190,7 +199,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             return
         every = self.log_every_n_steps
         assert every is not None
-        with self._guard(_BATCH_HOOK):
+        with self._handle.guard(_BATCH_HOOK):
             done = batch + 1
             if done < self._batches_in_epoch:  # a new epoch (or fit) began
                 self._batches_in_epoch = 0
@@ -211,7 +220,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run = self._active
         if run is None:
             return
-        with self._guard("on_epoch_end"):
+        with self._handle.guard("on_epoch_end"):
             step = self._read_step()
             self._base_step, self._batches_since_read, self._batches_in_epoch = step, 0, 0
             # The last batch point may already hold these running means at this step.
@@ -225,9 +234,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run, self._active = self._active, None
         if run is None:
             return
-        with self._guard("on_train_end"):
-            run.status_on_exit = "FINISHED"
-            run.end("FINISHED")
+        with self._handle.guard("on_train_end"):
+            self._handle.end("FINISHED")
 
     # ------------------------------------------------------------------ evaluate
 
@@ -236,12 +244,12 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             return
         self._in_eval = True
         self._eval_run = None
-        with self._guard("on_test_begin"):
+        with self._handle.guard("on_test_begin"):
             run = self._ensure_run()
             if run is not None:
                 self._eval_run = run
                 if not self._in_fit:
-                    run.status_on_exit = "FAILED"
+                    self._handle.set_exit_status("FAILED")
 
     def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if not self._in_eval or self._validating():
@@ -250,15 +258,14 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run, self._eval_run = self._eval_run, None
         if run is None:
             return
-        with self._guard("on_test_end"):
+        with self._handle.guard("on_test_end"):
             step = self._read_step()
             run.log_metrics(self._eval_metrics.convert_at(logs or {}, step), step=step)
             if self._in_fit:
                 # evaluate() called from inside fit (e.g. by another callback), or after a
                 # fit that died: the fit's status decides, not this evaluation.
                 return
-            run.status_on_exit = "FINISHED"
-            run.end("FINISHED")
+            self._handle.end("FINISHED")
 
     def _validating(self) -> bool:
         """True for the `evaluate()` that `fit` runs for validation.
@@ -273,39 +280,22 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _ensure_run(self) -> Run | None:
         """The run to log to, created or reopened when needed; None on other processes."""
-        if self._is_logger is None:
-            self._is_logger = _process_index() == 0
-        if not self._is_logger:
-            return None
-        run = self._run
-        if run is not None:
-            if run.ended:
-                # An earlier fit/evaluate ended it: logging reopens the run (RUNNING again),
-                # also when it is still a local (spooled) run.
-                run.set_tags(_INTEGRATION_TAG)
-            return run
-        tags = {**_INTEGRATION_TAG, **(self._tags or {})}
-        try:
-            run = open_run(
-                experiment_name=self._experiment_name,
-                run_name=self._run_name,
-                tags=tags,
-                endpoint=self._endpoint,
-                **self._run_options,
-            )
-        except Exception as exc:
-            if self._strict:
-                raise
-            self._is_logger = False  # never try again in this process
-            warnings.warn(
-                f"aidp-metrics: the callback failed ({type(exc).__name__}: {exc}); "
-                "training continues without logging",
-                AIDPMetricsWarning,
-                stacklevel=3,
-            )
-            return None
-        self._run = run
+        run = self._handle.get(self._run_spec)
+        if run is not None and run.ended:
+            # An earlier fit/evaluate ended it: logging reopens the run (RUNNING again),
+            # also when it is still a local (spooled) run.
+            run.set_tags(_INTEGRATION_TAG)
         return run
+
+    def _run_spec(self) -> RunSpec:
+        tags = {**_INTEGRATION_TAG, **(self._tags or {})}
+        return RunSpec(experiment_name=self._experiment_name, run_name=self._run_name, tags=tags)
+
+    def _is_process_zero(self) -> bool:
+        """Decided once, at the first fit or evaluate (see `_process_index`)."""
+        if self._process_zero is None:
+            self._process_zero = _process_index() == 0
+        return self._process_zero
 
     def _read_step(self) -> int:
         # `self.model` unwraps torch DDP and, on JAX, syncs the training state first.
@@ -338,23 +328,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         params["keras_backend"] = keras.backend.backend()
         params["keras_version"] = keras.__version__
         return flatten_params(params)
-
-    @contextlib.contextmanager
-    def _guard(self, hook: str) -> Iterator[None]:
-        """Never let logging break training: warn once per hook instead (unless strict)."""
-        try:
-            yield
-        except Exception as exc:
-            if self._strict:
-                raise
-            if hook not in self._warned:
-                self._warned.add(hook)
-                warnings.warn(
-                    f"aidp-metrics: {hook} failed ({type(exc).__name__}: {exc}); "
-                    "training continues",
-                    AIDPMetricsWarning,
-                    stacklevel=4,
-                )
 
 
 def _accumulation_steps(model: Any) -> int:

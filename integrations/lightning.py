@@ -22,8 +22,8 @@ Behaviour in short:
   it) end the run FINISHED, `finalize("failed")` ends it FAILED (all flush first, bounded by
   the `end_timeout` run option); a requeued job that resumes sets it RUNNING again. The
   same `Run` object is kept: a later `trainer.test()` (or any later log call) reopens it --
-  RUNNING again until the next finalize. FAILED is sticky: a later successful `test()` does
-  not turn a failed run into a finished one.
+  RUNNING again until the next finalize. FAILED is sticky: a later successful `test()`
+  does not turn a failed run into a finished one.
 * While the run is open its `status_on_exit` is FAILED, so a process that dies without
   Lightning's `finalize` leaves the run FAILED, never FINISHED; after a finalize it is the
   status finalize set. A logger used outside a Trainer should call `finalize("success")`.
@@ -37,6 +37,8 @@ Behaviour in short:
   delivery -- and the parent leaves the run's status to it.
 * A point identical to its key's previous one (same step and value: `epoch` with the
   training and the validation metrics of one step) is sent once.
+* `run=`: log into a `Run` you started. The logger never ends it: `finalize` only flushes
+  it (bounded by its `end_timeout`), and it stays RUNNING until you end it.
 * Known limit: with `ddp_spawn` the run is created in the worker of rank zero, so the main
   process's logger object does not learn its id, and a second `fit`/`test` launched from the
   main process starts another run. Pass `run_id=` of an existing run to make every launch
@@ -48,13 +50,11 @@ from __future__ import annotations
 import argparse
 import sys
 import types
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aidp_metrics.errors import AIDPMetricsWarning
-from aidp_metrics.integrations._convert import MetricConverter
-from aidp_metrics.integrations._runs import check_run_options, open_run
+from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics.notice import notice
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -115,6 +115,10 @@ def _global_rank() -> int:
     return rank
 
 
+def _is_rank_zero() -> bool:
+    return _global_rank() == 0
+
+
 _LoggerBase: Any = types.new_class(
     "_LightningLoggerBase", tuple(_BASES), exec_body=lambda ns: ns.update(__module__=__name__)
 )
@@ -156,6 +160,9 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         endpoint: an `aidp_metrics.Endpoint`; default `Endpoint.from_env()`.
         prefix: put before every metric key, joined with "-" (as Lightning's loggers do).
         log_hyperparams: send `save_hyperparameters()` values as run params.
+        run: a `Run` you started, to log into instead of opening one; the logger never
+            ends it (`finalize` flushes it). Not with `run_id`, `experiment_name`,
+            `run_name`, `endpoint` or run options: the run has its own.
         **run_options: forwarded to `Run` (`transport`, `flush_interval`, `max_queue`,
             `policy`, `strict`, `atexit_timeout`, ...).
     """
@@ -171,22 +178,29 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         endpoint: Endpoint | None = None,
         prefix: str = "",
         log_hyperparams: bool = True,
+        *,
+        run: Run | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
-        check_run_options(run_options, type(self).__name__)
+        strict = bool(run_options.pop("strict", False))
+        self._handle = RunHandle(
+            type(self).__name__,
+            kind="logger",
+            run=run,
+            endpoint=endpoint,
+            strict=strict,
+            options=run_options,
+            given={"run_id": run_id, "experiment_name": experiment_name, "run_name": run_name},
+            is_main=_is_rank_zero,
+        )
         self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self._endpoint = endpoint
         self._prefix = prefix
         self._log_hyperparams_enabled = log_hyperparams
-        self._run_options = run_options
-        self._converter = MetricConverter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
-        self._run: Run | None = None
-        self._disabled = False
-        self._final_status: str | None = None
+        self._converter = self._handle.converter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
         self._last_step: int | None = None
         self._sent_tags: dict[str, str] = {}
 
@@ -202,11 +216,11 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     @property
     def version(self) -> str | None:
         """The run id. On rank zero this creates the run if needed; other ranks never do."""
-        if self._run is not None:
-            return self._run.run_id  # a local id until the server has created the run
-        if self._run_id is None and _global_rank() == 0:
-            self._ensure_run()
-        return self._run_id
+        # a local id until the server has created the run
+        run_id = self._handle.run_id or self._run_id
+        if run_id is None and self._ensure_run() is not None:
+            run_id = self._handle.run_id
+        return run_id
 
     @property
     def run_id(self) -> str | None:
@@ -252,11 +266,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         try:
             flat = flatten_params(params)
         except TypeError as exc:
-            warnings.warn(
-                f"aidp-metrics: not logging hyperparameters: {exc}",
-                AIDPMetricsWarning,
-                stacklevel=2,
-            )
+            notice(f"aidp-metrics: not logging hyperparameters: {exc}")
             return
         if not flat:
             return
@@ -297,79 +307,31 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
 
         The logger stays usable: logging afterwards (e.g. `trainer.test()` after `fit()`)
         goes into the same run, which the `Run` marks RUNNING again until the next finalize.
+        A run given as `run=` is only flushed: it stays open for its owner.
         """
-        run = self._run
-        if run is None:
-            return
         final = _FINAL_STATUS.get(status)
         if final is None:  # anything unknown: deliver, keep open
-            run.flush(run.options.end_timeout)
+            self._handle.flush()
             return
-        previous = self._final_status
+        previous = self._handle.final_status
         if previous is not None and _STATUS_RANK[previous] > _STATUS_RANK[final]:
             final = previous  # FAILED is sticky: a later successful test() does not undo it
-        self._final_status = final
-        # if the process dies after this without another finalize, keep this status
-        run.status_on_exit = final
-        if not run.ended:
-            run.end(final)
-        elif final != previous:
-            # ended FINISHED, and the phase after it failed before logging anything
-            run.end(final)
+        # Also when the run ended FINISHED and the phase after it failed before logging.
+        self._handle.end(final)
 
     # -- the run -----------------------------------------------------------------------------
 
     def _ensure_run(self) -> Run | None:
-        """The run, created (or attached) on first use. An ended run is returned as it is:
-        `Run` reopens itself when something is logged into it. In a forked child (ddp_fork,
-        ddp_notebook) this logger is the logging rank: it takes the inherited run over."""
-        run = self._run
-        if run is not None:
-            if run.inherited:
-                run.take_over()
-            return run
-        if self._disabled:
-            return None
-        try:
-            run = open_run(
-                run_id=self._run_id,
-                experiment_name=self.name,
-                run_name=self._run_name,
-                tags=self._tags or None,
-                endpoint=self._endpoint,
-                **self._run_options,
-            )
-        except Exception as exc:
-            if self._run_options.get("strict"):
-                raise
-            self._disabled = True
-            warnings.warn(
-                f"aidp-metrics: the logger failed ({type(exc).__name__}: {exc}); "
-                "training goes on without it",
-                AIDPMetricsWarning,
-                stacklevel=3,
-            )
-            return None
-        # Training may be in progress: a crash that skips finalize() ends the run FAILED at
-        # exit, never FINISHED. finalize() sets the real status.
-        run.status_on_exit = self._final_status or "FAILED"
-        self._run = run
-        self._run_id = run.run_id
-        self._converter.forget_repeats()
-        return run
+        """The run (on rank zero), opened on first use; see `RunHandle.get`."""
+        return self._handle.get(self._run_spec)
 
-    # -- pickling (ddp_spawn, pickle.dumps(trainer)) -----------------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self._run is not None:
-            state["_run_id"] = self._run.run_id
-        state["_run"] = None  # threads and connections stay in this process
-        state["_run_options"] = {k: v for k, v in self._run_options.items() if k != "client"}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def _run_spec(self) -> RunSpec:
+        return RunSpec(
+            run_id=self._run_id,
+            experiment_name=self.name,
+            run_name=self._run_name,
+            tags=self._tags,
+        )
 
     def __repr__(self) -> str:
-        return f"AIDPLogger(name={self.name!r}, version={self._run_id!r})"
+        return f"AIDPLogger(name={self.name!r}, version={self._handle.run_id or self._run_id!r})"

@@ -47,14 +47,18 @@ Run lifecycle:
   (never its credential: that, and a `client`'s auth, come from the environment again).
 - `trainer.evaluate()` after `train()` logs into the same run (re-opened and ended again).
 - Hyperparameter search: one run per trial, named after `state.trial_name` (the search's
-  `hp_name`) or `trial-<n>`; a run id from the argument or the environment becomes the
-  trials' `mlflow.parentRunId` tag instead of being logged into.
+  `hp_name`) or `trial-<n>`; a run id from the argument or the environment (or the run
+  given as `run=`) becomes the trials' `mlflow.parentRunId` tag instead of being logged
+  into.
+- `AIDPCallback(run=run)` logs into a `Run` you started (with the params and tags above):
+  it wins over `AIDP_RUN_ID` and a checkpoint's run, `on_train_end` only flushes it, and
+  it stays RUNNING until you end it (also after a `train()` that raised). A callback the
+  Trainer rebuilds from a checkpoint logs into the same run by id and leaves it open too.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -63,15 +67,14 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from aidp_metrics.env import RUN_ID_VARIABLES, first_env
-from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
-from aidp_metrics.integrations._runs import (
-    check_run_options,
+from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics.integrations._checkpoint import (
     endpoint_from_state,
     endpoint_state,
-    open_run,
     options_from_state,
     options_state,
 )
+from aidp_metrics.notice import notice
 from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
@@ -101,6 +104,9 @@ class AIDPCallback(TrainerCallback, ExportableState):
         endpoint, client: where to send; by default from the environment.
         strict: raise when the run cannot be created (default: warn once and log nothing;
             training never dies from logging).
+        run: a `Run` you started, to log into instead of opening one; the callback never
+            ends it (`on_train_end` flushes it). Not with `experiment_name`, `run_name`,
+            `run_id`, `endpoint`, `client` or run options: the run has its own.
         **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
     """
 
@@ -115,44 +121,56 @@ class AIDPCallback(TrainerCallback, ExportableState):
         endpoint: Endpoint | str | Mapping[str, Any] | None = None,
         client: MetricsClient | None = None,
         strict: bool = False,
+        run: Run | None = None,
         **run_options: Any,
     ) -> None:
-        check_run_options(run_options, type(self).__name__)
+        self._handle = RunHandle(
+            type(self).__name__,
+            kind="callback",
+            run=run,
+            endpoint=endpoint_from_state(endpoint),
+            client=client,
+            strict=strict,
+            options=options_from_state(run_options),
+            given={"experiment_name": experiment_name, "run_name": run_name, "run_id": run_id},
+        )
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.log_params = log_params
         self.strict = strict
         self._explicit_run_id = run_id
-        self._endpoint = endpoint_from_state(endpoint)
-        self._client = client
-        self._run_options = options_from_state(run_options)
-        self._run: Run | None = None
-        self._last_run_id: str | None = run_id
         # Set by the Trainer when it restores callback state from a checkpoint
         # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
         self._resume_run_id: str | None = None
-        self._converter = MetricConverter()
+        self._converter = self._handle.converter()
         self._in_train = False
         self._reopened = False
         self._trial_key: str | None = None
         self._trials_started = 0
-        self._disabled = False
 
     # -- public --------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str | None:
         """The id of the current (or last) run, once one exists on world process zero."""
-        if self._run is not None:
-            run_id: str = self._run.run_id
-            return run_id
-        return self._last_run_id
+        return self._handle.run_id or self._explicit_run_id
 
     @property
     def run(self) -> Run | None:
         """The `aidp_metrics.Run` being logged to, on world process zero."""
-        return self._run
+        return self._handle.run
+
+    @property
+    def _user_run_id(self) -> str | None:
+        """The run given as `run=` (the checkpoint's `attributes`): a rebuilt callback logs
+        into it by id and, as the original, never ends it."""
+        return self._handle.user_run_id
+
+    @_user_run_id.setter
+    def _user_run_id(self, run_id: str | None) -> None:
+        if run_id:
+            self._handle.borrow(run_id)
 
     def state(self) -> dict[str, Any]:
         """What the Trainer stores in checkpoints (JSON): every constructor argument it can
@@ -160,9 +178,13 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run id, to resume into it. Not stored: a `client` (a live object: its endpoint is
         stored instead) and any credential (a tracking URI's `user:password@` included):
         the rebuilt callback authenticates from the environment."""
-        endpoint = self._endpoint
-        if endpoint is None and self._client is not None:
-            endpoint = self._client.endpoint
+        handle = self._handle
+        endpoint = handle.endpoint
+        if endpoint is None and handle.client is not None:
+            endpoint = handle.client.endpoint
+        attributes = {"_resume_run_id": self.run_id}
+        if handle.user_run_id is not None:
+            attributes["_user_run_id"] = handle.user_run_id
         return {
             "args": {
                 "experiment_name": self.experiment_name,
@@ -172,9 +194,9 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 "log_params": self.log_params,
                 "strict": self.strict,
                 "endpoint": endpoint_state(endpoint),
-                **options_state(self._run_options),
+                **options_state(handle.options),
             },
-            "attributes": {"_resume_run_id": self.run_id},
+            "attributes": attributes,
         }
 
     # -- Trainer events ------------------------------------------------------------------
@@ -187,25 +209,25 @@ class AIDPCallback(TrainerCallback, ExportableState):
         model: Any = None,
         **kwargs: Any,
     ) -> None:
-        if not state.is_world_process_zero or self._disabled:
+        if not state.is_world_process_zero:
             return
         trial_key = _trial_key(state)
-        run = self._run
+        handle = self._handle
+        run = handle.run
         if run is not None and not run.ended:
             if self._in_train:
                 # The previous train() raised: on_train_end never came.
-                run.end("FAILED")
+                handle.end("FAILED")
             elif trial_key != self._trial_key:
-                run.end("FINISHED")
-        if self._run is None or self._run.ended:
-            self._converter.forget_repeats()
-            self._open(args, state, model)
-        run = self._run
+                handle.end("FINISHED")
+        run = handle.run
+        if run is None or run.ended:
+            run = self._open(args, state, model)
         if run is None:
             return
         self._in_train = True
         self._reopened = False
-        run.status_on_exit = "FAILED"
+        handle.set_exit_status("FAILED")
 
     def on_log(
         self,
@@ -216,10 +238,10 @@ class AIDPCallback(TrainerCallback, ExportableState):
         model: Any = None,
         **kwargs: Any,
     ) -> None:
-        if not state.is_world_process_zero or self._disabled or not logs:
+        if not state.is_world_process_zero or not logs:
             return
         logs = _as_logged(logs, state)
-        run = self._run
+        run = self._handle.run
         if not self._in_train and (run is None or run.ended):
             run = self._open_outside_training(args, state, model)
         if run is None:
@@ -241,8 +263,9 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero or self._in_train or not self._reopened:
             return
         self._reopened = False
-        if self._run is not None and not self._run.ended:
-            self._run.end("FINISHED")
+        run = self._handle.run
+        if run is not None and not run.ended:
+            self._handle.end("FINISHED")
 
     def on_train_end(
         self,
@@ -254,71 +277,58 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero:
             return
         self._in_train = False
-        if self._run is not None:
-            self._run.status_on_exit = "FINISHED"
-            if not self._run.ended:
-                self._run.end("FINISHED")
+        self._handle.end("FINISHED")
 
     # -- internals -----------------------------------------------------------------------
 
-    def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
+    def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> Run | None:
         """Start or attach the run for this train() call (or trial) and log params/tags."""
-        env_run_id = first_env(RUN_ID_VARIABLES)
-        tags = self._tags(model)
         self._trial_key = _trial_key(state)
-        common: dict[str, Any] = {
-            "experiment_name": self.experiment_name,
-            "endpoint": self._endpoint,
-            "client": self._client,
-            "strict": self.strict,
-            **self._run_options,
-        }
-        try:
-            if state.is_hyper_param_search:  # a new run per trial, under the given run
-                parent = self._explicit_run_id or env_run_id
-                if parent:
-                    tags[TAG_PARENT_RUN] = parent
-                if state.trial_name:
-                    tags[TAG_TRIAL_NAME] = str(state.trial_name)
-                run = open_run(
-                    run_name=self._trial_run_name(args, state),
-                    tags=tags,
-                    environment_run_id=False,
-                    **common,
-                )
-                self._trials_started += 1
-            else:
-                target = self._explicit_run_id or env_run_id or self._checkpoint_run_id(state)
-                run = open_run(
-                    run_id=target, run_name=self.run_name or args.run_name, tags=tags, **common
-                )
-        except Exception as exc:
-            if self.strict:
-                raise
-            self._disabled = True
-            warnings.warn(
-                f"aidp-metrics: the callback failed ({type(exc).__name__}: {exc}); "
-                "training goes on without it",
-                AIDPMetricsWarning,
-                stacklevel=3,
-            )
-            return
-        self._run = run
-        self._last_run_id = run.run_id
+        search = bool(state.is_hyper_param_search)  # a new run per trial, under the given run
+        run = self._handle.open(self._run_spec(args, state, model), separate=search)
+        if run is None:
+            return None
+        if search:
+            self._trials_started += 1
         self._resume_run_id = None
         if self.log_params:
             run.log_params(self._params(args, state, model))
+        return run
+
+    def _run_spec(self, args: TrainingArguments, state: TrainerState, model: Any) -> RunSpec:
+        tags = self._tags(model)
+        env_run_id = first_env(RUN_ID_VARIABLES)
+        if state.is_hyper_param_search:
+            parent = self._handle.user_run_id or self._explicit_run_id or env_run_id
+            if parent:
+                tags[TAG_PARENT_RUN] = parent
+            if state.trial_name:
+                tags[TAG_TRIAL_NAME] = str(state.trial_name)
+            return RunSpec(
+                experiment_name=self.experiment_name,
+                run_name=self._trial_run_name(args, state),
+                tags=tags,
+                environment_run_id=False,
+            )
+        return RunSpec(
+            run_id=self._explicit_run_id or env_run_id or self._checkpoint_run_id(state),
+            experiment_name=self.experiment_name,
+            run_name=self.run_name or args.run_name,
+            tags=tags,
+        )
 
     def _open_outside_training(
         self, args: TrainingArguments, state: TrainerState, model: Any
     ) -> Run | None:
         """`trainer.evaluate()` before or after train(): log into this callback's run."""
-        if self._run is None:
-            self._open(args, state, model)  # stays open; ends FINISHED at exit or train end
-            return self._run
+        if self._handle.run is None:
+            run = self._open(args, state, model)
+            # Stays open; ends FINISHED at exit or at the end of a train().
+            self._handle.set_exit_status("FINISHED")
+            return run
         # Logging into an ended run re-opens it (RUNNING); on_evaluate ends it again.
         self._reopened = True
-        return self._run
+        return self._handle.run
 
     def _checkpoint_run_id(self, state: TrainerState) -> str | None:
         """The run id saved in the checkpoint being resumed from, if any."""
@@ -414,8 +424,7 @@ def _qualified_name(kind: type) -> str:
 
 
 def _warn_params(what: str, exc: Exception) -> None:
-    warnings.warn(
+    notice(
         f"aidp-metrics: not logging {what} as params ({type(exc).__name__}: {exc})",
-        AIDPMetricsWarning,
         stacklevel=4,
     )

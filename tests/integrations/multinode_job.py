@@ -70,7 +70,7 @@ def lightning_job(out: Path) -> str | None:
     )
     trainer.fit(Tiny(), loader(64, 0), loader(32, 1))
     assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (RANK, 0, RANK)
-    return logger._run_id  # type: ignore[no-any-return]
+    return logger._handle.run_id  # type: ignore[no-any-return]
 
 
 def transformers_job(out: Path) -> str | None:

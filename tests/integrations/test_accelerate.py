@@ -343,3 +343,34 @@ def test_a_failing_tracker_never_raises_into_training(tracking: str, fresh_exper
 def test_a_misspelt_option_is_a_type_error_at_construction() -> None:
     with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
         AIDPTracker(flush_intervall=0.5)
+
+
+@pytest.mark.usefixtures("fresh_state")
+def test_a_run_you_started_is_logged_into_and_left_running(
+    tracking: str, fresh_experiment: str
+) -> None:
+    """`run=`: the config, tags and every logged point go into the user's run;
+    `end_training()` only flushes it; the user ends it."""
+    run = Run.start(experiment_name=fresh_experiment, run_name="mine")
+    with pytest.raises(ValueError, match="run_id= cannot apply"):
+        AIDPTracker(run=run, run_id=run.run_id)
+    tracker = AIDPTracker(run=run, tags={"team": "vision"})
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers(f"{fresh_experiment}-project", config={"lr": 0.1, "opt": {"b": 2}})
+    assert accelerator.get_tracker("aidp", unwrap=True) is run
+    for step in range(3):
+        accelerator.log({"loss": 1.0 / (step + 1), "group": {"x": step}}, step=step)
+    accelerator.end_training()
+    assert not run.ended
+    assert get_run(tracking, run.run_id)["info"]["status"] == "RUNNING"
+    assert metric_keys(tracking, run.run_id) == {"loss", "group/x"}
+    assert points(tracking, run.run_id, "loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+    assert points(tracking, run.run_id, "group/x") == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert params_of(tracking, run.run_id) == {"lr": "0.1", "opt/b": "2"}
+    tags = tags_of(tracking, run.run_id)
+    assert (tags["framework"], tags["team"]) == ("accelerate", "vision")
+    assert get_run(tracking, run.run_id)["info"]["run_name"] == "mine"
+    assert runs_in_experiment(tracking, f"{fresh_experiment}-project") == []
+    assert run.status_on_exit == "FINISHED"  # the user's, never changed by the tracker
+    run.end()
+    assert get_run(tracking, run.run_id)["info"]["status"] == "FINISHED"

@@ -454,3 +454,58 @@ def test_a_misspelt_option_is_a_type_error_at_construction() -> None:
 
     with pytest.raises(TypeError, match="'flush_intervall' \\(did you mean 'flush_interval'"):
         AIDPCallback(flush_intervall=0.5)
+
+
+def test_a_run_you_started_is_logged_into_and_left_running(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """`run=`: fit and evaluate log into the user's run at their steps; their ends only
+    flush it; the user ends it."""
+    from aidp_metrics import Run
+    from aidp_metrics.integrations.keras import AIDPCallback
+
+    url = mlflow_server.url
+    run = Run.start(experiment_name=fresh_experiment, run_name="mine")
+    with pytest.raises(ValueError, match="experiment_name= cannot apply"):
+        AIDPCallback(run=run, experiment_name="elsewhere")
+    x, y = make_data()
+    model = make_model()
+    cb, rec = AIDPCallback(run=run), EpochRecorder()
+    fit = model.fit(
+        x, y, epochs=2, batch_size=BATCH, validation_split=0.2, callbacks=[cb, rec], verbose=0
+    )
+    assert cb.run is run
+    assert cb.run_id == run.run_id
+    assert not run.ended
+    assert get_run(url, run.run_id)["info"]["status"] == "RUNNING"
+    expected_steps = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    assert rec.steps == expected_steps
+    for key in ("loss", "mae", "val_loss", "val_mae"):
+        assert history(url, run.run_id, key) == list(
+            zip(expected_steps, fit.history[key], strict=True)
+        ), key
+    assert history(url, run.run_id, "epoch") == [(8, 1.0), (16, 2.0)]
+
+    result = model.evaluate(x, y, batch_size=BATCH, callbacks=[cb], return_dict=True, verbose=0)
+    assert get_run(url, run.run_id)["info"]["status"] == "RUNNING"
+    assert history(url, run.run_id, "eval_loss") == [(16, result["loss"])]
+    assert history(url, run.run_id, "eval_mae") == [(16, result["mae"])]
+    stored = get_run(url, run.run_id)
+    assert {m["key"] for m in stored["data"]["metrics"]} == {
+        "loss",
+        "mae",
+        "val_loss",
+        "val_mae",
+        "epoch",
+        "eval_loss",
+        "eval_mae",
+    }
+    assert stored["info"]["run_name"] == "mine"
+    params = {p["key"]: p["value"] for p in stored["data"]["params"]}
+    assert params["epochs"] == "2"
+    assert {t["key"]: t["value"] for t in stored["data"]["tags"]}[
+        "aidp_metrics.integration"
+    ] == "keras"
+    assert run.status_on_exit == "FINISHED"  # the user's, never changed by the callback
+    run.end()
+    assert get_run(url, run.run_id)["info"]["status"] == "FINISHED"

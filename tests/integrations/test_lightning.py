@@ -285,7 +285,7 @@ def test_fast_dev_run_sends_nothing(
     trainer = _trainer(tmp_path, logger=logger, fast_dev_run=True)
     trainer.fit(TinyModule())
     trainer.test(TinyModule())
-    assert logger._run is None
+    assert logger._handle.run is None
     assert runs_in_experiment(url, fresh_experiment) == []
 
 
@@ -350,7 +350,7 @@ def test_pickle_round_trip_keeps_name_version_and_run(
     logger.save()
     copy = pickle.loads(pickle.dumps(logger))
     assert copy.name == logger.name == fresh_experiment
-    assert copy._run is None  # clients are not pickled
+    assert copy._handle.run is None  # clients are not pickled
     assert copy.version == logger.version
 
     trainer = _trainer(tmp_path, logger=logger, max_epochs=1)
@@ -477,7 +477,7 @@ def test_log_hyperparams_namespace_dict_nested_and_twice(
         experiment_name=fresh_experiment, endpoint=endpoint, log_hyperparams=False
     )
     disabled.log_hyperparams({"lr": 1})
-    assert disabled._run is None
+    assert disabled._handle.run is None
 
 
 def test_changed_hyperparameter_warns(endpoint: Endpoint, fresh_experiment: str) -> None:
@@ -503,7 +503,7 @@ def test_other_ranks_create_and_send_nothing(
     logger.after_save_checkpoint(object())
     logger.save()
     logger.finalize("success")
-    assert logger._run is None
+    assert logger._handle.run is None
     assert runs_in_experiment(url, fresh_experiment) == []
 
 
@@ -637,3 +637,50 @@ def test_a_refused_run_keeps_its_points_in_the_spool(
     assert run.stats.logged > 0
     assert run.stats.pending == run.stats.logged  # every point waits in the spool
     assert run.stats.spooled == run.stats.logged
+
+
+def test_a_run_you_started_is_logged_into_and_left_running(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    """`run=`: every point Lightning hands over lands in the user's run, at its step;
+    finalize (success, and failed after a crash) only flushes; the user ends it."""
+    from aidp_metrics import Run
+
+    run = Run.start(experiment_name=fresh_experiment, run_name="mine", endpoint=endpoint)
+    run.log_metric("before", 1.0, step=0)
+    with pytest.raises(ValueError, match="run_id= cannot apply"):
+        AIDPLogger(run=run, run_id=run.run_id)
+    logger = AIDPLogger(run=run, tags={"team": "vision"})
+    assert logger.version == run.run_id
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    trainer = _trainer(tmp_path, logger=[logger, csv_logger], max_epochs=1)
+    trainer.fit(TinyModule())
+    assert logger.experiment is run
+    assert not run.ended
+    assert _status(url, run.run_id) == "RUNNING"  # finalize("success") flushed it
+    server = _server_points(url, run.run_id)
+    expected = {**_csv_points(csv_logger), "before": [(0, 1.0)]}
+    assert _as_sets(server) == _as_sets(expected)
+    assert [s for s, _ in server["train_loss_step"]] == list(range(8))
+    assert [s for s, _ in server["val_loss_epoch"]] == [7]
+    stored = get_run(url, run.run_id)
+    assert stored["info"]["run_name"] == "mine"
+    assert sorted((p["key"], p["value"]) for p in stored["data"]["params"]) == [
+        ("batch_size", "8"),
+        ("fail_at_step", "None"),
+        ("lr", "0.05"),
+    ]
+    assert {t["key"]: t["value"] for t in stored["data"]["tags"]}["team"] == "vision"
+
+    # A crash: Lightning's finalize("failed") leaves the user's run RUNNING too.
+    crashing = _trainer(tmp_path, logger=logger, max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        crashing.fit(TinyModule(fail_at_step=2))
+    assert run.status_on_exit == "FINISHED"  # the user's, never changed by the logger
+    assert _status(url, run.run_id) == "RUNNING"
+    # the second fit's steps 0 and 1 (before the crash at 2) came in too
+    steps = [s for s, _ in _server_points(url, run.run_id)["train_loss_step"]]
+    assert steps == sorted([*range(8), 0, 1])
+    run.end()
+    assert _status(url, run.run_id) == "FINISHED"
+    assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [run.run_id]

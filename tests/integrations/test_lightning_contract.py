@@ -167,7 +167,7 @@ def test_logger_reset_correctly(tmp_path: Path, env: str, tuner_method: str) -> 
 def test_log_hyperparams_namespace_dict_none(env: str) -> None:
     logger = AIDPLogger()
     logger.log_hyperparams(None)
-    assert logger._run is None  # nothing to log: no run yet
+    assert logger._handle.run is None  # nothing to log: no run yet
     logger.log_hyperparams(argparse.Namespace(a=1, nested=argparse.Namespace(b="x")))
     logger.log_hyperparams({"c": 2.5, "d": {"e": None}})
     logger.finalize("success")
@@ -314,7 +314,7 @@ def test_ranks_above_zero_get_the_dummy_experiment_of_their_namespace(
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     logger = Logger_()
     assert isinstance(logger.experiment, DummyExperiment)
-    assert logger._run is None
+    assert logger._handle.run is None
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     assert not isinstance(logger.experiment, DummyExperiment)
     logger.finalize("success")

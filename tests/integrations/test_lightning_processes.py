@@ -143,7 +143,7 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
                 dummy = isinstance(trainer.logger.experiment, _DummyExperiment)
                 assert dummy == (trainer.global_rank > 0), (trainer.global_rank, dummy)
                 if trainer.global_rank > 0:
-                    assert trainer.logger._run is None
+                    assert trainer.logger._handle.run is None
 
 
         if __name__ == "__main__":
@@ -157,7 +157,7 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
             )
             trainer.fit(Tiny())
             # the main process's copy never created a run: rank 0 of the workers did
-            print("main process run", logger._run_id)
+            print("main process run", logger._handle.run_id)
         """,
         url,
         fresh_experiment,

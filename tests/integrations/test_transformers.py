@@ -457,8 +457,8 @@ def settings(callback: AIDPCallback) -> dict[str, Any]:
         "tags": callback.tags,
         "log_params": callback.log_params,
         "strict": callback.strict,
-        "endpoint": callback._endpoint,
-        "run_options": callback._run_options,
+        "endpoint": callback._handle.endpoint,
+        "run_options": callback._handle.options,
     }
 
 
@@ -511,7 +511,7 @@ def test_state_is_json_and_holds_no_credential(tmp_path: Path) -> None:
             assert password not in dumped
             assert "alice" not in dumped
             rebuilt = AIDPCallback(**json.loads(dumped)["args"])
-            endpoint = rebuilt._endpoint
+            endpoint = rebuilt._handle.endpoint
             url = endpoint if isinstance(endpoint, str) else endpoint.base_url  # type: ignore[union-attr]
             assert url == "http://127.0.0.1:5000"
     assert json.loads(json.dumps(callbacks[0].state()))["args"]["spool_dir"] == str(tmp_path)
@@ -878,3 +878,73 @@ def test_with_a_bad_endpoint_training_goes_on_with_one_warning(
     )
     with pytest.raises(AIDPError):
         strict.train()
+
+
+def test_a_run_you_started_is_logged_into_and_left_running(tracking: str, tmp_path: Path) -> None:
+    """`run=`: every log_history point, the params and tags go into the user's run, which
+    on_train_end only flushes -- also after a train() that raised; the user ends it."""
+    from aidp_metrics import Run
+
+    experiment = os.environ["AIDP_EXPERIMENT_NAME"]
+    run = Run.start(experiment_name=experiment, run_name="mine")
+    with pytest.raises(ValueError, match="run_id= cannot apply"):
+        AIDPCallback(run=run, run_id=run.run_id)
+    callback = AIDPCallback(run=run)
+    trainer = make_trainer(tmp_path, [callback], model=TinyRegressor())
+    trainer.train()
+    assert callback.run is run
+    assert callback.run_id == run.run_id
+    assert get_run(tracking, run.run_id)["info"]["status"] == "RUNNING"
+    metrics = trainer.evaluate()
+    assert get_run(tracking, run.run_id)["info"]["status"] == "RUNNING"
+    assert run.flush(30)
+    assert_run_matches(tracking, run.run_id, [trainer.state.log_history])
+    assert points_of(get_metric_history(tracking, run.run_id, "eval_loss"))[-1] == (
+        60,
+        metrics["eval_loss"],
+    )
+    assert get_run(tracking, run.run_id)["info"]["run_name"] == "mine"
+    params = params_of(tracking, run.run_id)
+    assert (params["learning_rate"], params["logging_steps"]) == ("0.001", "5")
+    tags = tags_of(tracking, run.run_id)
+    assert tags["framework"] == "transformers"
+    assert tags["model_class"].endswith("TinyRegressor")
+    assert run.status_on_exit == "FINISHED"  # the user's, never changed by the callback
+    run.end()
+    assert get_run(tracking, run.run_id)["info"]["status"] == "FINISHED"
+
+    # A train() that raised, then another: still the user's run, still RUNNING.
+    second = Run.start(experiment_name=experiment, run_name="second")
+    callback = AIDPCallback(run=second)
+    trainer = make_trainer(tmp_path, [callback, Boom()], model=TinyRegressor())
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    trainer.callback_handler.pop_callback(Boom)
+    trainer.train()
+    assert callback.run is second
+    assert get_run(tracking, second.run_id)["info"]["status"] == "RUNNING"
+    assert steps_of(tracking, second.run_id, "loss") == sorted([5, 10, 15, 20, *range(5, 61, 5)])
+    second.end()
+    assert get_run(tracking, second.run_id)["info"]["status"] == "FINISHED"
+    assert len(runs_in_experiment(tracking, experiment)) == 2
+
+
+def test_a_callback_rebuilt_from_a_checkpoint_leaves_the_given_run_open() -> None:
+    """The Trainer rebuilds a callback from JSON: it cannot carry the `Run`, so it logs
+    into the same run by id, and like the original never ends it."""
+    from aidp_metrics import Run
+
+    run = Run.start(offline=True, spool="off")
+    try:
+        stored = json.loads(json.dumps(AIDPCallback(run=run).state()))
+        assert stored["args"]["run_id"] is None
+        rebuilt = AIDPCallback(**stored["args"])
+        for name, value in stored["attributes"].items():  # as the Trainer restores it
+            setattr(rebuilt, name, value)
+        assert rebuilt._handle.user_owned
+        assert rebuilt._handle.user_run_id == run.run_id
+        assert rebuilt._resume_run_id == run.run_id
+        plain = json.loads(json.dumps(AIDPCallback().state()))
+        assert "_user_run_id" not in plain["attributes"]
+    finally:
+        run.end()
