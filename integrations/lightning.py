@@ -20,9 +20,10 @@ Behaviour in short:
   there was none yet.
 * `finalize("success")` and `finalize("finished")` (a SLURM requeue, as `MLFlowLogger` maps
   it) end the run FINISHED, `finalize("failed")` ends it FAILED (all flush first, bounded by
-  the `end_timeout` run option); a requeued job that resumes sets it RUNNING again. The same `Run` object is kept: a later `trainer.test()` (or any later
-  log call) reopens it -- RUNNING again until the next finalize. FAILED is sticky: a later
-  successful `test()` does not turn a failed run into a finished one.
+  the `end_timeout` run option); a requeued job that resumes sets it RUNNING again. The
+  same `Run` object is kept: a later `trainer.test()` (or any later log call) reopens it --
+  RUNNING again until the next finalize. FAILED is sticky: a later successful `test()` does
+  not turn a failed run into a finished one.
 * While the run is open its `status_on_exit` is FAILED, so a process that dies without
   Lightning's `finalize` leaves the run FAILED, never FINISHED; after a finalize it is the
   status finalize set. A logger used outside a Trainer should call `finalize("success")`.
