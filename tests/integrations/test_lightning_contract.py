@@ -1,13 +1,23 @@
-"""Lightning's own logger contract (tests/tests_pytorch/loggers/test_all.py) applied to AIDPLogger.
+"""Lightning's own logger contract (tests/tests_pytorch/loggers/test_all.py, 2.6.x) applied
+to AIDPLogger.
 
-Lightning runs these checks against every logger it ships; here they run against a real
-MLflow server instead of mocks.
+Lightning runs these checks against every logger it ships, with the experiment clients
+mocked; here they run against a real MLflow server and assert on what it holds. The ports
+keep Lightning's test names; the tests after them are what Lightning's harness and users
+expect of any logger. The module runs in the `lightning.pytorch` namespace here and in the
+`pytorch_lightning` namespace through test_lightning_suites_in_pytorch_lightning.py.
+
+`test_logger_initialization` is ported in one process: the experiment (the run) exists at
+`setup`, and rank zero's `experiment` is the run. Its two-process `ddp_spawn` form (rank one
+gets the `DummyExperiment`, creates and sends nothing) is
+test_lightning_processes.py::test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one
+(two spawned interpreters cost ~15 s); a rank above zero in both namespaces is
+`test_ranks_above_zero_get_the_dummy_experiment_of_their_namespace` below.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import pickle
 import threading
@@ -16,34 +26,28 @@ from typing import Any
 
 import pytest
 
-torch = pytest.importorskip("torch")
-L = pytest.importorskip("lightning.pytorch")
-
-from lightning.pytorch.demos.boring_classes import BoringModel  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-from lightning.pytorch.loggers.logger import Logger  # noqa: E402
-
-from aidp_metrics.integrations.lightning import AIDPLogger  # noqa: E402
-from tests.support.mlflow_server import (  # noqa: E402
+from tests.integrations import lightning_namespace as ns
+from tests.integrations.lightning_namespace import (
+    AIDPLogger,
+    BoringModel,
+    DummyExperiment,
+    Logger,
+    Tuner,
+    rank_zero_only,
+    torch,
+)
+from tests.support.mlflow_server import (
     get_metric_history,
     get_run,
     runs_in_experiment,
 )
 
 pytestmark = pytest.mark.lightning
-torch.set_num_threads(1)
+env = ns.env
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, mlflow_server: Any, fresh_experiment: str) -> str:
-    """Configuration only through the environment, as Lightning's tests build loggers."""
-    mlflow_server.start()
-    for name in ("AIDP_RUN_ID", "MLFLOW_RUN_ID", "AIDP_EXPERIMENT_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", fresh_experiment)
-    url: str = mlflow_server.url
-    return url
+def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(int(m["step"]), float(m["value"])) for m in get_metric_history(url, run_id, key)]
 
 
 def _logger_args(save_dir: Path) -> dict[str, Any]:
@@ -68,8 +72,11 @@ def test_is_a_lightning_logger_with_defaults_for_every_argument(env: str) -> Non
     assert logger.group_separator == "/"
 
 
-def test_loggers_fit_test(tmp_path: Path, env: str) -> None:
-    class CustomModel(BoringModel):  # type: ignore[misc]
+def test_loggers_fit_test_all(tmp_path: Path, env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify that basic functionality of all loggers."""
+    monkeypatch.chdir(tmp_path)
+
+    class CustomModel(BoringModel):  # type: ignore[misc,valid-type]
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             loss = self.step(batch)
             self.log("train_some_val", loss)
@@ -81,7 +88,7 @@ def test_loggers_fit_test(tmp_path: Path, env: str) -> None:
         def on_test_epoch_end(self) -> None:
             self.log("test_loss", torch.tensor(2))
 
-    class StoreHistoryLogger(AIDPLogger):
+    class StoreHistoryLogger(AIDPLogger):  # type: ignore[misc,valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.history: list[tuple[int | None, dict[str, float]]] = []
@@ -91,17 +98,16 @@ def test_loggers_fit_test(tmp_path: Path, env: str) -> None:
             self.history.append((step, metrics))
 
     logger = StoreHistoryLogger(**_logger_args(tmp_path))
-    trainer = L.Trainer(
+    trainer = ns.trainer(
         max_epochs=1,
         logger=logger,
         limit_train_batches=1,
         limit_val_batches=1,
         log_every_n_steps=1,
         default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
-    trainer.fit(CustomModel())
+    model = CustomModel()
+    trainer.fit(model)
     trainer.test()
 
     assert [(s, sorted(m)) for s, m in logger.history] == [
@@ -111,22 +117,25 @@ def test_loggers_fit_test(tmp_path: Path, env: str) -> None:
     ]
     run_id = logger.version
     assert get_run(env, run_id)["info"]["status"] == "FINISHED"
-    assert [(m["step"], m["value"]) for m in get_metric_history(env, run_id, "test_loss")] == [
-        (1, 2.0)
-    ]
-    assert [(m["step"], m["value"]) for m in get_metric_history(env, run_id, "val_loss")] == [
-        (0, 0.5)
-    ]
+    (train_point,) = _history(env, run_id, "train_some_val")
+    assert train_point[0] == 0
+    assert train_point[1] == pytest.approx(float(logger.history[0][1]["train_some_val"]))
+    assert _history(env, run_id, "early_stop_on") == [(0, 1.0)]
+    assert _history(env, run_id, "val_loss") == [(0, 0.5)]
+    assert _history(env, run_id, "test_loss") == [(1, 2.0)]
+    # once per step; after fit, Trainer.current_epoch (what test logs) is 1
+    assert _history(env, run_id, "epoch") == [(0, 0.0), (1, 1.0)]
 
 
-def test_loggers_pickle(tmp_path: Path, env: str) -> None:
+def test_loggers_pickle_all(tmp_path: Path, env: str) -> None:
+    """Verify that pickling trainer with logger works."""
     logger = AIDPLogger(**_logger_args(tmp_path))
     _ = logger.experiment  # the experiment object must not make pickling fail
     logger.log_metrics({"a": 1})
     logger.save()
     pickle.dumps(logger)
 
-    trainer = L.Trainer(max_epochs=1, logger=logger, default_root_dir=tmp_path)
+    trainer = ns.trainer(max_epochs=1, logger=logger, default_root_dir=tmp_path)
     trainer2 = pickle.loads(pickle.dumps(trainer))
     trainer2.logger.log_metrics({"acc": 1.0})
     assert trainer2.logger.name == logger.name
@@ -134,27 +143,22 @@ def test_loggers_pickle(tmp_path: Path, env: str) -> None:
     assert trainer2.logger.version == logger.version
     trainer2.logger.finalize("success")
     logger.finalize("success")
-    assert [m["value"] for m in get_metric_history(env, logger.version, "acc")] == [1.0]
+    assert _history(env, logger.version, "a") == [(0, 1.0)]
+    assert _history(env, logger.version, "acc") == [(0, 1.0)]
 
 
 @pytest.mark.parametrize("tuner_method", ["lr_find", "scale_batch_size"])
 def test_logger_reset_correctly(tmp_path: Path, env: str, tuner_method: str) -> None:
-    from lightning.pytorch.tuner.tuning import Tuner
+    """Test that the tuners do not alter the logger reference."""
 
-    class CustomModel(BoringModel):  # type: ignore[misc]
+    class CustomModel(BoringModel):  # type: ignore[misc,valid-type]
         def __init__(self, lr: float = 0.1, batch_size: int = 1) -> None:
             super().__init__()
             self.save_hyperparameters()
 
     model = CustomModel()
     logger = AIDPLogger()
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = ns.trainer(default_root_dir=tmp_path, max_epochs=1, logger=logger)
     tuner = Tuner(trainer)
     if tuner_method == "lr_find":
         tuner.lr_find(model, num_training=5)
@@ -162,6 +166,37 @@ def test_logger_reset_correctly(tmp_path: Path, env: str, tuner_method: str) -> 
         tuner.scale_batch_size(model, max_trials=2, steps_per_trial=1)
     assert trainer.logger is logger, "Finder altered the logger of trainer"
     assert model.logger is logger, "Finder altered the logger of model"
+
+
+def test_logger_initialization(tmp_path: Path, env: str, fresh_experiment: str) -> None:
+    """The experiment (the run) exists on the server when `setup` runs; rank zero's
+    `experiment` is the run, not a `DummyExperiment` (one process: see the module docstring)."""
+    seen: dict[str, Any] = {}
+
+    class LazyInitExperimentCheck(ns.L.Callback):  # type: ignore[misc,name-defined]
+        def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
+            assert trainer.logger._run is not None
+            seen["runs_at_setup"] = [
+                r["info"]["run_id"] for r in runs_in_experiment(env, fresh_experiment)
+            ]
+
+    class RankZeroLoggerCheck(ns.L.Callback):  # type: ignore[misc,name-defined]
+        def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+            assert trainer.is_global_zero
+            assert not isinstance(trainer.logger.experiment, DummyExperiment)
+            seen["experiment"] = trainer.logger.experiment
+
+    logger = AIDPLogger(**_logger_args(tmp_path))
+    trainer = ns.trainer(
+        logger=logger,
+        default_root_dir=tmp_path,
+        max_steps=1,
+        callbacks=[LazyInitExperimentCheck(), RankZeroLoggerCheck()],
+    )
+    trainer.fit(BoringModel())
+    assert seen["runs_at_setup"] == [logger.version]
+    assert seen["experiment"].run_id == logger.version
+    assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
 
 
 def test_log_hyperparams_namespace_dict_none(env: str) -> None:
@@ -175,38 +210,15 @@ def test_log_hyperparams_namespace_dict_none(env: str) -> None:
     assert params == {"a": "1", "nested/b": "x", "c": "2.5", "d/e": "None"}
 
 
-class LoggingBoringModel(BoringModel):  # type: ignore[misc]
+class LoggingBoringModel(BoringModel):  # type: ignore[misc,valid-type]
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         loss = self.step(batch)
         self.log("train_loss", loss)
         return {"loss": loss}
 
 
-def test_multiple_loggers(tmp_path: Path, env: str) -> None:
-    aidp = AIDPLogger()
-    csv_logger = CSVLogger(str(tmp_path))
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        log_every_n_steps=1,
-        logger=[aidp, csv_logger],
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(LoggingBoringModel())
-    assert trainer.loggers == [aidp, csv_logger]
-    assert trainer.logger is aidp
-    history = get_metric_history(env, aidp.version, "train_loss")
-    with open(Path(csv_logger.log_dir) / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    expected = [(int(r["step"]), float(r["train_loss"])) for r in rows if r.get("train_loss")]
-    assert sorted((m["step"], m["value"]) for m in history) == expected
-    assert [s for s, _ in expected] == [0, 1, 2]
-
-
-def test_logger_with_prefix(env: str) -> None:
+def test_logger_with_prefix_all(env: str) -> None:
+    """Test that prefix is added at the beginning of the metric keys."""
     logger = AIDPLogger(prefix="tmp")
     logger.log_metrics({"test": 1.0}, step=0)
     logger.finalize("success")
@@ -214,20 +226,21 @@ def test_logger_with_prefix(env: str) -> None:
         (m["key"], m["step"], m["value"])
         for m in get_metric_history(env, logger.version, "tmp-test")
     ] == [("tmp-test", 0, 1.0)]
+    assert get_metric_history(env, logger.version, "test") == []
 
 
-def test_logger_default_name(env: str, fresh_experiment: str) -> None:
-    assert AIDPLogger().name == fresh_experiment
+def test_logger_default_name(
+    env: str, fresh_experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Test that the default logger name is lightning_logs (MLFlowLogger's experiment name)
+    when neither an argument nor the environment names one."""
+    assert AIDPLogger().name == fresh_experiment  # MLFLOW_EXPERIMENT_NAME
     assert AIDPLogger(experiment_name="resnet").name == "resnet"
 
-
-def test_without_any_name_the_run_goes_to_lightning_logs(
-    env: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """MLFlowLogger's default: no argument, no variable -> the experiment `lightning_logs`."""
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     logger = AIDPLogger()
     assert logger.name == "lightning_logs"
+    _ = logger.experiment
     logger.log_metrics({"a": 1.0}, step=0)
     logger.finalize("success")
     assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
@@ -243,13 +256,11 @@ def test_no_thread_is_left_running_after_finalize(tmp_path: Path, env: str) -> N
     daemon whose `stop()` ends it). 0.1 left one sender thread per run."""
     before = set(threading.enumerate())
     logger = AIDPLogger()
-    trainer = L.Trainer(
+    trainer = ns.trainer(
         max_steps=4,
         log_every_n_steps=1,
         logger=logger,
         default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
     )
     trainer.fit(LoggingBoringModel())
@@ -267,12 +278,10 @@ def test_nothing_is_written_to_the_working_directory(
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     logger = AIDPLogger()
-    trainer = L.Trainer(
+    trainer = ns.trainer(
         max_steps=2,
         logger=logger,
         default_root_dir=tmp_path / "root",
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
     )
     model = BoringModel()
@@ -284,9 +293,7 @@ def test_nothing_is_written_to_the_working_directory(
 def test_picklable_before_and_after_use(tmp_path: Path, env: str) -> None:
     logger = AIDPLogger()
     pickle.loads(pickle.dumps(logger))
-    trainer = L.Trainer(
-        max_steps=2, logger=logger, default_root_dir=tmp_path, enable_progress_bar=False
-    )
+    trainer = ns.trainer(max_steps=2, logger=logger, default_root_dir=tmp_path)
     trainer.fit(BoringModel())
     copy = pickle.loads(pickle.dumps(logger))
     assert (copy.name, copy.version) == (logger.name, logger.version)
@@ -295,24 +302,12 @@ def test_picklable_before_and_after_use(tmp_path: Path, env: str) -> None:
     assert [m["step"] for m in get_metric_history(env, logger.version, "after_pickle")] == [9]
 
 
-@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
 def test_ranks_above_zero_get_the_dummy_experiment_of_their_namespace(
-    namespace: str, env: str, monkeypatch: pytest.MonkeyPatch
+    env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """0.1: the pytorch_lightning logger handed out lightning.fabric's dummy."""
-    from lightning_utilities.core.rank_zero import rank_zero_only
-
-    if namespace == "pytorch_lightning":
-        pytest.importorskip("pytorch_lightning")
-        from pytorch_lightning.loggers.logger import DummyExperiment
-
-        from aidp_metrics.integrations.pytorch_lightning import AIDPLogger as Logger_
-    else:
-        from lightning.pytorch.loggers.logger import DummyExperiment
-
-        Logger_ = AIDPLogger
     monkeypatch.setattr(rank_zero_only, "rank", 1)
-    logger = Logger_()
+    logger = AIDPLogger()
     assert isinstance(logger.experiment, DummyExperiment)
     assert logger._handle.run is None
     monkeypatch.setattr(rank_zero_only, "rank", 0)
