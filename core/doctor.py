@@ -69,14 +69,13 @@ def resolve_endpoint(options: ConnectionOptions) -> Endpoint:
 
 
 def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | None:
-    """OCI request signing for AIDP; for MLflow the environment's token/basic auth (or none)."""
+    """`MLFLOW_TRACKING_AUTH`'s provider, else OCI request signing for AIDP, else for MLflow
+    the environment's token/basic auth (or none): `aidp_metrics.auth.endpoint_auth`."""
     from . import auth
 
-    if endpoint.kind == "aidp":
-        return auth.oci_signer_auth(
-            options.auth, config_file=options.config_file, profile=options.profile
-        )
-    return auth.mlflow_auth(endpoint.credential)
+    return auth.endpoint_auth(
+        endpoint, oci_mode=options.auth, config_file=options.config_file, profile=options.profile
+    )
 
 
 def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:
@@ -220,7 +219,11 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
             report.info("region", endpoint.region)
         else:
             report.info("region", "- (explicit endpoint URL)")
-        if os.environ.get("MLFLOW_TRACKING_URI") and not options.tracking_uri:
+        if (
+            os.environ.get("MLFLOW_TRACKING_URI")
+            and not options.tracking_uri
+            and os.environ.get("AIDP_INSTANCE_ID", "").strip()
+        ):
             report.info("note", "MLFLOW_TRACKING_URI is set but ignored: AIDP_* settings win")
         if endpoint.user_principal:
             report.info("principal", endpoint.user_principal)
@@ -455,6 +458,11 @@ def _profile_keys(options: ConnectionOptions) -> dict[str, str]:
 
 
 def _auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
+    from .request_auth import AIDP_PROVIDER, tracking_auth_name
+
+    provider = tracking_auth_name()
+    if provider is not None and provider != AIDP_PROVIDER:
+        return f"MLflow request-auth provider {provider!r} (from MLFLOW_TRACKING_AUTH)"
     if endpoint.kind != "aidp":
         return "MLflow basic / bearer auth from the tracking URI or MLFLOW_TRACKING_* variables"
     mode = options.auth or os.environ.get("OCI_CLI_AUTH") or "auto (api_key or security_token)"
@@ -465,16 +473,23 @@ def _auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
 def _auth_description(
     endpoint: Endpoint, auth: httpx.Auth | None, options: ConnectionOptions
 ) -> str:
-    if endpoint.kind != "aidp":
+    from .auth import OCIRequestSigner
+    from .request_auth import AIDP_PROVIDER, ProviderAuth, tracking_auth_name
+
+    if isinstance(auth, ProviderAuth):
+        return auth.describe()
+    if endpoint.kind != "aidp" and not isinstance(auth, OCIRequestSigner):
         return _mlflow_auth_name(auth)
     mode = str(getattr(auth, "mode", type(auth).__name__))
-    if mode not in ("api_key", "security_token"):
-        return f"OCI request signing, mode {mode}"
-    profile, path = _profile_location(options)
-    text = f"OCI request signing, mode {mode}, profile {profile} in {path}"
-    fingerprint = _profile_keys(options).get("fingerprint")
-    if fingerprint and mode == "api_key":
-        text += f", key fingerprint {fingerprint}"
+    text = f"OCI request signing, mode {mode}"
+    if mode in ("api_key", "security_token"):
+        profile, path = _profile_location(options)
+        text += f", profile {profile} in {path}"
+        fingerprint = _profile_keys(options).get("fingerprint")
+        if fingerprint and mode == "api_key":
+            text += f", key fingerprint {fingerprint}"
+    if tracking_auth_name() == AIDP_PROVIDER:
+        text += " (MLflow request-auth provider 'aidp', from MLFLOW_TRACKING_AUTH)"
     return text
 
 

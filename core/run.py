@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import logging
 import mmap
 import os
 import sys
@@ -65,6 +66,7 @@ _ONE_ATTEMPT = RetryPolicy.never()
 # Answers that are definite: the run cannot be created or found, whatever we wait.
 _DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
 _T = TypeVar("_T")
+_logger = logging.getLogger("aidp_metrics")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
@@ -183,6 +185,20 @@ class Run:
         return self.client is None
 
     @property
+    def url(self) -> str | None:
+        """The run's page in the tracking server's web UI; None while the run exists only
+        here (offline, or not created on the server yet) and for AIDP (no known UI URL)."""
+        run_id = self.run_id
+        if self.client is None or run_id in (self.local_id, self._alias):
+            return None
+        return self.client.endpoint.run_page_url(run_id, self.experiment_id)
+
+    def _announce(self) -> None:
+        url = self.url
+        if url is not None:
+            _logger.info("aidp-metrics: run %s: %s", self.run_id, url)
+
+    @property
     def ended(self) -> bool:
         """`end()` was called and nothing was logged since."""
         stream = self._stream
@@ -268,7 +284,7 @@ class Run:
                 run_id, opening = info.run_id, None
                 descriptor.run_id = run_id
                 descriptor.run_name = info.run_name or run_name
-        return cls(
+        run = cls(
             client,
             delivery,
             local_id=local_id,
@@ -277,6 +293,8 @@ class Run:
             descriptor=descriptor,
             owns_client=owns,
         )
+        run._announce()
+        return run
 
     @classmethod
     def attach(
@@ -373,6 +391,7 @@ class Run:
             floors=floors,
         )
         run._alias = alias
+        run._announce()
         return run
 
     @classmethod
