@@ -186,7 +186,8 @@ def _apply(auth: Any, request: httpx.Request, name: str) -> None:
     for header in [h for h in request.headers if h not in signed.headers]:
         del request.headers[header]
     for header, value in signed.headers.items():
-        request.headers[header] = value
+        # requests allows bytes values; HTTP headers are latin-1 on the wire
+        request.headers[header] = value.decode("latin-1") if isinstance(value, bytes) else value
     if signed.url and signed.url != str(request.url):
         request.url = httpx.URL(signed.url)
 

@@ -113,7 +113,9 @@ def test_aidp_tracking_uri_must_be_https_without_userinfo(url: str) -> None:
 def test_run_url_is_none_for_aidp_and_built_for_mlflow() -> None:
     assert Endpoint.mlflow(AIDP_URL).run_page_url("abc", "1") is None
     mlflow = Endpoint.mlflow("http://127.0.0.1:5000/prefix/")
-    assert mlflow.run_page_url("abc", "7") == "http://127.0.0.1:5000/prefix/#/experiments/7/runs/abc"
+    assert (
+        mlflow.run_page_url("abc", "7") == "http://127.0.0.1:5000/prefix/#/experiments/7/runs/abc"
+    )
     assert mlflow.run_page_url("abc") == "http://127.0.0.1:5000/prefix/#/runs/abc"
 
 
@@ -182,7 +184,12 @@ def test_run_signs_with_a_third_party_provider_and_never_shows_its_credential(
         with Run.start(experiment_name=fresh_experiment, **RUN_OPTIONS) as run:
             assert run.client is not None
             assert isinstance(run.client.auth, ProviderAuth)
-            shown += [repr(run), repr(run.client), repr(run.client.auth), run.client.auth.describe()]
+            shown += [
+                repr(run),
+                repr(run.client),
+                repr(run.client.auth),
+                run.client.auth.describe(),
+            ]
             for step in range(5):
                 run.log_metric("loss", 1.0 / (step + 1), step=step)
         shown += [repr(run), str(run.stats)]
@@ -211,9 +218,8 @@ def test_a_provider_that_fails_gives_a_clear_error_without_its_secret(
     env: pytest.MonkeyPatch, providers: Path, mlflow_server: MLflowServer
 ) -> None:
     env.setenv("MLFLOW_TRACKING_AUTH", BROKEN_PROVIDER)
-    with MetricsClient(mlflow_server.url) as client:
-        with pytest.raises(ConfigurationError) as caught:
-            client.get_experiment_by_name("Default")
+    with MetricsClient(mlflow_server.url) as client, pytest.raises(ConfigurationError) as caught:
+        client.get_experiment_by_name("Default")
     message = str(caught.value)
     assert BROKEN_PROVIDER in message
     assert "RuntimeError" in message
