@@ -25,7 +25,7 @@ _AIDP_VARIABLES = "AIDP_INSTANCE_ID and AIDP_WORKSPACE_KEY (plus OCI_CLI_REGION 
 # An AIDP workspace's MLOps root, as a tracking URI: `{host}/{api version}/aiDataPlatforms/
 # {id}/workspaces/{key}/mlops` (any path before the version is kept: one Oracle page has `/api`).
 _AIDP_WORKSPACE_PATH = re.compile(
-    r"/(?P<version>\d{8})/aiDataPlatforms/(?P<instance>[^/]+)/workspaces/(?P<workspace>[^/]+)"
+    r"/\d{8}/aiDataPlatforms/(?P<instance>[^/]+)/workspaces/(?P<workspace>[^/]+)"
     r"/mlops/?$"
 )
 # aidp-cli's host (`aidp.{region}...`) and the generated SDK's (`datalake.{region}...`).
