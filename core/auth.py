@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from aidp_metrics.endpoint import BasicCredential
+from aidp_metrics.endpoint import BasicCredential, Endpoint
 from aidp_metrics.env import (
     MLFLOW_TRACKING_PASSWORD,
     MLFLOW_TRACKING_TOKEN,
@@ -31,7 +31,7 @@ ENV_BASIC_SOURCE = f"{MLFLOW_TRACKING_USERNAME}/{MLFLOW_TRACKING_PASSWORD}"
 # Headers the oci signers add or fill in; copied from the signed request back onto httpx's.
 _SIGNED_HEADERS = ("authorization", "date", "x-content-sha256", "content-length", "content-type")
 # Left over from a previous signing; the signer would reuse rather than recompute them.
-_STALE_HEADERS = ("authorization", "date", "x-content-sha256")
+STALE_HEADERS = ("authorization", "date", "x-content-sha256")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -68,10 +68,17 @@ class OCIRequestSigner(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         generation = self._sign(request)
         response = yield request
-        if response.status_code == 401 and self._refresh is not None:
-            self._refresh_once(generation, self._refresh)
+        if response.status_code == 401 and self.refresh_after_401(generation):
             self._sign(request)
             yield request
+
+    def refresh_after_401(self, generation: int) -> bool:
+        """Refresh the credentials after a 401 to a request signed at `generation` (once for
+        any number of concurrent 401s); False when this signer cannot refresh."""
+        if self._refresh is None:
+            return False
+        self._refresh_once(generation, self._refresh)
+        return True
 
     def _refresh_in_place(self) -> Any:
         self._signer.refresh_security_token()
@@ -95,7 +102,7 @@ class OCIRequestSigner(httpx.Auth):
     def _sign(self, request: httpx.Request) -> int:
         from oci._vendor.requests import PreparedRequest
 
-        for name in _STALE_HEADERS:
+        for name in STALE_HEADERS:
             request.headers.pop(name, None)
         body = request.content
         if request.method in _BODY_METHODS and "content-length" not in request.headers:
@@ -108,14 +115,7 @@ class OCIRequestSigner(httpx.Auth):
         prepared.url = str(request.url)
         prepared.prepare_headers(dict(request.headers))
         prepared.body = body
-
-        with self._lock:
-            # Signers for resource principals and OKE refresh only here, not in __call__.
-            get_token = getattr(self._signer, "get_security_token", None)
-            if callable(get_token):
-                get_token()
-            self._signer(prepared)
-            generation = self._generation
+        generation = self.sign_prepared(prepared)
 
         for name in _SIGNED_HEADERS:
             value = prepared.headers.get(name)
@@ -124,6 +124,18 @@ class OCIRequestSigner(httpx.Auth):
         # oci signs the URL's netloc as `host`, so send exactly that.
         request.headers["host"] = urlsplit(prepared.url).netloc
         return generation
+
+    def sign_prepared(self, prepared: Any) -> int:
+        """Sign a `requests` PreparedRequest (ours or `oci`'s vendored one) in place; returns
+        the credentials' generation, for `refresh_after_401`. Stale signature headers must
+        already be gone."""
+        with self._lock:
+            # Signers for resource principals and OKE refresh only here, not in __call__.
+            get_token = getattr(self._signer, "get_security_token", None)
+            if callable(get_token):
+                get_token()
+            self._signer(prepared)
+            return self._generation
 
 
 def oci_signer_auth(
@@ -322,3 +334,28 @@ def mlflow_auth(credential: BasicCredential | None = None) -> httpx.Auth | None:
             f"MLFLOW_TRACKING_{have} is set but MLFLOW_TRACKING_{need} is not; set both"
         )
     return None
+
+
+def endpoint_auth(
+    endpoint: Endpoint,
+    *,
+    oci_mode: str | None = None,
+    config_file: str | Path | None = None,
+    profile: str | None = None,
+) -> httpx.Auth | None:
+    """The auth every request to `endpoint` gets, unless the caller passes its own.
+
+    `MLFLOW_TRACKING_AUTH` first, as MLflow's own client does: a provider's `requests` auth
+    object signs our requests too (`aidp`, ours, is OCI request signing). An AIDP endpoint
+    given explicit OCI settings (`oci_mode`, `config_file`, `profile`: the CLI's flags)
+    keeps OCI signing. Else OCI request signing for AIDP and `mlflow_auth` for MLflow.
+    """
+    from .request_auth import AIDP_PROVIDER, provider_auth, tracking_auth_name
+
+    provider = tracking_auth_name()
+    explicit_oci = endpoint.kind == "aidp" and any((oci_mode, config_file, profile))
+    if provider is not None and provider != AIDP_PROVIDER and not explicit_oci:
+        return provider_auth(provider)
+    if endpoint.kind == "aidp" or provider == AIDP_PROVIDER:
+        return oci_signer_auth(oci_mode, config_file=config_file, profile=profile)
+    return mlflow_auth(endpoint.credential)

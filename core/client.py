@@ -376,12 +376,11 @@ class MetricsClient:
 
 
 def default_auth(endpoint: Endpoint) -> httpx.Auth | None:
-    """OCI request signing for AIDP; for MLflow the URI's user:password, else the env's."""
+    """`MLFLOW_TRACKING_AUTH`'s provider, else OCI request signing for AIDP, else for MLflow
+    the URI's user:password, else the env's (`aidp_metrics.auth.endpoint_auth`)."""
     from . import auth
 
-    if endpoint.kind == "aidp":
-        return auth.oci_signer_auth()
-    return auth.mlflow_auth(endpoint.credential)
+    return auth.endpoint_auth(endpoint)
 
 
 def new_request_id() -> str:

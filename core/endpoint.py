@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -30,6 +31,14 @@ _AIDP_USERINFO = (
     "signed with your OCI credentials"
 )
 _AIDP_VARIABLES = "AIDP_INSTANCE_ID and AIDP_WORKSPACE_KEY (plus OCI_CLI_REGION or AIDP_ENDPOINT)"
+# An AIDP workspace's MLOps root, as a tracking URI: `{host}/{api version}/aiDataPlatforms/
+# {id}/workspaces/{key}/mlops` (any path before the version is kept: one Oracle page has `/api`).
+_AIDP_WORKSPACE_PATH = re.compile(
+    r"/\d{8}/aiDataPlatforms/(?P<instance>[^/]+)/workspaces/(?P<workspace>[^/]+)"
+    r"/mlops/?$"
+)
+# aidp-cli's host (`aidp.{region}...`) and the generated SDK's (`datalake.{region}...`).
+_AIDP_HOST = re.compile(r"^(?:aidp|datalake)\.(?P<region>[a-z0-9-]+)\.oci\.")
 
 
 class BasicCredential:
@@ -136,7 +145,10 @@ class Endpoint:
 
     @classmethod
     def mlflow(cls, tracking_uri: str, *, source: str = "the tracking URI") -> Endpoint:
-        """An MLflow tracking server; `http://user:password@host` gives Basic auth.
+        """The endpoint a tracking URI names: an MLflow tracking server, where
+        `http://user:password@host` gives Basic auth, or an AIDP workspace's MLOps URL
+        (`https://aidp.{region}.oci.oraclecloud.com/20260430/aiDataPlatforms/{id}/workspaces/
+        {key}/mlops`), which is an AIDP endpoint (OCI request signing, AIDP headers).
 
         `source` names where the URI came from (`MLFLOW_TRACKING_URI`, `--tracking-uri`),
         for doctor's "basic (from ...)" line.
@@ -148,9 +160,28 @@ class Endpoint:
                 f"MLflow tracking URI {redact_url(uri)!r} is not an http(s) URL; aidp-metrics "
                 "talks to a tracking server's REST API (e.g. http://127.0.0.1:5000)"
             )
+        workspace = _AIDP_WORKSPACE_PATH.search(urlsplit(uri).path)
+        if workspace is not None:
+            return cls._aidp_workspace(uri, workspace)
         bare, userinfo = _split_userinfo(uri, "MLflow tracking URI")
         credential = _credential(userinfo, source) if userinfo is not None else None
         return cls(kind="mlflow", base_url=bare, credential=credential)
+
+    @classmethod
+    def _aidp_workspace(cls, uri: str, workspace: re.Match[str]) -> Endpoint:
+        """An AIDP workspace's MLOps URL given as a tracking URI: OCI-signed like any AIDP
+        endpoint (`dh-user-principal` from `AIDP_USER_PRINCIPAL`)."""
+        _check_aidp_url(uri)
+        host = urlsplit(uri).hostname or ""
+        region = _AIDP_HOST.match(host)
+        return cls(
+            kind="aidp",
+            base_url=uri,
+            user_principal=os.environ.get(AIDP_USER_PRINCIPAL, "").strip() or None,
+            region=region.group("region") if region else None,
+            instance_id=unquote(workspace.group("instance")),
+            workspace_key=unquote(workspace.group("workspace")),
+        )
 
     @classmethod
     def from_env(cls) -> Endpoint:
@@ -202,6 +233,20 @@ class Endpoint:
     def url(self, path: str) -> str:
         """Absolute URL of an MLflow REST call such as `runs/log-metric`."""
         return f"{self.base_url}/{MLFLOW_API_PREFIX}/{path}"
+
+    def run_page_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
+        """The run's page in the tracking server's web UI, safe to print; None for AIDP,
+        whose UI address cannot be derived from the API's.
+
+        Without the experiment id it is MLflow's direct run route (`#/runs/{run_id}`),
+        which the UI redirects to the run's page in its experiment.
+        """
+        if self.kind != "mlflow":
+            return None
+        run = quote(run_id, safe="")
+        if experiment_id is None:
+            return f"{self.base_url}/#/runs/{run}"
+        return f"{self.base_url}/#/experiments/{quote(experiment_id, safe='')}/runs/{run}"
 
     def public_url(self) -> str:
         """The base URL, safe to print or store: it never holds credentials."""

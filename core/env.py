@@ -37,6 +37,9 @@ MLFLOW_TRACKING_URI = _variable("MLFLOW_TRACKING_URI", "MLflow tracking server, 
 MLFLOW_TRACKING_TOKEN = _variable("MLFLOW_TRACKING_TOKEN", "Bearer token for MLflow")
 MLFLOW_TRACKING_USERNAME = _variable("MLFLOW_TRACKING_USERNAME", "Basic auth user for MLflow")
 MLFLOW_TRACKING_PASSWORD = _variable("MLFLOW_TRACKING_PASSWORD", "Basic auth password for MLflow")
+MLFLOW_TRACKING_AUTH = _variable(
+    "MLFLOW_TRACKING_AUTH", "an installed MLflow request-auth provider to sign with (aidp: ours)"
+)
 
 # -- which run -----------------------------------------------------------------------------
 AIDP_RUN_ID = _variable("AIDP_RUN_ID", "attach to this run instead of starting one")

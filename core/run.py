@@ -9,6 +9,7 @@ here raises into training code unless `strict=True`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from types import TracebackType
@@ -41,6 +42,7 @@ from .stats import RunStats
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
+_logger = logging.getLogger("aidp_metrics")
 _new_tuple = tuple.__new__  # a Metric without NamedTuple's slower constructor (hot path)
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
@@ -71,6 +73,7 @@ class Run:
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = setup.spec
         self._start(setup.run_id, setup.opening, setup.floors)
+        self._announce()
 
     def _start(
         self,
@@ -122,6 +125,20 @@ class Run:
     @property
     def offline(self) -> bool:
         return self.client is None
+
+    @property
+    def url(self) -> str | None:
+        """The run's page in the tracking server's web UI; None while the run exists only
+        here (offline, or not created on the server yet) and for AIDP (no known UI URL)."""
+        run_id = self.run_id
+        if self.client is None or run_id in (self.local_id, self._alias):
+            return None
+        return self.client.endpoint.run_page_url(run_id, self.experiment_id)
+
+    def _announce(self) -> None:
+        url = self.url
+        if url is not None:
+            _logger.info("aidp-metrics: run %s: %s", self.run_id, url)
 
     @property
     def ended(self) -> bool:

@@ -62,14 +62,13 @@ def resolve_endpoint(options: ConnectionOptions) -> Endpoint:
 
 
 def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | None:
-    """OCI request signing for AIDP; for MLflow the environment's token/basic auth (or none)."""
+    """`MLFLOW_TRACKING_AUTH`'s provider, else OCI request signing for AIDP, else for MLflow
+    the environment's token/basic auth (or none): `aidp_metrics.auth.endpoint_auth`."""
     from aidp_metrics import auth
 
-    if endpoint.kind == "aidp":
-        return auth.oci_signer_auth(
-            options.auth, config_file=options.config_file, profile=options.profile
-        )
-    return auth.mlflow_auth(endpoint.credential)
+    return auth.endpoint_auth(
+        endpoint, oci_mode=options.auth, config_file=options.config_file, profile=options.profile
+    )
 
 
 def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from aidp_metrics._version import __version__
 from aidp_metrics.endpoint import Endpoint
-from aidp_metrics.env import MLFLOW_TRACKING_URI
+from aidp_metrics.env import AIDP_INSTANCE_ID, MLFLOW_TRACKING_URI
 from aidp_metrics.errors import APIError, ConfigurationError, NoEndpointConfigured
 from aidp_metrics.redact import redact
 
@@ -145,7 +145,11 @@ def _endpoint(options: ConnectionOptions, report: Report) -> Endpoint | None:
     report.info("base URL", endpoint.public_url())
     if endpoint.kind == "aidp":
         report.info("region", endpoint.region or "- (explicit endpoint URL)")
-        if os.environ.get(MLFLOW_TRACKING_URI) and not options.tracking_uri:
+        if (
+            os.environ.get(MLFLOW_TRACKING_URI)
+            and not options.tracking_uri
+            and os.environ.get(AIDP_INSTANCE_ID, "").strip()
+        ):
             report.info("note", "MLFLOW_TRACKING_URI is set but ignored: AIDP_* settings win")
         if endpoint.user_principal:
             report.info("principal", endpoint.user_principal)

@@ -131,6 +131,11 @@ def profile_keys(options: ConnectionOptions) -> dict[str, str]:
 
 
 def auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
+    from aidp_metrics.request_auth import AIDP_PROVIDER, tracking_auth_name
+
+    provider = tracking_auth_name()
+    if provider is not None and provider != AIDP_PROVIDER:
+        return f"MLflow request-auth provider {provider!r} (from MLFLOW_TRACKING_AUTH)"
     if endpoint.kind != "aidp":
         return "MLflow basic / bearer auth from the tracking URI or MLFLOW_TRACKING_* variables"
     mode = options.auth or os.environ.get(OCI_CLI_AUTH) or "auto (api_key or security_token)"
@@ -141,16 +146,23 @@ def auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
 def auth_description(
     endpoint: Endpoint, auth: httpx.Auth | None, options: ConnectionOptions
 ) -> str:
-    if endpoint.kind != "aidp":
+    from aidp_metrics.auth import OCIRequestSigner
+    from aidp_metrics.request_auth import AIDP_PROVIDER, ProviderAuth, tracking_auth_name
+
+    if isinstance(auth, ProviderAuth):
+        return auth.describe()
+    if endpoint.kind != "aidp" and not isinstance(auth, OCIRequestSigner):
         return _mlflow_auth_name(auth)
     mode = str(getattr(auth, "mode", type(auth).__name__))
-    if mode not in ("api_key", "security_token"):
-        return f"OCI request signing, mode {mode}"
-    profile, path = profile_location(options)
-    text = f"OCI request signing, mode {mode}, profile {profile} in {path}"
-    fingerprint = profile_keys(options).get("fingerprint")
-    if fingerprint and mode == "api_key":
-        text += f", key fingerprint {fingerprint}"
+    text = f"OCI request signing, mode {mode}"
+    if mode in ("api_key", "security_token"):
+        profile, path = profile_location(options)
+        text += f", profile {profile} in {path}"
+        fingerprint = profile_keys(options).get("fingerprint")
+        if fingerprint and mode == "api_key":
+            text += f", key fingerprint {fingerprint}"
+    if tracking_auth_name() == AIDP_PROVIDER:
+        text += " (MLflow request-auth provider 'aidp', from MLFLOW_TRACKING_AUTH)"
     return text
 
 

@@ -175,7 +175,7 @@ def test_logger_initialization(tmp_path: Path, env: str, fresh_experiment: str) 
 
     class LazyInitExperimentCheck(ns.L.Callback):  # type: ignore[misc,name-defined]
         def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
-            assert trainer.logger._run is not None
+            assert trainer.logger._handle.run is not None
             seen["runs_at_setup"] = [
                 r["info"]["run_id"] for r in runs_in_experiment(env, fresh_experiment)
             ]

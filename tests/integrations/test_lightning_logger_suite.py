@@ -192,7 +192,7 @@ def test_dummylogger_noop_method_calls(tmp_path: Path, env: str, fresh_experimen
     trainer.logger.log_hyperparams("1", 2, three="three")
     trainer.logger.log_metrics("1", 2, three="three")
     trainer.fit(_TrainLossModel())
-    assert logger._run is None
+    assert logger._handle.run is None
     assert runs_in_experiment(env, fresh_experiment) == []
 
 

@@ -118,7 +118,7 @@ def proxy(env: str) -> Any:
 def test_mlflow_logger_exists(env: str, fresh_experiment: str) -> None:
     """Test launching three independent loggers with either same or different experiment name."""
     logger = AIDPLogger(experiment_name=fresh_experiment)
-    assert logger._run is None
+    assert logger._handle.run is None
     assert runs_in_experiment(env, fresh_experiment) == []  # nothing before it is needed
     experiment_id = logger.experiment.experiment_id
     assert _info(env, logger.run_id)["experiment_id"] == experiment_id
@@ -342,7 +342,7 @@ def test_mlflow_logger_finalize(env: str, status: str, expected: str) -> None:
     logger = AIDPLogger()
     # Pretend we are in a worker process and finalizing
     _ = logger.experiment
-    assert logger._run is not None
+    assert logger._handle.run is not None
 
     logger.finalize(status)
     assert _info(env, logger.run_id)["status"] == expected
@@ -353,7 +353,7 @@ def test_mlflow_logger_finalize_when_exception(env: str, fresh_experiment: str) 
 
     # Pretend we are on the main process and failing: no run was created, none is
     logger.finalize("failed")
-    assert logger._run is None
+    assert logger._handle.run is None
     assert runs_in_experiment(env, fresh_experiment) == []
 
     # Pretend we are in a worker process and failing

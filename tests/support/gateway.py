@@ -137,9 +137,14 @@ class AIDPGateway:
     @property
     def mlflow_url(self) -> str:
         """Base URL of the MLflow API behind the AIDP prefix (no trailing slash)."""
+        return f"{self.tracking_uri}/api/2.0/mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The workspace's MLOps root, as `MLFLOW_TRACKING_URI` names an AIDP workspace."""
         return (
             f"{self.url}/{self.api_version}/aiDataPlatforms/{self.instance_id}"
-            f"/workspaces/{self.workspace_key}/mlops/api/2.0/mlflow"
+            f"/workspaces/{self.workspace_key}/mlops"
         )
 
     def register_key(self, key_id: str, public_key_pem: bytes) -> None:
