@@ -1,4 +1,4 @@
-"""The `aidp-metrics` command: doctor, log, history, plot, local-server, sync.
+"""The `aidp-metrics` command: doctor, log, history, plot, local-server, sync, tensorboard.
 
 Importing this module loads only argparse and the light part of the package; httpx, oci,
 mlflow and matplotlib are imported by the commands that need them. Errors are printed as
@@ -25,6 +25,7 @@ from ._version import __version__
 from .errors import AIDPError, ConfigurationError
 from .oci_config import AUTH_MODES
 from .redact import redact
+from .tensorboard_cli import register as register_tensorboard
 
 if TYPE_CHECKING:
     from .client import MetricsClient
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--dry-run", action="store_true", help="list what would be sent; send nothing"
     )
+    register_tensorboard(subparsers, _command, _cmd_tensorboard)
     return parser
 
 
@@ -520,6 +522,15 @@ def _cmd_local_server(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     print("MLflow tracking server stopped.", file=sys.stderr)
     return EXIT_OK
+
+
+# -- tensorboard ---------------------------------------------------------------------------
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from .tensorboard_cli import command
+
+    return command(args, _client)
 
 
 # -- sync ----------------------------------------------------------------------------------

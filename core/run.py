@@ -108,6 +108,7 @@ class Run:
         self._notifier = Notifier()
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = opening[1] if opening is not None and opening[0] == "create" else None
+        self._before_end: list[Callable[[], None]] = []  # what _end() calls first, once
         self._stream = self._new_stream(run_id, opening, floors)
 
     def _new_stream(
@@ -512,6 +513,16 @@ class Run:
         if clean:
             self._stream.append_op("tags", {"items": [[k, v] for k, v in clean.items()]})
 
+    def follow_tensorboard(self, logdir: str | os.PathLike[str], interval: float = 1.0) -> None:
+        """Log the scalars of every TensorBoard event file under `logdir` into this run
+        from a thread of its own until `end()`, which logs what is left first (needs
+        `aidp-metrics[tensorboard]`; README "TensorBoard")."""
+        from .tensorboard import follow
+
+        stop = follow(self, logdir, interval=interval)
+        if stop is not None:
+            self._before_end.append(stop)
+
     # -- delivery control -----------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -583,6 +594,8 @@ class Run:
     # -- ending ---------------------------------------------------------------------------
 
     def _end(self, status: str, wait: float, *, why: str) -> None:
+        while self._before_end:  # e.g. a TensorBoard follower logs what is left
+            self._before_end.pop()()
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
         with self._end_lock:
             stream = self._stream
