@@ -349,3 +349,74 @@ def test_cli_follow_imports_new_directories_until_ctrl_c(
     late = runs["late"]
     assert late["info"]["status"] == "FINISHED"
     assert history(url, late["info"]["run_id"], "f1") == [(s, acc(s), ms(s)) for s in STEPS]
+
+
+# -- the example, light imports, a missing package --------------------------------------------
+
+
+@pytest.mark.slow
+def test_example_runs(mlflow_server: MLflowServer, fresh_experiment: str, tmp_path: Path) -> None:
+    from tests.test_examples import EXAMPLES, child_env, run_script
+
+    env = child_env(
+        mlflow_server,
+        tmp_path,
+        MLFLOW_EXPERIMENT_NAME=fresh_experiment,
+        EPOCHS="2",
+        OUTPUT_DIR=str(tmp_path / "output"),
+    )
+    result = run_script([str(EXAMPLES / "tensorboard_example.py")], env, cwd=tmp_path)
+    assert result.stdout.count("points imported") == 2  # offline and offline/eval
+    assert result.stdout.count("up to date") == 2  # the second import: nothing new
+    runs = runs_by_name(mlflow_server.url, fresh_experiment)
+    assert set(runs) == {"tensorboard-live", "offline", "eval"}
+    steps = 2 * 1024 // 32
+    url = mlflow_server.url
+    live = str(runs["tensorboard-live"]["info"]["run_id"])
+    assert [s for s, _, _ in history(url, live, "train_loss")] == list(range(1, steps + 1))
+    assert [s for s, _, _ in history(url, live, "lr")] == list(range(1, steps + 1))
+    assert [s for s, _, _ in history(url, live, "eval/loss")] == [steps // 2, steps]
+    offline = str(runs["offline"]["info"]["run_id"])
+    assert len(history(url, offline, "train_loss")) == steps
+    assert [s for s, _, _ in history(url, str(runs["eval"]["info"]["run_id"]), "loss")] == [
+        steps // 2,
+        steps,
+    ]
+    for run in runs.values():
+        assert run["info"]["status"] == "FINISHED"
+
+
+def test_importing_the_package_loads_no_tensorboard() -> None:
+    code = (
+        "import sys, aidp_metrics, aidp_metrics.cli\n"
+        "from aidp_metrics import Run\n"
+        "aidp_metrics.cli.build_parser()\n"
+        "print([m for m in ('tensorboard', 'tqdm', 'torch') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_help_has_the_global_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tensorboard", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--tracking-uri" in text
+    assert "--follow" in text
+
+
+def test_follow_without_tensorboard_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aidp_metrics
+
+    monkeypatch.setitem(sys.modules, "aidp_metrics.tensorboard_events", None)  # not installed
+    monkeypatch.delattr(aidp_metrics, "tensorboard_events", raising=False)
+    run = Run.start(offline=True, experiment_name="x")
+    with pytest.warns(AIDPMetricsWarning, match=r"aidp-metrics\[tensorboard\]"):
+        run.follow_tensorboard(tmp_path)
+    assert not any(t.name == FOLLOW_THREAD for t in threading.enumerate())
+    run.end()
