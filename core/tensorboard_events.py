@@ -1,9 +1,12 @@
 """Read TensorBoard event files: scalars with their step and wall time, nothing else.
 
-Files are read with TensorBoard's own `EventFileLoader` (its compat layers turn the classic
-`simple_value` into the scalar tensor that `add_scalar(..., new_style=True)` and TF2
-summaries write, so both read alike); TensorFlow is not needed. Imports `tensorboard`:
-load this module only where event files are read.
+Files are read with TensorBoard's own loader, `LegacyEventFileLoader`: `EventFileLoader`
+without its compat layers, which would rebuild every classic `simple_value` as a scalar
+tensor (`make_tensor_proto`, three quarters of the reading cost, on a thread that shares the
+GIL with training). Both forms are read here: `simple_value` (classic `add_scalar`,
+tensorboardX, TF1) and the scalar tensor of `add_scalar(..., new_style=True)`, TF2 and
+Keras summaries. TensorFlow is not needed. Imports `tensorboard`: load this module only
+where event files are read.
 
 A record that is not complete (a writer mid-write, or one killed mid-write) ends a read
 without being counted; the next read of the same `EventFile` starts at it again, so a
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tensorboard.backend.event_processing.event_file_loader import (
-    EventFileLoader,
+    LegacyEventFileLoader,
     RawEventFileLoader,
 )
 from tensorboard.backend.event_processing.io_wrapper import IsTensorFlowEventsFile
@@ -31,6 +34,13 @@ from .notice import Notices
 RECORD_FRAMING = 16  # bytes around each record: length (8), its CRC (4), the data's CRC (4)
 SCALARS_PLUGIN = "scalars"
 _SCALAR = "scalar"
+# Summary.Value fields of the classic non-scalar summaries, by the plugin that shows them.
+_CLASSIC_KINDS = {
+    "image": "images",
+    "histo": "histograms",
+    "obsolete_old_style_histogram": "histograms",
+    "audio": "audio",
+}
 _NUMBER_KINDS = frozenset("fiub")  # numpy dtype kinds that convert to a float
 
 __all__ = ["EventFile", "Point", "event_files", "wall_time_ms"]
@@ -76,10 +86,10 @@ class _CountedRecords(RawEventFileLoader):  # type: ignore[misc]
             yield record
 
 
-class _Loader(EventFileLoader, _CountedRecords):  # type: ignore[misc]
-    """`EventFileLoader`, unchanged, over `_CountedRecords`: its parent's `Load()` reads
-    through `_CountedRecords.Load()` (method resolution order), so the counts say how far
-    the events yielded so far reach in the file."""
+class _Loader(LegacyEventFileLoader, _CountedRecords):  # type: ignore[misc]
+    """`LegacyEventFileLoader`, unchanged, over `_CountedRecords`: its `Load()` reads through
+    `_CountedRecords.Load()` (method resolution order), so the counts say how far the
+    events yielded so far reach in the file."""
 
 
 class EventFile:
@@ -136,7 +146,10 @@ class EventFile:
                 )
         if kind != _SCALAR:
             return None
-        number = _number(value.tensor)
+        field = value.WhichOneof("value")
+        if field == "simple_value":
+            return float(value.simple_value)
+        number = _number(value.tensor) if field == "tensor" else None
         if number is None:
             self._notices.once(
                 f"tensorboard-not-a-number:{self._where}:{tag}",
@@ -147,7 +160,13 @@ class EventFile:
 
 
 def _kind(value: Any) -> str:
-    """`_SCALAR` for a scalar summary, else what it is (its plugin's name)."""
+    """`_SCALAR` for a scalar summary, else what it is (its plugin's name). TF2 writers put
+    the metadata on a tag's first value only: this is asked once per tag."""
+    field = value.WhichOneof("value")
+    if field == "simple_value":
+        return _SCALAR
+    if field in _CLASSIC_KINDS:
+        return _CLASSIC_KINDS[field]
     metadata = value.metadata
     plugin: str = metadata.plugin_data.plugin_name
     if plugin == SCALARS_PLUGIN or metadata.data_class == summary_pb2.DATA_CLASS_SCALAR:
@@ -155,7 +174,7 @@ def _kind(value: Any) -> str:
     if plugin:
         return plugin
     # No plugin named (a raw `tf.summary.write`): a single number is a scalar.
-    if value.WhichOneof("value") == "tensor" and _number(value.tensor) is not None:
+    if field == "tensor" and _number(value.tensor) is not None:
         return _SCALAR
     return "non-scalar"
 
