@@ -10,8 +10,9 @@ here raises into training code unless `strict=True`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -72,6 +73,7 @@ class Run:
         self._notices = Notices()
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = setup.spec
+        self._before_end: list[Callable[[], None]] = []  # what _end() calls first, once
         self._start(setup.run_id, setup.opening, setup.floors)
         self._announce()
 
@@ -352,6 +354,16 @@ class Run:
         if clean:
             self._act(self._queue.append_op("tags", {"items": [[k, v] for k, v in clean.items()]}))
 
+    def follow_tensorboard(self, logdir: str | os.PathLike[str], interval: float = 1.0) -> None:
+        """Log the scalars of every TensorBoard event file under `logdir` into this run
+        from a thread of its own until `end()`, which logs what is left first (needs
+        `aidp-metrics[tensorboard]`; README "TensorBoard")."""
+        from .tensorboard import follow
+
+        stop = follow(self, logdir, interval=interval)
+        if stop is not None:
+            self._before_end.append(stop)
+
     # -- delivery control -----------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -405,6 +417,8 @@ class Run:
     # -- ending ---------------------------------------------------------------------------
 
     def _end(self, status: str, wait: float, *, why: str) -> None:
+        while self._before_end:  # e.g. a TensorBoard follower logs what is left
+            self._before_end.pop()()
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
         with self._end_lock:
             payload = (
