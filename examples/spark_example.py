@@ -1,4 +1,4 @@
-"""Train on Spark as an AIDP Workbench notebook does, and stream the metrics to AIDP MLOps or MLflow.
+"""Train on Spark as an AIDP Workbench notebook does; stream the metrics to AIDP MLOps or MLflow.
 
 1. `TorchDistributor`: Lightning DDP over 2 processes (CPU, gloo) with `AIDPLogger`; only
    global rank 0 logs, so the job makes one run.

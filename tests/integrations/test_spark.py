@@ -49,12 +49,19 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from pyspark.sql import SparkSession
 
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        )
         env.setenv("PYSPARK_PYTHON", sys.executable)
         env.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
         env.setenv("OMP_NUM_THREADS", "1")
         env.setenv("AIDP_METRICS_DIR", str(tmp_path_factory.mktemp("spark-spool")))
-        for name in ("AIDP_RUN_ID", "MLFLOW_RUN_ID", "AIDP_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_NAME"):
+        for name in (
+            "AIDP_RUN_ID",
+            "MLFLOW_RUN_ID",
+            "AIDP_EXPERIMENT_NAME",
+            "MLFLOW_EXPERIMENT_NAME",
+        ):
             env.delenv(name, raising=False)
         session = (
             SparkSession.builder.master("local[2]")
