@@ -54,14 +54,16 @@ def child_env(server: MLflowServer, tmp_path: Path, **extra: str) -> dict[str, s
     return env
 
 
-def run_script(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_script(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=TIMEOUT,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, (
@@ -149,7 +151,9 @@ def test_spark_example(mlflow_server: MLflowServer, tmp_path: Path) -> None:
         GROUPS="3",
         PYSPARK_PYTHON=sys.executable,
     )
-    result = run_script([str(EXAMPLES / "spark_example.py")], env, cwd=tmp_path)
+    # A JVM, two torchrun processes importing Lightning, then Spark's workers: minutes on a
+    # loaded 2-core machine; the limit only catches a hang.
+    result = run_script([str(EXAMPLES / "spark_example.py")], env, cwd=tmp_path, timeout=900)
     ddp = re.findall(r"^ddp: run ([0-9a-f]+)$", result.stdout, re.MULTILINE)
     groups = dict(re.findall(r"^group (\d+): run ([0-9a-f]+),", result.stdout, re.MULTILINE))
     assert len(ddp) == 1, result.stdout
