@@ -11,21 +11,24 @@ Configured only through the environment, e.g. for a local MLflow server:
         python examples/spark_example.py
 
 or for AIDP: AIDP_INSTANCE_ID, AIDP_WORKSPACE_KEY, OCI_CLI_REGION (plus your OCI config).
-EPOCHS sets the Lightning epochs (default 3), GROUPS the number of groups (default 4).
-Spark's Python workers and TorchDistributor's processes read that environment: in `local[*]`
-mode they inherit the driver's; on a cluster, set it for the executors
-(`spark.executorEnv.<NAME>`). In a notebook, `spark` exists already: call `main(spark)`.
+EPOCHS sets the Lightning epochs (default 3), GROUPS the number of groups (default 4). The
+experiment (AIDP_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_NAME, else "spark-example") is read on
+the driver and passed to the functions; the endpoint is read by Spark's Python workers and
+TorchDistributor's processes from their environment: in `local[*]` mode they inherit the
+driver's; on a cluster, set it for the executors (`spark.executorEnv.<NAME>`).
+In a notebook, `spark` exists already: call `main(spark)`.
 Needs `pip install pyspark pandas pyarrow "aidp-metrics[lightning]"` and Java 17.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
 
 
-def train_ddp(epochs: int) -> str | None:
+def train_ddp(experiment: str, epochs: int) -> str | None:
     """Runs in each of TorchDistributor's processes (torchrun sets RANK, WORLD_SIZE, ...)."""
     import lightning.pytorch as L
     import torch
@@ -61,7 +64,7 @@ def train_ddp(epochs: int) -> str | None:
     # torchrun's variables give the Trainer its shape: local_mode=True is 1 node of
     # num_processes processes, local_mode=False num_processes nodes of 1 process each.
     per_node = int(os.environ["LOCAL_WORLD_SIZE"])
-    logger = AIDPLogger(run_name="spark-ddp")  # endpoint and experiment: environment
+    logger = AIDPLogger(experiment_name=experiment, run_name="spark-ddp")  # endpoint: environment
     trainer = L.Trainer(
         accelerator="cpu",
         devices=per_node,
@@ -77,7 +80,7 @@ def train_ddp(epochs: int) -> str | None:
     return logger.version if trainer.global_rank == 0 else None
 
 
-def train_group(pdf: Any) -> Any:
+def train_group(pdf: Any, experiment: str) -> Any:
     """Runs once per group on a Spark Python worker."""
     import pandas as pd
     import torch
@@ -92,7 +95,7 @@ def train_group(pdf: Any) -> Any:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     # The run ends when the block does, inside this call: the worker that runs it is reused
     # for the next group or task and is never shut down normally.
-    with Run.start(run_name=f"group-{group}") as run:  # endpoint and experiment: environment
+    with Run.start(experiment_name=experiment, run_name=f"group-{group}") as run:
         run.log_params({"group": group, "lr": 0.1})
         for step in range(20):
             optimizer.zero_grad()
@@ -107,9 +110,15 @@ def main(spark: Any) -> None:
     from pyspark.ml.torch.distributor import TorchDistributor
     from pyspark.sql import functions as F
 
+    # Read here, on the driver, and passed on: the workers need not share its environment.
+    experiment = (
+        os.environ.get("AIDP_EXPERIMENT_NAME")
+        or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        or "spark-example"
+    )
     epochs = int(os.environ.get("EPOCHS", "3"))
     distributor = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False)
-    print(f"ddp: run {distributor.run(train_ddp, epochs)}")
+    print(f"ddp: run {distributor.run(train_ddp, experiment, epochs)}")
 
     groups = int(os.environ.get("GROUPS", "4"))
     df = (
@@ -119,7 +128,8 @@ def main(spark: Any) -> None:
         .withColumn("y", F.col("x") * (F.col("group") + 1.0))
     )
     result = df.groupBy("group").applyInPandas(
-        train_group, schema="group long, run_id string, loss double"
+        functools.partial(train_group, experiment=experiment),
+        schema="group long, run_id string, loss double",
     )
     # sorted here, not with orderBy(): a Spark sort samples its input first, which can run
     # the training function a second time
