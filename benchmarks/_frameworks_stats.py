@@ -104,6 +104,8 @@ def ratio_text(theirs: Spread | None, ours: Spread | None) -> tuple[str, float |
     resolved and positive, else a lower bound against ours' interval's upper end."""
     if theirs is None or ours is None:
         return "n/a", None
+    if theirs.median <= 0:
+        return "theirs ≤ 0 (noise)", None
     if ours.resolved and ours.median > 0:
         ratio = theirs.median / ours.median
         return _times(ratio), ratio
