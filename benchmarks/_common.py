@@ -291,8 +291,9 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 
 
 def _json_default(value: object) -> Any:
-    if isinstance(value, Repeated):
-        return value.to_json()
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json):  # Repeated, and any other figure that knows its JSON form
+        return to_json()
     if isinstance(value, Row):
         return asdict(value)
     if isinstance(value, Path):

@@ -1,5 +1,5 @@
-"""Smoke test of the framework benchmark: one quick run of (a) and (b) for Lightning and
-Accelerate (whichever is installed), in one benchmark process.
+"""Smoke test of the framework benchmark: a quick run of (a) and (b) for Lightning and
+Accelerate (whichever is installed), two interleaved repetitions, in one benchmark process.
 
 No timing assertions: the benchmark's numbers are informational.
 """
@@ -51,17 +51,62 @@ def test_bench_frameworks_quick(tmp_path: Path) -> None:
     assert data["plan"]["servers"] == ["near"]
     runs = data["runs"]
     assert not [r for r in runs if "error" in r]
+    steps = data["plan"]["steps"]
     for framework in FRAMEWORKS:
         mine = [r for r in runs if r["framework"] == framework]
-        assert {(r["config"], r["server"]) for r in mine} == {("a", "-"), ("b", "near")}
-        ours = next(r for r in mine if r["config"] == "b")
-        assert ours["steps"] == data["plan"]["steps"][framework]
-        assert ours["logged_points"] >= 3 * ours["steps"]
-        assert ours["read_back_points"] == ours["logged_points"]
-        assert ours["completeness"] == 1.0
-        assert ours["timed_out"] is False
+        # Interleaved: (a) then (b) in the first repetition, (b) then (a) in the second.
+        assert [(r["repetition"], r["cell"]) for r in mine] == [
+            (0, "a/-"),
+            (0, "b/near"),
+            (1, "b/near"),
+            (1, "a/-"),
+        ]
+        for run in mine:
+            assert run["steps"] == steps
+            assert run["warmup_steps"] + 1 + run["steady_steps"] == steps
+            assert run["startup_seconds"] > 0
+            assert run["step_cpu_seconds"] > 0
+        for ours in (r for r in mine if r["config"] == "b"):
+            assert ours["logged_points"] >= 3 * steps
+            assert ours["read_back_points"] == ours["logged_points"]
+            assert ours["completeness"] == 1.0
+            assert ours["timed_out"] is False
         cells = data["summary"][framework]["cells"]
         assert set(cells) == {"a/-", "b/near"}
-        assert cells["b/near"]["completeness_min"] == 1.0
-        assert "overhead_seconds_per_step" in cells["b/near"]
-    assert "results" in result.stdout
+        ours_cell = cells["b/near"]
+        assert ours_cell["reps"] == 2
+        assert ours_cell["completeness_min"] == 1.0
+        for field in ("added_step_seconds", "added_step_cpu_seconds", "added_startup_seconds"):
+            assert ours_cell[field]["n"] == 2
+            assert ours_cell[field]["ci_low"] <= ours_cell[field]["median"]
+            assert ours_cell[field]["median"] <= ours_cell[field]["ci_high"]
+    for title in ("steady state, training-thread CPU", "wall time per step", "start-up", "goals"):
+        assert title in result.stdout
+
+
+def test_median_interval_is_the_sign_test_interval() -> None:
+    from benchmarks._frameworks_stats import median_interval
+
+    # Six values: no pair of order statistics covers 95 % but min-max (1 - 2/64).
+    assert median_interval([6.0, 1.0, 5.0, 2.0, 4.0, 3.0]) == (1.0, 6.0, 1 - 2 / 64)
+    # Nine: x(2)..x(8) covers 1 - 2 * (1 + 9) / 512 = 96.1 %; x(3)..x(7) only 82 %.
+    low, high, coverage = median_interval([float(v) for v in range(9, 0, -1)])
+    assert (low, high) == (2.0, 8.0)
+    assert coverage == 1 - 2 * 10 / 512
+
+
+def test_paired_differences_match_repetitions() -> None:
+    from benchmarks._frameworks_stats import paired, spread
+
+    base = [{"repetition": r, "x": 10.0 + r} for r in range(3)]
+    runs = [
+        {"repetition": 2, "x": 15.0},
+        {"repetition": 0, "x": 11.0},
+        {"repetition": 1, "error": "exit 1"},
+        {"repetition": 3, "x": 99.0},  # no (a) in that repetition: not paired
+    ]
+    assert paired(runs, base, "x") == [1.0, 3.0]
+    result = spread([1.0, 3.0])
+    assert result is not None
+    assert (result.median, result.low, result.high, result.n) == (2.0, 1.0, 3.0, 2)
+    assert not result.resolved  # the interval (1..3) is wider than the median (2)
