@@ -37,12 +37,12 @@ from typing import Any
 
 import httpx
 
+from aidp_metrics._client import MetricsClient
+from aidp_metrics._delivery import loop as delivery_loop
+from aidp_metrics._metric import now_ms
+from aidp_metrics._options import DeliveryOptions
+from aidp_metrics._run import Run
 from aidp_metrics.cli._local_server import LocalMLflowServer
-from aidp_metrics.client import MetricsClient
-from aidp_metrics.delivery import loop as delivery_loop
-from aidp_metrics.metric import now_ms
-from aidp_metrics.options import DeliveryOptions
-from aidp_metrics.run import Run
 
 from ._common import (
     MB,

@@ -29,9 +29,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aidp_metrics import system_metrics
+from aidp_metrics import _system_metrics as system_metrics
+from aidp_metrics._run import Run
 from aidp_metrics.cli._local_server import LocalMLflowServer
-from aidp_metrics.run import Run
 
 from ._common import (
     Repeated,

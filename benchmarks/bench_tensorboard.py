@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aidp_metrics._run import Run
 from aidp_metrics.cli._local_server import LocalMLflowServer
-from aidp_metrics.run import Run
 
 from ._common import (
     Repeated,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .endpoint import Endpoint
-from .errors import (
+from ._endpoint import Endpoint
+from ._errors import (
     AIDPError,
     AIDPMetricsWarning,
     APIError,
@@ -27,19 +26,20 @@ from .errors import (
     Unauthorized,
     UnexpectedResponse,
 )
-from .metric import Metric, sanitize_key, validate_key
-from .options import DeliveryOptions
-from .retry import RetryPolicy
-from .stats import RunStats
+from ._metric import Metric, sanitize_key, validate_key
+from ._options import DeliveryOptions
+from ._retry import RetryPolicy
+from ._stats import RunStats
+from ._version import __version__
 
 if TYPE_CHECKING:
-    from .client import MetricsClient, RunInfo
-    from .run import Run
+    from ._client import MetricsClient, RunInfo
+    from ._run import Run
 
 _LAZY = {
-    "MetricsClient": ".client",
-    "RunInfo": ".client",
-    "Run": ".run",
+    "MetricsClient": "._client",
+    "RunInfo": "._client",
+    "Run": "._run",
 }
 
 __all__ = [

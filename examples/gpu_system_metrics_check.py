@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     import pynvml
     import torch
 
-    from aidp_metrics import MetricsClient, Run, system_metrics
+    from aidp_metrics import MetricsClient, Run
+    from aidp_metrics import _system_metrics as system_metrics
     from aidp_metrics.cli._local_server import LocalMLflowServer
 
     if not torch.cuda.is_available():

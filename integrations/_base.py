@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aidp_metrics.errors import AIDPError
+from aidp_metrics._errors import AIDPError
+from aidp_metrics._notice import Notices, notice
+from aidp_metrics._options import DeliveryOptions, check_option_names
 from aidp_metrics.integrations._convert import MetricConverter
-from aidp_metrics.notice import Notices, notice
-from aidp_metrics.options import DeliveryOptions, check_option_names
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, MetricsClient, Run
@@ -361,7 +361,7 @@ def open_run(
     one notice and returns an offline run that keeps every point in the spool (`strict`:
     raises)."""
     from aidp_metrics import Run
-    from aidp_metrics.env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
+    from aidp_metrics._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 
     target = run_id or (first_env(RUN_ID_VARIABLES) if environment_run_id else None)
     if experiment_id is None:

@@ -21,8 +21,8 @@ def endpoint_state(endpoint: Endpoint | str | None) -> dict[str, Any] | str | No
     """An endpoint as JSON, never with its credential (read from the environment again):
     a tracking URI's `user:password@` is left out too."""
     from aidp_metrics import Endpoint
-    from aidp_metrics.errors import ConfigurationError
-    from aidp_metrics.redact import redact_url
+    from aidp_metrics._errors import ConfigurationError
+    from aidp_metrics._redact import redact_url
 
     if isinstance(endpoint, str):
         try:
@@ -44,7 +44,7 @@ def endpoint_from_state(value: Endpoint | str | Mapping[str, Any] | None) -> End
 
 def options_state(options: Mapping[str, Any]) -> dict[str, Any]:
     """Run options as JSON (`retry` as its fields, a path as a string)."""
-    from aidp_metrics.retry import RetryPolicy
+    from aidp_metrics._retry import RetryPolicy
 
     state: dict[str, Any] = {}
     for name, value in options.items():
@@ -58,7 +58,7 @@ def options_state(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def options_from_state(options: Mapping[str, Any]) -> dict[str, Any]:
-    from aidp_metrics.retry import RetryPolicy
+    from aidp_metrics._retry import RetryPolicy
 
     restored = dict(options)
     retry = restored.get("retry")

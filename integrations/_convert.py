@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from aidp_metrics.errors import AIDPMetricsWarning, InvalidMetric
-from aidp_metrics.metric import sanitize_key, to_float
-from aidp_metrics.notice import notice
+from aidp_metrics._errors import AIDPMetricsWarning, InvalidMetric
+from aidp_metrics._metric import sanitize_key, to_float
+from aidp_metrics._notice import notice
 
 __all__ = ["AIDPMetricsWarning", "MetricConverter"]
 

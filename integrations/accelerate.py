@@ -56,8 +56,8 @@ import accelerate
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 
+from aidp_metrics._params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
-from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, MetricsClient, Run

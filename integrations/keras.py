@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from aidp_metrics._params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
-from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, Run

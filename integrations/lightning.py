@@ -53,9 +53,9 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from aidp_metrics._notice import notice
+from aidp_metrics._params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
-from aidp_metrics.notice import notice
-from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, Run
@@ -209,7 +209,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     @property
     def name(self) -> str:
         """The experiment name (no network call, same on every rank)."""
-        from aidp_metrics.env import EXPERIMENT_VARIABLES, first_env
+        from aidp_metrics._env import EXPERIMENT_VARIABLES, first_env
 
         return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or DEFAULT_EXPERIMENT
 

@@ -66,7 +66,9 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from aidp_metrics.env import RUN_ID_VARIABLES, first_env
+from aidp_metrics._env import RUN_ID_VARIABLES, first_env
+from aidp_metrics._notice import notice
+from aidp_metrics._params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 from aidp_metrics.integrations._checkpoint import (
     endpoint_from_state,
@@ -74,8 +76,6 @@ from aidp_metrics.integrations._checkpoint import (
     options_from_state,
     options_state,
 )
-from aidp_metrics.notice import notice
-from aidp_metrics.params import flatten_params
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from aidp_metrics.metric import Metric, batch_body
+from aidp_metrics._metric import Metric, batch_body
 
 
 def test_batch_body_is_the_json_of_the_metrics() -> None:

@@ -1,6 +1,6 @@
 """Environment variable names: one module owns them, and the README's table lists exactly those.
 
-`aidp_metrics.env.VARIABLES` against the Configuration table of README.md, both ways, and no
+`aidp_metrics._env.VARIABLES` against the Configuration table of README.md, both ways, and no
 module of the package reading an `AIDP_*` / `MLFLOW_*` / `OCI_*` variable by a literal name.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aidp_metrics import env
+from aidp_metrics import _env as env
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -35,8 +35,8 @@ def readme_variables() -> list[str]:
 def test_readme_lists_exactly_the_variables_of_the_env_module() -> None:
     documented = readme_variables()
     assert len(documented) == len(set(documented)), "a variable is listed twice"
-    assert set(documented) - set(env.VARIABLES) == set(), "in README.md, not in aidp_metrics.env"
-    assert set(env.VARIABLES) - set(documented) == set(), "in aidp_metrics.env, not in README.md"
+    assert set(documented) - set(env.VARIABLES) == set(), "in README.md, not in aidp_metrics._env"
+    assert set(env.VARIABLES) - set(documented) == set(), "in aidp_metrics._env, not in README.md"
 
 
 def test_every_variable_has_a_constant_of_its_own_name_and_a_meaning() -> None:
@@ -67,11 +67,11 @@ def literal_reads(source: str, where: str) -> list[str]:
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_reads_a_variable_by_a_literal_name(path: Path) -> None:
-    if path.name == "env.py" and path.parent.name == "core":
+    if path.name == "_env.py" and path.parent.name == "core":
         return
     where = str(path.relative_to(ROOT))
     assert literal_reads(path.read_text(encoding="utf-8"), where) == [], (
-        "import the name from aidp_metrics.env"
+        "import the name from aidp_metrics._env"
     )
 
 

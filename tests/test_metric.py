@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aidp_metrics import InvalidMetric, Metric, sanitize_key, validate_key
-from aidp_metrics.metric import (
+from aidp_metrics._metric import (
     MAX_KEY_LENGTH,
     decode_value,
     encode_value,

@@ -112,7 +112,7 @@ def test_lightning_mlflow_logger_through_the_aidp_provider(
 def test_the_provider_is_registered_and_constructing_it_imports_nothing() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     declared = pyproject["project"]["entry-points"]["mlflow.request_auth_provider"]
-    assert declared == {"aidp": "aidp_metrics.mlflow_plugin:AIDPRequestAuthProvider"}
+    assert declared == {"aidp": "aidp_metrics._mlflow_plugin:AIDPRequestAuthProvider"}
     installed = {ep.name: ep.value for ep in entry_points(group="mlflow.request_auth_provider")}
     assert installed.get("aidp") == declared["aidp"], "reinstall the project: pip install -e ."
 
@@ -120,7 +120,7 @@ def test_the_provider_is_registered_and_constructing_it_imports_nothing() -> Non
     # and must not fail, even with no OCI configuration at all.
     code = (
         "import sys\n"
-        "from aidp_metrics.mlflow_plugin import AIDPRequestAuthProvider\n"
+        "from aidp_metrics._mlflow_plugin import AIDPRequestAuthProvider\n"
         "provider = AIDPRequestAuthProvider()\n"
         "assert provider.get_name() == 'aidp'\n"
         "print(sorted(m for m in ('mlflow', 'oci', 'requests', 'httpx') if m in sys.modules))\n"
@@ -137,8 +137,8 @@ def test_the_provider_is_registered_and_constructing_it_imports_nothing() -> Non
 def test_get_auth_without_oci_configuration_says_what_to_set(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from aidp_metrics.errors import ConfigurationError
-    from aidp_metrics.mlflow_plugin import AIDPRequestAuthProvider
+    from aidp_metrics._errors import ConfigurationError
+    from aidp_metrics._mlflow_plugin import AIDPRequestAuthProvider
 
     monkeypatch.delenv("OCI_CLI_AUTH", raising=False)
     monkeypatch.setenv("OCI_CLI_CONFIG_FILE", str(tmp_path / "missing"))
@@ -161,7 +161,7 @@ def test_aidp_error_bodies_get_mlflow_error_codes(
 ) -> None:
     import requests
 
-    from aidp_metrics.oci_requests_auth import make_error_readable
+    from aidp_metrics._oci_requests_auth import make_error_readable
 
     response = requests.Response()
     response.status_code = status
@@ -182,7 +182,7 @@ def test_aidp_error_bodies_get_mlflow_error_codes(
 def test_other_bodies_are_left_alone(status: int, content: bytes) -> None:
     import requests
 
-    from aidp_metrics.oci_requests_auth import make_error_readable
+    from aidp_metrics._oci_requests_auth import make_error_readable
 
     response = requests.Response()
     response.status_code = status

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import time
 
-from aidp_metrics.metric import Metric
-from aidp_metrics.options import DeliveryOptions
-from aidp_metrics.queue import (
+from aidp_metrics._metric import Metric
+from aidp_metrics._options import DeliveryOptions
+from aidp_metrics._queue import (
     DELIVERED,
     SKIPPED,
     Chunk,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aidp_metrics.errors import AIDPMetricsWarning
-from aidp_metrics.journal import (
+from aidp_metrics._errors import AIDPMetricsWarning
+from aidp_metrics._journal import (
     Journal,
     RunDescriptor,
     decode_line,
@@ -22,11 +22,11 @@ from aidp_metrics.journal import (
     encode_op,
     read_metrics,
 )
-from aidp_metrics.metric import Metric, batch_body, metric_json
-from aidp_metrics.options import DeliveryOptions
-from aidp_metrics.queue import Chunk, ReadBack, RunQueue, Wake
-from aidp_metrics.spill import Spill
-from aidp_metrics.spool import SpoolTask
+from aidp_metrics._metric import Metric, batch_body, metric_json
+from aidp_metrics._options import DeliveryOptions
+from aidp_metrics._queue import Chunk, ReadBack, RunQueue, Wake
+from aidp_metrics._spill import Spill
+from aidp_metrics._spool import SpoolTask
 
 
 def points(start: int, stop: int) -> list[Metric]:

@@ -25,7 +25,9 @@ from aidp_metrics import (
     ConfigurationError,
     DeliveryOptions,
     Run,
-    system_metrics,
+)
+from aidp_metrics import (
+    _system_metrics as system_metrics,
 )
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
 from tests.support.nvml_fake import RecordedNVML
@@ -250,7 +252,7 @@ def test_one_thread_for_all_runs_gone_when_the_last_ends_and_back_on_reopen(
 def test_importing_loads_no_sampling_library() -> None:
     code = (
         "import sys\n"
-        "import aidp_metrics.run, aidp_metrics.system_metrics\n"
+        "import aidp_metrics._run, aidp_metrics._system_metrics\n"
         "from aidp_metrics import DeliveryOptions\n"
         "DeliveryOptions(system_metrics=True)\n"
         "loaded = [m for m in ('psutil', 'pynvml', 'amdsmi', 'torch') if m in sys.modules]\n"
@@ -442,7 +444,7 @@ def test_ddp_spawn_rank_one_samples_nothing(
         import threading
         import time
         import lightning.pytorch as L
-        from aidp_metrics import system_metrics
+        from aidp_metrics import _system_metrics as system_metrics
         from aidp_metrics.integrations.lightning import AIDPLogger
         from tinymodel import Tiny, trainer_options
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from aidp_metrics import AIDPMetricsWarning, Run
+from aidp_metrics._notice import Notices
+from aidp_metrics._tensorboard_events import EventFile, event_files
+from aidp_metrics._tensorboard_import import READ_TAG_PREFIX, SOURCE_TAG, Mark, identity, read_tag
 from aidp_metrics.cli import main
-from aidp_metrics.notice import Notices
-from aidp_metrics.tensorboard_events import EventFile, event_files
-from aidp_metrics.tensorboard_import import READ_TAG_PREFIX, SOURCE_TAG, Mark, identity, read_tag
 from tests.support.mlflow_server import (
     MLflowServer,
     get_metric_history,
@@ -444,7 +444,7 @@ def test_follow_without_tensorboard_says_so_once(
 ) -> None:
     import aidp_metrics
 
-    monkeypatch.setitem(sys.modules, "aidp_metrics.tensorboard_events", None)  # not installed
+    monkeypatch.setitem(sys.modules, "aidp_metrics._tensorboard_events", None)  # not installed
     monkeypatch.delattr(aidp_metrics, "tensorboard_events", raising=False)
     run = Run.start(offline=True, experiment_name="x")
     with pytest.warns(AIDPMetricsWarning, match=r"aidp-metrics\[tensorboard\]"):

@@ -18,9 +18,9 @@ import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from aidp_metrics.env import OCI_CLI_AUTH, OCI_CLI_CONFIG_FILE, OCI_CLI_PROFILE
-from aidp_metrics.errors import AIDPError
-from aidp_metrics.redact import redact
+from aidp_metrics._env import OCI_CLI_AUTH, OCI_CLI_CONFIG_FILE, OCI_CLI_PROFILE
+from aidp_metrics._errors import AIDPError
+from aidp_metrics._redact import redact
 
 from . import _doctor, _history, _local_server, _log, _parser, _plot, _sync, _tensorboard
 from ._parser import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, PROG, Handler, Registrar

@@ -5,7 +5,7 @@ signed read request (`GET experiments/get-by-name?experiment_name=Default`: even
 `RESOURCE_DOES_NOT_EXIST` proves the server is reachable and accepted the credentials) and
 prints a checklist with a fix for each failure. It never prints a secret: no header, token,
 password, key content or pass phrase (credentials are named by where they came from), and
-every line goes through `aidp_metrics.redact`.
+every line goes through `aidp_metrics._redact`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from aidp_metrics._endpoint import Endpoint
+from aidp_metrics._env import AIDP_INSTANCE_ID, MLFLOW_TRACKING_URI
+from aidp_metrics._errors import APIError, ConfigurationError, NoEndpointConfigured
+from aidp_metrics._redact import redact
 from aidp_metrics._version import __version__
-from aidp_metrics.endpoint import Endpoint
-from aidp_metrics.env import AIDP_INSTANCE_ID, MLFLOW_TRACKING_URI
-from aidp_metrics.errors import APIError, ConfigurationError, NoEndpointConfigured
-from aidp_metrics.redact import redact
 
 from . import _doctor_advice as advice
 from ._connection import ConnectionOptions, build_auth, resolve_endpoint
@@ -158,7 +158,7 @@ def _endpoint(options: ConnectionOptions, report: Report) -> Endpoint | None:
 
 def _probe(endpoint: Endpoint, auth: httpx.Auth | None, report: Report) -> _Answer | None:
     """Send the one read request; None (and a failed check) when credentials broke on the way."""
-    from aidp_metrics.client import MetricsClient
+    from aidp_metrics._client import MetricsClient
 
     exchange = Exchange()
     report.info("request", f"GET {PROBE_PATH}?experiment_name=Default")
@@ -185,7 +185,7 @@ def _judge_answer(
     options: ConnectionOptions,
     answer: _Answer,
 ) -> None:
-    from aidp_metrics.errors import NotFound, TransportError, Unauthorized
+    from aidp_metrics._errors import NotFound, TransportError, Unauthorized
 
     error = answer.error
     if isinstance(error, TransportError):
@@ -227,7 +227,7 @@ def _judge_answer(
 
 def _judge_refusal(report: Report, endpoint: Endpoint, error: APIError) -> None:
     """An HTTP error other than 401 or a missing Default experiment."""
-    from aidp_metrics.errors import NotFound, TooManyRequests
+    from aidp_metrics._errors import NotFound, TooManyRequests
 
     if isinstance(error, NotFound):
         report.check(None, "auth: not verified (the path was refused first)")

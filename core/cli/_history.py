@@ -13,8 +13,8 @@ from ._connection import client_for
 from ._parser import EXIT_OK, Subparsers, add_command, add_keys_option, add_run_id_option
 
 if TYPE_CHECKING:
-    from aidp_metrics.client import MetricsClient
-    from aidp_metrics.metric import Metric
+    from aidp_metrics._client import MetricsClient
+    from aidp_metrics._metric import Metric
 
 
 def register(subparsers: Subparsers) -> None:
@@ -47,7 +47,7 @@ def histories(
 
 
 def _value_text(value: float) -> str:
-    from aidp_metrics.metric import encode_value
+    from aidp_metrics._metric import encode_value
 
     encoded = encode_value(value)
     return encoded if isinstance(encoded, str) else repr(encoded)
@@ -78,7 +78,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _write_json(out: TextIO, points: list[Metric]) -> None:
-    from aidp_metrics.metric import encode_value
+    from aidp_metrics._metric import encode_value
 
     rows = [
         {"key": m.key, "step": m.step, "value": encode_value(m.value), "timestamp": m.timestamp}

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from aidp_metrics.errors import ConfigurationError
+from aidp_metrics._errors import ConfigurationError
 
 from ._parser import EXIT_OK, Subparsers, add_command
 

@@ -10,8 +10,8 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aidp_metrics._oci_config import AUTH_MODES
 from aidp_metrics._version import __version__
-from aidp_metrics.oci_config import AUTH_MODES
 
 PROG = "aidp-metrics"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aidp_metrics.errors import ConfigurationError
+from aidp_metrics._errors import ConfigurationError
 
 from ._connection import client_for
 from ._history import histories

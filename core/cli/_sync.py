@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from aidp_metrics.redact import redact
+from aidp_metrics._redact import redact
 
 from ._connection import client_for
 from ._parser import EXIT_ERROR, EXIT_OK, PROG, Subparsers, add_command
 from ._terminal import symbols
 
 if TYPE_CHECKING:
-    from aidp_metrics.sync import RunSyncResult
+    from aidp_metrics._sync import RunSyncResult
 
 
 def register(subparsers: Subparsers) -> None:
@@ -84,8 +84,8 @@ def _duration(seconds: float) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from aidp_metrics.journal import spool_root
-    from aidp_metrics.sync import sync_directory
+    from aidp_metrics._journal import spool_root
+    from aidp_metrics._sync import sync_directory
 
     root = spool_root(args.dir)
     if not root.exists():

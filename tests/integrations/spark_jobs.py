@@ -97,7 +97,8 @@ def train_group(pdf: Any, url: str, experiment: str, job: int) -> Any:
     import pandas as pd
     import torch
 
-    from aidp_metrics import Run, lifecycle
+    from aidp_metrics import Run
+    from aidp_metrics import _lifecycle as lifecycle
 
     torch.set_num_threads(1)
     group = int(pdf["group"].iloc[0])

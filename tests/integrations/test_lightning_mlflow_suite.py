@@ -52,7 +52,7 @@ import httpx
 import pytest
 
 from aidp_metrics import Endpoint
-from aidp_metrics.errors import AIDPMetricsWarning
+from aidp_metrics._errors import AIDPMetricsWarning
 from tests.integrations import lightning_namespace as ns
 from tests.integrations.lightning_namespace import AIDPLogger, BoringModel
 from tests.support.chaos_proxy import ChaosProxy

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidp_metrics import AIDPMetricsWarning, Run
-from aidp_metrics.metric import INT64_MAX, INT64_MIN, key_error
+from aidp_metrics._metric import INT64_MAX, INT64_MIN, key_error
 from tests.reliability import FAST, MAX_FLOAT
 from tests.support.mlflow_server import MLflowServer, get_metric_history
 
