@@ -445,7 +445,7 @@ def test_follow_without_tensorboard_says_so_once(
     import aidp_metrics
 
     monkeypatch.setitem(sys.modules, "aidp_metrics._tensorboard_events", None)  # not installed
-    monkeypatch.delattr(aidp_metrics, "tensorboard_events", raising=False)
+    monkeypatch.delattr(aidp_metrics, "_tensorboard_events", raising=False)
     run = Run.start(offline=True, experiment_name="x")
     with pytest.warns(AIDPMetricsWarning, match=r"aidp-metrics\[tensorboard\]"):
         run.follow_tensorboard(tmp_path)
