@@ -30,6 +30,7 @@ RUN_NAME_TAG = "mlflow.runName"
 # Answers that are definite: the run cannot be created or found, whatever we wait.
 _DEFINITE_STATUSES = frozenset({400, 401, 403, 404})
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound="RunConstructors")
 
 # Said once per process: the same misconfiguration is not news for the second run.
 process_notices = Notices()
@@ -197,3 +198,82 @@ def default_tags() -> dict[str, str]:
     except Exception:  # no user name in some containers
         pass
     return {k: v for k, v in tags.items() if v}
+
+
+class RunConstructors:
+    """`Run.start` and `Run.attach`: each builds a `RunSetup` (one attempt at opening the
+    run) and hands it to the class. `Run` inherits them; it is the public handle."""
+
+    def __init__(self, setup: RunSetup) -> None:
+        raise NotImplementedError  # Run's own __init__ takes the setup
+
+    @classmethod
+    def start(
+        cls: type[_R],
+        *,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        endpoint: Endpoint | str | None = None,
+        client: MetricsClient | None = None,
+        experiment_id: str | None = None,
+        offline: bool = False,
+        **options: Any,
+    ) -> _R:
+        """Create a run (and its experiment if missing) and return it, ready to log.
+
+        If the server does not answer, the run starts locally and is created as soon as it
+        does; training never waits for it. Only a definite refusal (400, 401, 403, 404)
+        raises. Offline (`offline=True`, `AIDP_METRICS_MODE=offline`, or nothing configured)
+        the run lives in the spool until `aidp-metrics sync`.
+        """
+        return cls(
+            start_setup(
+                experiment_name=experiment_name,
+                run_name=run_name,
+                tags=tags,
+                endpoint=endpoint,
+                client=client,
+                experiment_id=experiment_id,
+                offline=offline,
+                options=options,
+            )
+        )
+
+    @classmethod
+    def attach(
+        cls: type[_R],
+        run_id: str,
+        *,
+        endpoint: Endpoint | str | None = None,
+        client: MetricsClient | None = None,
+        skip_logged_steps: bool = False,
+        experiment_name: str | None = None,
+        offline: bool = False,
+        **options: Any,
+    ) -> _R:
+        """Log into an existing run (marked RUNNING again if it had ended).
+
+        If the server does not answer, the run keeps its points (memory, then spool) and
+        attaches as soon as it does. Only a definite answer (404 for the run, 401, 403)
+        raises. With `skip_logged_steps`, points at or below the last step the run already
+        holds for their key are not sent again (a resumed job), and counted as skipped.
+
+        `run_id` may be a local id (`local-...`, a run that had not reached the server when
+        a checkpoint saved its id): it resolves to the run it became (this spool directory
+        remembers, else the server's `aidp_metrics.local_id` tag in `experiment_name`). If
+        neither knows it while the server answers (the job that had it was lost), the run
+        is created now under that local id, and `aidp-metrics sync` of the lost job's
+        journal later adds its points to this same run.
+        """
+        return cls(
+            attach_setup(
+                run_id,
+                endpoint=endpoint,
+                client=client,
+                skip_logged_steps=skip_logged_steps,
+                experiment_name=experiment_name,
+                offline=offline,
+                options=options,
+            )
+        )

@@ -19,7 +19,7 @@ from typing import Any
 from . import _lifecycle as lifecycle
 from . import _system_metrics as system_metrics
 from ._client import MetricsClient
-from ._creation import RunSetup, attach_setup, start_setup, string_tags
+from ._creation import RunConstructors, RunSetup, string_tags
 from ._endpoint import Endpoint
 from ._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
 from ._errors import DeliveryError, InvalidMetric
@@ -50,7 +50,7 @@ _new_tuple = tuple.__new__  # a Metric without NamedTuple's slower constructor (
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
 
-class Run:
+class Run(RunConstructors):
     """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
 
     `client` is None for an offline run. Until the server has created (or confirmed) the
@@ -159,77 +159,6 @@ class Run:
         return self._queue.journal_dir
 
     # -- creating -------------------------------------------------------------------------
-
-    @classmethod
-    def start(
-        cls,
-        *,
-        experiment_name: str | None = None,
-        run_name: str | None = None,
-        tags: Mapping[str, object] | None = None,
-        endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
-        experiment_id: str | None = None,
-        offline: bool = False,
-        **options: Any,
-    ) -> Run:
-        """Create a run (and its experiment if missing) and return it, ready to log.
-
-        If the server does not answer, the run starts locally and is created as soon as it
-        does; training never waits for it. Only a definite refusal (400, 401, 403, 404)
-        raises. Offline (`offline=True`, `AIDP_METRICS_MODE=offline`, or nothing configured)
-        the run lives in the spool until `aidp-metrics sync`.
-        """
-        return cls(
-            start_setup(
-                experiment_name=experiment_name,
-                run_name=run_name,
-                tags=tags,
-                endpoint=endpoint,
-                client=client,
-                experiment_id=experiment_id,
-                offline=offline,
-                options=options,
-            )
-        )
-
-    @classmethod
-    def attach(
-        cls,
-        run_id: str,
-        *,
-        endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
-        skip_logged_steps: bool = False,
-        experiment_name: str | None = None,
-        offline: bool = False,
-        **options: Any,
-    ) -> Run:
-        """Log into an existing run (marked RUNNING again if it had ended).
-
-        If the server does not answer, the run keeps its points (memory, then spool) and
-        attaches as soon as it does. Only a definite answer (404 for the run, 401, 403)
-        raises. With `skip_logged_steps`, points at or below the last step the run already
-        holds for their key are not sent again (a resumed job), and counted as skipped.
-
-        `run_id` may be a local id (`local-...`, a run that had not reached the server when
-        a checkpoint saved its id): it resolves to the run it became (this spool directory
-        remembers, else the server's `aidp_metrics.local_id` tag in `experiment_name`). If
-        neither knows it while the server answers (the job that had it was lost), the run
-        is created now under that local id, and `aidp-metrics sync` of the lost job's
-        journal later adds its points to this same run.
-        """
-        return cls(
-            attach_setup(
-                run_id,
-                endpoint=endpoint,
-                client=client,
-                skip_logged_steps=skip_logged_steps,
-                experiment_name=experiment_name,
-                offline=offline,
-                options=options,
-            )
-        )
 
     @classmethod
     def from_env(
