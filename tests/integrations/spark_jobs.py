@@ -78,7 +78,7 @@ def lightning_ddp(url: str, experiment: str, out_dir: str) -> str | None:
         default_root_dir=out_dir,
     )
     trainer.fit(Tiny(), loader(64, 0), loader(32, 1))
-    run_id = logger._run_id
+    run_id = logger._handle.run_id
     if trainer.global_rank == 0:
         Path(out_dir, "rank0.json").write_text(json.dumps({"run_id": run_id, "loss": seen}))
     # Every rank meets before the group is torn down (gloo can abort at exit otherwise).

@@ -297,7 +297,12 @@ def test_no_run_one_warning_training_goes_on(monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.warns(AIDPMetricsWarning, match="could not start or attach the run") as caught:
         train()
-    assert len([w for w in caught if issubclass(w.category, AIDPMetricsWarning)]) == 1
+    # One warning for the cause; the run's end then says where its points are (how to sync).
+    messages = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(messages) == 2, messages
+    assert "could not start or attach the run" in messages[0]
+    assert "3 metric(s)" in messages[1]
+    assert "aidp-metrics sync" in messages[1]
     # The points are not dropped: the run went on offline, into the spool, for `sync`.
     run = tracker.tracker
     assert run is not None

@@ -107,6 +107,7 @@ def test_a_pickled_copy_logs_into_the_given_run_by_id_and_leaves_it_open(
     attached.log_metrics({"loss": 2.0}, step=2)
     copy.end("FINISHED")
     assert status(url, run.run_id) == "RUNNING"
+    run.flush()  # step 1 is the user's run's to deliver, on its own schedule
     assert points(url, run.run_id, "loss") == [(1, 1.0), (2, 2.0)]
     run.end()
     attached.end()  # what that process's exit would do
