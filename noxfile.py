@@ -93,7 +93,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, name="bench-frameworks")
 def bench_frameworks(session: nox.Session) -> None:
-    """Lightning / Transformers / Keras logging overhead and tail, ours vs MLflow's, against
-    a local MLflow server and a latency proxy in front of it (numbers, never pass/fail)."""
+    """Lightning / Transformers / Keras / Accelerate: start-up, steady-state overhead per step
+    (interleaved repetitions, median and interval) and tail, ours vs MLflow's integrations,
+    against a local MLflow server and a latency proxy in front of it (never pass/fail)."""
     install_project(session, "all,test")
     session.run("python", "-m", "benchmarks.bench_frameworks", *session.posargs)
