@@ -16,12 +16,12 @@ import itertools
 import time
 from collections import deque
 
-from ._metric import Metric
+from ._metric import MetricRecord
 
 
 class MetricBuffer:
     def __init__(self) -> None:
-        self.memory: deque[Metric] = deque()
+        self.memory: deque[MetricRecord] = deque()
         self.mem_start = 0
         self.logged = 0
         self.acked = 0
@@ -29,7 +29,7 @@ class MetricBuffer:
         self.oldest_at = 0.0  # monotonic time the oldest unsent metric in memory was logged
         self.urgent = 0  # metrics below this index are sent without waiting (flush, end)
 
-    def extend(self, metrics: list[Metric]) -> int:
+    def extend(self, metrics: list[MetricRecord]) -> int:
         """Add `metrics`; returns how many are in memory now."""
         memory = self.memory
         memory.extend(metrics)
@@ -90,7 +90,7 @@ class MetricBuffer:
             return 0.0
         return max(0.0, self.oldest_at + interval - now)
 
-    def take(self, count: int, interval: float) -> list[Metric]:
+    def take(self, count: int, interval: float) -> list[MetricRecord]:
         """The oldest `count` metrics out of memory, into flight."""
         memory = self.memory
         records = [memory.popleft() for _ in range(count)]
@@ -100,8 +100,8 @@ class MetricBuffer:
         return records
 
     def unwritten(
-        self, written: int, limit: int, in_flight: tuple[int, list[Metric]] | None
-    ) -> tuple[int, list[Metric]]:
+        self, written: int, limit: int, in_flight: tuple[int, list[MetricRecord]] | None
+    ) -> tuple[int, list[MetricRecord]]:
         """Up to `limit` unsettled metrics from `written` on, skipping holes, from the chunk
         in flight (`(start, records)`) and memory, in order."""
         start = max(written, self.acked)
@@ -111,7 +111,7 @@ class MetricBuffer:
         stop = min(self.logged, start + limit)
         if self.holes and self.holes[0][0] > start:
             stop = min(stop, self.holes[0][0])
-        records: list[Metric] = []
+        records: list[MetricRecord] = []
         index = start
         if in_flight is not None:
             chunk_start, chunk_records = in_flight

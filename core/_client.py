@@ -6,7 +6,6 @@ its attempts and every attempt a fresh `opc-request-id`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from ._endpoint import Endpoint
 from ._errors import (
@@ -451,7 +451,7 @@ def batch_bodies(
 
 
 def dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return orjson.dumps(body)
 
 
 def _json_object(

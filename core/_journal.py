@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._env import AIDP_METRICS_DIR
-from ._metric import Metric, decode_value, metric_json
+from ._metric import Metric, MetricRecord, decode_value, metric_json
 
 FORMAT_VERSION = 2
 DEFAULT_DIR = "aidp-metrics"
@@ -89,8 +89,8 @@ class RunDescriptor:
 # -- lines ----------------------------------------------------------------------------------
 
 
-def encode_metric(metric: Metric) -> bytes:
-    payload = metric_json(metric).encode()
+def encode_metric(metric: MetricRecord) -> bytes:
+    payload = metric_json(metric)
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
@@ -264,10 +264,10 @@ class Journal:
             return 0
 
 
-def read_metrics(directory: str | os.PathLike[str], offset: int, count: int) -> list[Metric]:
+def read_metrics(directory: str | os.PathLike[str], offset: int, count: int) -> list[MetricRecord]:
     """Up to `count` metrics from byte `offset` of a journal (ops skipped), stopping at a
     damaged line: the delivery loop reading back what it moved out of memory."""
-    metrics: list[Metric] = []
+    metrics: list[MetricRecord] = []
     with open(Path(directory) / RECORDS_FILE, "rb") as handle:
         handle.seek(offset)
         while len(metrics) < count:

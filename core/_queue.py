@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._buffer import MetricBuffer
-from ._metric import Metric
+from ._metric import MetricRecord
 from ._options import DeliveryOptions
 from ._records import (
     DELIVERED,
@@ -48,6 +48,7 @@ from ._records import (
 from ._spill import Segment, Spill
 from ._stats import Counters, RunStats
 
+_CLOSED = QueueState.CLOSED
 # `Wake` bits as plain ints for the hot path (an IntFlag costs a Python call to test).
 _SENDER, _SPOOL, _REOPENED, _FULL = (
     int(Wake.SENDER),
@@ -114,7 +115,7 @@ class RunQueue:
 
     def stats(self) -> RunStats:
         with self._lock:
-            return self._counters.snapshot()
+            return self._counters.snapshot(self._metrics.logged)
 
     def mark(self) -> Mark:
         with self._lock:
@@ -159,15 +160,14 @@ class RunQueue:
 
     # -- the caller's side ----------------------------------------------------------------
 
-    def append(self, metrics: list[Metric], rejected: int = 0) -> int:
+    def append(self, metrics: list[MetricRecord], rejected: int = 0) -> int:
         """Queue metrics (the training thread's hot path); count `rejected` invalid ones.
         Returns `Wake` bits as a plain int (0, the usual answer, costs nothing to test)."""
         count = len(metrics)
-        wake = 0
         with self._lock:
-            if self._state is QueueState.CLOSED:
-                wake = self._reopen_locked()
-            self._counters.log(count, rejected)
+            wake = self._reopen_locked() if self._state is _CLOSED else 0
+            if rejected:
+                self._counters.reject(rejected)
             if not count:
                 return wake
             size = self._metrics.extend(metrics)
@@ -193,7 +193,7 @@ class RunQueue:
 
     def reject(self, count: int) -> None:
         with self._lock:
-            self._counters.log(0, count)
+            self._counters.reject(count)
 
     def rush(self, mark: Mark) -> None:
         """Send everything before `mark` now, without waiting for `flush_interval`."""
@@ -355,7 +355,7 @@ class RunQueue:
             return 0.0
         return work
 
-    def read_back_done(self, work: ReadBack, records: list[Metric]) -> Chunk | None:
+    def read_back_done(self, work: ReadBack, records: list[MetricRecord]) -> Chunk | None:
         """What the journal gave for `work`, as the chunk in flight (the rest counted lost)."""
         with self._lock:
             if self._metrics.acked != work.start or self._chunk is not None:
@@ -451,7 +451,7 @@ class JournalSide:
         with q._lock:
             q._spill.opened(directory)
 
-    def unwritten(self, limit: int) -> tuple[int, list[Metric], list[QueuedOp]]:
+    def unwritten(self, limit: int) -> tuple[int, list[MetricRecord], list[QueuedOp]]:
         """Up to `limit` unsettled metrics not yet in the journal (from the chunk in flight
         and memory, in order) and the unwritten ops positioned up to their end."""
         q = self._queue

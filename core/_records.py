@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from ._journal import Op
-from ._metric import Metric
+from ._metric import MetricRecord
 
 DELIVERED = ""  # a chunk outcome; any other string is the reason the point failed
 SKIPPED = "\x00skipped"  # already on the server (resumed run)
@@ -115,7 +115,7 @@ class Chunk:
 
     __slots__ = ("outcomes", "records", "start")
 
-    def __init__(self, start: int, records: list[Metric]) -> None:
+    def __init__(self, start: int, records: list[MetricRecord]) -> None:
         self.start = start
         self.records = records
         self.outcomes: list[str | None] = [None] * len(records)

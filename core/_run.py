@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from time import time_ns
 from types import TracebackType
 from typing import Any
 
@@ -27,7 +28,7 @@ from ._journal import new_local_id
 from ._metric import (
     INT64_MAX,
     INT64_MIN,
-    Metric,
+    MetricRecord,
     check_timestamp,
     key_error,
     now_ms,
@@ -45,7 +46,6 @@ from ._stats import RunStats
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
 _logger = logging.getLogger("aidp_metrics")
-_new_tuple = tuple.__new__  # a Metric without NamedTuple's slower constructor (hot path)
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
@@ -207,8 +207,12 @@ class Run(RunConstructors):
         if self._role.inherited:
             return
         try:
-            at = _check_step(step)
-            stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
+            # The usual case inline (a call costs as much as the check on this path)
+            if type(step) is int and INT64_MIN <= step <= INT64_MAX:  # type: ignore[operator]
+                at: int = step  # type: ignore[assignment]
+            else:
+                at = _check_step(step)
+            stamp = time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
         except InvalidMetric as exc:
             keys = ", ".join(repr(key) for key in metrics)
             if self.options.strict:
@@ -216,8 +220,7 @@ class Run(RunConstructors):
             self._queue.reject(len(metrics))
             self._notices.once(f"step/timestamp of {keys}", f"aidp-metrics: not logged: {exc}")
             return
-        records: list[Metric] = []
-        new = _new_tuple
+        records: list[MetricRecord] = []
         known = self._keys
         problems: list[tuple[str, str]] = []
         for raw_key, value in metrics.items():
@@ -239,7 +242,7 @@ class Run(RunConstructors):
                 except InvalidMetric as exc:
                     problems.append((key, str(exc)))
                     continue
-            records.append(new(Metric, (key, number, stamp, at)))
+            records.append((key, number, stamp, at))
         if problems and self.options.strict:
             raise InvalidMetric("; ".join(reason for _, reason in problems))
         self.last_step = at
@@ -254,7 +257,7 @@ class Run(RunConstructors):
         the sample's time, without moving `last_step` (the training loop's)."""
         if self._role.inherited:
             return
-        records = [Metric(key, float(v), timestamp, step) for key, v in metrics.items()]
+        records = [(key, float(v), timestamp, step) for key, v in metrics.items()]
         wake = self._queue.append(records)
         if wake:
             self._act(wake)

@@ -54,7 +54,6 @@ class Counters:
         "dropped",
         "failed",
         "failures",
-        "logged",
         "rejected",
         "requests",
         "retried",
@@ -63,7 +62,6 @@ class Counters:
     )
 
     def __init__(self) -> None:
-        self.logged = 0
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -75,10 +73,9 @@ class Counters:
         self.spooled = 0
         self.failures: dict[str, int] = {}
 
-    def log(self, count: int, rejected: int = 0) -> None:
-        """`count` valid and `rejected` invalid points were logged."""
-        self.logged += count + rejected
-        self.rejected += rejected
+    def reject(self, count: int) -> None:
+        """`count` invalid points were logged (the valid ones are counted by the buffer)."""
+        self.rejected += count
 
     def drop(self, count: int) -> None:
         self.dropped += count
@@ -115,9 +112,10 @@ class Counters:
         else:
             self.failures["other"] = self.failures.get("other", 0) + count
 
-    def snapshot(self) -> RunStats:
+    def snapshot(self, valid: int) -> RunStats:
+        """The counts, with `valid` points logged besides the rejected ones."""
         return RunStats(
-            logged=self.logged,
+            logged=valid + self.rejected,
             delivered=self.delivered,
             failed=self.failed,
             dropped=self.dropped,
