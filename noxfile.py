@@ -17,13 +17,23 @@ def install_project(session: nox.Session, extras: str) -> None:
     # torch first and pinned: anything that pulls an unpinned torch gets a multi-GB CUDA build.
     session.install(*CONSTRAINTS, "torch==2.13.0")
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+    write_bytecode(session)
+
+
+def write_bytecode(session: nox.Session) -> None:
+    """Let Python cache the bytecode of what it imports. With PYTHONDONTWRITEBYTECODE set (as
+    on this machine) and nothing compiled at install, every test process would compile torch,
+    Lightning, Transformers, ... from source again: 30 s instead of 12 s to import Lightning
+    and Transformers, and 24 instead of 15 minutes for the suite. Compiled once on first
+    import, only what is used is compiled."""
+    session.env["PYTHONDONTWRITEBYTECODE"] = None
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite against real MLflow servers, in parallel."""
     install_project(session, "all,test")
-    session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
+    session.run("pytest", "-n", "2", "--dist", "loadgroup", "--durations=20", *session.posargs)
     if not session.posargs:  # the full run covers Keras's second backend too
         run_keras_on_jax(session)
 
