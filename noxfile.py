@@ -6,6 +6,10 @@ import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
+# The gates run side by side: installing is one pip process (one core), so `typecheck`
+# installs and type-checks while `tests` installs, instead of after the whole suite. Each
+# session's output is printed as one block when it ends.
+nox.options.parallel = 2
 
 PYTHON = "3.11"
 # --no-compile: byte-compiling every file of torch, transformers, mlflow and pyspark at
@@ -29,7 +33,7 @@ def write_bytecode(session: nox.Session) -> None:
     session.env["PYTHONDONTWRITEBYTECODE"] = None
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=True)
 def tests(session: nox.Session) -> None:
     """The whole suite against real MLflow servers, in parallel."""
     install_project(session, "all,test")
@@ -57,14 +61,14 @@ def run_keras_on_jax(session: nox.Session, *args: str) -> None:
     )
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=True)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, allow_parallel=True)
 def typecheck(session: nox.Session) -> None:
     # The package's own dependencies (every extra) are what mypy needs; not the test tools.
     install_project(session, "all")
