@@ -92,7 +92,8 @@ def launch_two_nodes(
     return results
 
 
-def job_env(url: str, **variables: str) -> dict[str, str]:
+def job_env(url: str) -> dict[str, str]:
+    """The tracking server; no AIDP_/MLFLOW_ variable of this process (the plan sets them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIDP_", "MLFLOW_"))}
     env.update(
         MLFLOW_TRACKING_URI=url,
@@ -100,7 +101,6 @@ def job_env(url: str, **variables: str) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         OMP_NUM_THREADS="1",
         KERAS_BACKEND="torch",
-        **variables,
     )
     return env
 
