@@ -3,10 +3,11 @@
     python accelerate_loop.py PROJECT OUT_DIR [--crash-at STEP]
     torchrun --nproc-per-node 2 accelerate_loop.py PROJECT OUT_DIR
 
-The tests run it in one process, under torchrun with two processes (Accelerate's MULTI_CPU
-with gloo) and as one node of a two-node job. Every process writes `OUT_DIR/rank-<RANK>.json`:
-its ranks, what it handed to `accelerator.log` and the run its tracker holds (None off the
-main process), so the tests can compare that with what the server has.
+The tests run it in one process and under torchrun with two processes (Accelerate's MULTI_CPU
+with gloo); the two-node job of multinode_job.py calls `train` twice in the same processes.
+Every process writes `OUT_DIR/rank-<RANK>.json`: its ranks, what it handed to
+`accelerator.log` and the run its tracker holds (None off the main process), so the tests
+can compare that with what the server has.
 """
 
 from __future__ import annotations
@@ -29,18 +30,17 @@ EPOCHS = 2
 CONFIG = {"lr": 0.05, "batch_size": BATCH, "model": {"features": 4, "layers": 1}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("project")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--crash-at", type=int, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def train(project: str, crash_at: int | None = None, *, last: bool = True) -> dict[str, Any]:
+    """One training of the loop; returns this process's state (see the module docstring).
+    `last=False`: a later training of the job still needs the process group, so the run ends
+    as `end_training()` ends it (every tracker's `finish()`) but the group is kept: gloo's
+    default group cannot be re-created safely in the same torchrun workers (destroying it
+    resets torch's group counter, and a second rendezvous would find the first one's keys in
+    the agent's store)."""
     torch.manual_seed(0)
-
     tracker = AIDPTracker(run_name="accelerate-loop")
     accelerator = Accelerator(cpu=True, log_with=tracker)
-    accelerator.init_trackers(args.project, config=CONFIG)
+    accelerator.init_trackers(project, config=CONFIG)
 
     x = torch.randn(SAMPLES, 4, generator=torch.Generator().manual_seed(1))
     loader = DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=BATCH)
@@ -52,7 +52,7 @@ def main() -> None:
     step = 0
     for epoch in range(EPOCHS):
         for inputs, targets in loader:
-            if step == args.crash_at:
+            if step == crash_at:
                 raise RuntimeError(f"crash at step {step}")
             loss = torch.nn.functional.mse_loss(model(inputs), targets)
             accelerator.backward(loss)
@@ -78,7 +78,22 @@ def main() -> None:
         "logged": logged if accelerator.is_main_process else [],
     }
     accelerator.wait_for_everyone()  # no rank tears gloo down while another is mid-collective
-    accelerator.end_training()  # ends the run, destroys the process group (no gloo abort)
+    if last:
+        accelerator.end_training()  # ends the run, destroys the process group (no gloo abort)
+    else:
+        for ending in accelerator.trackers:
+            ending.finish()
+    return state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("project")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--crash-at", type=int, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    state = train(args.project, args.crash_at)
     (args.out / f"rank-{state['rank']}.json").write_text(json.dumps(state))
 
 

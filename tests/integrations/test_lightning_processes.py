@@ -20,6 +20,7 @@ from tests.support.mlflow_server import (  # noqa: E402
     get_run,
     runs_in_experiment,
 )
+from tests.test_system_metrics import MLFLOW_HOST_KEYS, system_series  # noqa: E402
 
 pytestmark = pytest.mark.lightning
 torch.set_num_threads(1)
@@ -125,6 +126,9 @@ def url(mlflow_server: Any) -> str:
 def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
     tmp_path: Path, url: str, fresh_experiment: str
 ) -> None:
+    """One ddp_spawn job of 2 processes, with system metrics on: rank 0 of the workers creates
+    the one run, logs every step once and is the only process that samples; rank 1 holds no
+    run and starts no sampler (nor does the main process, whose logger never starts a run)."""
     pytest.importorskip("lightning.pytorch")
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is needed")
@@ -132,10 +136,17 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
         tmp_path,
         """
         import sys
+        import threading
+        import time
         import lightning.pytorch as L
         from lightning.fabric.loggers.logger import _DummyExperiment
+        from aidp_metrics import _system_metrics as system_metrics
         from aidp_metrics.integrations.lightning import AIDPLogger
         from tinymodel import Tiny, trainer_options
+
+
+        def samplers():
+            return [t for t in threading.enumerate() if t.name == system_metrics.THREAD_NAME]
 
 
         class RankZeroLoggerCheck(L.Callback):
@@ -146,23 +157,41 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
                     assert trainer.logger._handle.run is None
 
 
+        class SamplerPerRank(L.Callback):
+            def on_train_end(self, trainer, pl_module):
+                # The sampler thread starts with the run (Run.start -> watch), so a rank that
+                # had one would show it now. The logging rank waits (no deadline: the test's
+                # timeout bounds it) until its first samples were handed to the run, so the
+                # server has system metrics to read back.
+                if trainer.global_rank == 0:
+                    while not (samplers() and samplers()[0].samples >= 3):
+                        time.sleep(0.05)
+                print(f"rank {trainer.global_rank} samplers {len(samplers())}", flush=True)
+
+
         if __name__ == "__main__":
-            logger = AIDPLogger(experiment_name=sys.argv[1])
+            logger = AIDPLogger(
+                experiment_name=sys.argv[1], system_metrics=True, system_metrics_interval=0.1
+            )
             trainer = L.Trainer(
                 **trainer_options(
                     strategy="ddp_spawn", devices=2, max_epochs=2,
-                    callbacks=[RankZeroLoggerCheck()],
+                    callbacks=[RankZeroLoggerCheck(), SamplerPerRank()],
                 ),
                 logger=logger,
             )
             trainer.fit(Tiny())
             # the main process's copy never created a run: rank 0 of the workers did
             print("main process run", logger._handle.run_id)
+            print(f"main samplers {len(samplers())}")
         """,
         url,
         fresh_experiment,
     )
     assert "main process run None" in result.stdout
+    assert "rank 0 samplers 1" in result.stdout  # the logging rank samples ...
+    assert "rank 1 samplers 0" in result.stdout  # ... the other one does not
+    assert "main samplers 0" in result.stdout
     runs = runs_in_experiment(url, fresh_experiment)
     assert len(runs) == 1, runs
     run_id = runs[0]["info"]["run_id"]
@@ -174,6 +203,9 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
     assert [s for s, _ in _history(url, run_id, "val_loss")] == [3, 7]
     params = {p["key"]: p["value"] for p in get_run(url, run_id)["data"]["params"]}
     assert params == {"lr": "0.05"}
+    series = system_series(url, run_id)
+    assert set(series) >= MLFLOW_HOST_KEYS
+    assert all(0 <= int(m["step"]) < 8 for points in series.values() for m in points)
 
 
 @pytest.mark.slow

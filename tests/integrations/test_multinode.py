@@ -2,9 +2,12 @@
 
 Two torchrun agents side by side, `--nnodes 2 --nproc-per-node 1 --node-rank {0,1}`, same
 `--master-addr 127.0.0.1 --master-port P`, gloo: the process of node 1 has LOCAL_RANK=0
-but RANK=1, so an integration that asked the local rank would log from both nodes. Shown:
-only global rank 0 creates (or attaches to) the run and sends; node 1 holds no run and
-sends nothing; an AIDP_RUN_ID handed to both nodes is honoured once (by global rank 0).
+but RANK=1, so an integration that asked the local rank would log from both nodes. One
+launch per integration trains twice in the same processes (multinode_job.py): first with
+AIDP_EXPERIMENT_NAME (a new run), then with an AIDP_RUN_ID handed to both nodes. Shown for
+each: only global rank 0 creates (or attaches to) the run and sends; node 1 holds no run and
+sends nothing; the given run is honoured once (by global rank 0) and no run is created
+anywhere else; the run ends FINISHED with exactly the expected keys, steps and values.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +92,8 @@ def launch_two_nodes(
     return results
 
 
-def job_env(url: str, **variables: str) -> dict[str, str]:
+def job_env(url: str) -> dict[str, str]:
+    """The tracking server; no AIDP_/MLFLOW_ variable of this process (the plan sets them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIDP_", "MLFLOW_"))}
     env.update(
         MLFLOW_TRACKING_URI=url,
@@ -96,7 +101,6 @@ def job_env(url: str, **variables: str) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         OMP_NUM_THREADS="1",
         KERAS_BACKEND="torch",
-        **variables,
     )
     return env
 
@@ -156,7 +160,8 @@ def check_accelerate(points: dict[str, list[tuple[int, float]]], ranks: Any) -> 
     assert {value for _, value in points["rank"]} == {0.0}
 
 
-JOBS = {
+Check = Callable[[dict[str, list[tuple[int, float]]], Any], None]
+JOBS: dict[str, tuple[str, Check]] = {
     "lightning": ("lightning.pytorch", check_lightning),
     "transformers": ("transformers", check_transformers),
     "keras": ("keras", check_keras),
@@ -164,11 +169,43 @@ JOBS = {
 }
 
 
-@pytest.mark.parametrize("given_run", [False, True], ids=["new-run", "AIDP_RUN_ID"])
+def check_node_one(ranks: dict[int, dict[str, Any]]) -> None:
+    assert set(ranks) == {0, 1}
+    assert (ranks[1]["rank"], ranks[1]["local_rank"]) == (1, 0)  # node 1: local rank 0
+    assert ranks[1]["run_id"] is None  # created, attached to, sent nothing
+
+
+def check_new_run(url: str, experiment: str, out: Path, check: Check) -> None:
+    """Phase `new-run`: rank 0 created the one run of the experiment (read after both
+    phases: the `given-run` phase created nothing here either)."""
+    ranks = read_ranks(out)
+    check_node_one(ranks)
+    runs = runs_in_experiment(url, experiment)
+    assert [r["info"]["run_id"] for r in runs] == [ranks[0]["run_id"]]
+    run_id = ranks[0]["run_id"]
+    assert get_run(url, run_id)["info"]["status"] == "FINISHED"
+    check(server_points(url, run_id), ranks)
+
+
+def check_given_run(
+    url: str, given: str, given_in: str, elsewhere: str, out: Path, check: Check
+) -> None:
+    """Phase `given-run`: rank 0 attached to AIDP_RUN_ID; nothing was created in the
+    experiment AIDP_EXPERIMENT_NAME named, nor beside the given run."""
+    ranks = read_ranks(out)
+    check_node_one(ranks)
+    assert runs_in_experiment(url, elsewhere) == []  # no run created anywhere else
+    assert ranks[0]["run_id"] == given
+    assert [r["info"]["run_id"] for r in runs_in_experiment(url, given_in)] == [given]
+    assert get_run(url, given)["info"]["status"] == "FINISHED"
+    check(server_points(url, given), ranks)
+
+
 @pytest.mark.parametrize("framework", list(JOBS))
 def test_two_nodes_one_run_every_point_once(
-    framework: str, given_run: bool, mlflow_server: Any, fresh_experiment: str, tmp_path: Path
+    framework: str, mlflow_server: Any, fresh_experiment: str, tmp_path: Path
 ) -> None:
+    """One launch, two phases: a new run (AIDP_EXPERIMENT_NAME), then a given one (AIDP_RUN_ID)."""
     module, check = JOBS[framework]
     if importlib.util.find_spec(module.split(".")[0]) is None:
         pytest.skip(f"{module} is not installed")
@@ -176,32 +213,21 @@ def test_two_nodes_one_run_every_point_once(
     url: str = mlflow_server.url
     out = tmp_path / "out"
     out.mkdir()
-    variables = {"AIDP_EXPERIMENT_NAME": fresh_experiment}
-    given = None
-    if given_run:
-        with MetricsClient(url) as client:
-            given = client.create_run(experiment_name=fresh_experiment, run_name="given").run_id
-        # The experiment of a new run would be elsewhere: anything created shows up there.
-        variables = {"AIDP_RUN_ID": given, "AIDP_EXPERIMENT_NAME": f"{fresh_experiment}-new"}
-    if framework == "accelerate":
-        project = variables["AIDP_EXPERIMENT_NAME"]
-        script, args = HERE / "accelerate_loop.py", [project, str(out)]
-    else:
-        script, args = HERE / "multinode_job.py", [framework, str(out)]
+    given_in = f"{fresh_experiment}-given"
+    with MetricsClient(url) as client:
+        given = client.create_run(experiment_name=given_in, run_name="given").run_id
+    # The experiment a new run would go to in the given-run phase: anything created shows up there.
+    elsewhere = f"{fresh_experiment}-new"
+    plan = [
+        {"name": "new-run", "environment": {"AIDP_EXPERIMENT_NAME": fresh_experiment}},
+        {
+            "name": "given-run",
+            "environment": {"AIDP_RUN_ID": given, "AIDP_EXPERIMENT_NAME": elsewhere},
+        },
+    ]
+    (out / "plan.json").write_text(json.dumps(plan))
 
-    launch_two_nodes(script, args, job_env(url, **variables), cwd=tmp_path)
+    launch_two_nodes(HERE / "multinode_job.py", [framework, str(out)], job_env(url), cwd=tmp_path)
 
-    ranks = read_ranks(out)
-    assert set(ranks) == {0, 1}
-    assert (ranks[1]["rank"], ranks[1]["local_rank"]) == (1, 0)  # node 1: local rank 0
-    assert ranks[1]["run_id"] is None  # created, attached to, sent nothing
-    runs = runs_in_experiment(url, variables["AIDP_EXPERIMENT_NAME"])
-    if given is None:
-        assert [r["info"]["run_id"] for r in runs] == [ranks[0]["run_id"]]
-    else:
-        assert runs == []  # no run created anywhere else
-        assert ranks[0]["run_id"] == given
-        assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [given]
-    run_id = ranks[0]["run_id"]
-    assert get_run(url, run_id)["info"]["status"] == "FINISHED"
-    check(server_points(url, run_id), ranks)
+    check_new_run(url, fresh_experiment, out / "new-run", check)
+    check_given_run(url, given, given_in, elsewhere, out / "given-run", check)
