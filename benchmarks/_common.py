@@ -143,6 +143,10 @@ class Repeated:
         return max(self.values)
 
     def to_json(self) -> dict[str, Any]:
+        """The figures; None for a measurement that got no value (e.g. a follower that had
+        nothing to read during a short loop)."""
+        if not self.values:
+            return {"median": None, "min": None, "max": None, "values": []}
         return {
             "median": self.median,
             "min": self.best,

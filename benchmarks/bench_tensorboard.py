@@ -19,7 +19,9 @@ visible. Reported:
 - whether every scalar written reached the server (read back after `end()`).
 
 Sizes: full is 7 pairs of runs of 30 000 steps; `--quick` 2 pairs of 3 000 steps;
-`--smoke` (the test suite's end-to-end check) 1 pair of 600 steps (90 scalars per run).
+`--smoke` (the test suite's end-to-end check) 1 pair of 600 steps (90 scalars per run; a
+loop that short often ends before the writer's first flush, and the follower's CPU per event,
+which counts only what it logged during the loop, is then left out).
 Every size starts with one warm-up run with a follower. `--tracking-uri URL` logs to a
 running MLflow server instead of starting one.
 
