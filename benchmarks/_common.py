@@ -74,6 +74,7 @@ def server_line(server_url: str | None) -> str:
 
 # -- sizes and common options ---------------------------------------------------------------
 
+
 def add_common_options(parser: argparse.ArgumentParser, *, quick: str, smoke: str) -> None:
     """--quick / --smoke (exclusive; neither: full size), --tracking-uri and --json."""
     sizes = parser.add_mutually_exclusive_group()
