@@ -5,6 +5,7 @@ Benchmarks print numbers next to their goals; nothing here ever fails on a goal.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import gc
@@ -39,6 +40,63 @@ def local_server(prefix: str = "aidp-bench-") -> Iterator[LocalMLflowServer]:
             yield server
         finally:
             server.stop()
+
+
+class ExternalServer:
+    """A tracking server someone else runs (`--tracking-uri`): a benchmark logs to it and
+    never stops it. `directory` is a fresh temp dir for what the benchmark writes (a spool)."""
+
+    def __init__(self, url: str, directory: Path) -> None:
+        self.url = url.rstrip("/")
+        self.directory = directory
+
+
+BenchServer = LocalMLflowServer | ExternalServer
+
+
+@contextlib.contextmanager
+def tracking_server(url: str | None, prefix: str = "aidp-bench-") -> Iterator[BenchServer]:
+    """`local_server(prefix)`, or the server at `url` when one is given."""
+    if url is None:
+        with local_server(prefix) as server:
+            yield server
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        yield ExternalServer(url, Path(directory))
+
+
+def server_line(server_url: str | None) -> str:
+    """The header line that says which server the numbers come from."""
+    if server_url is None:
+        return "server   LocalMLflowServer: mlflow server, sqlite, 1 worker, 127.0.0.1"
+    return f"server   {server_url} (--tracking-uri; not started by the benchmark)"
+
+
+# -- sizes and common options ---------------------------------------------------------------
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, quick: str, smoke: str) -> None:
+    """--quick / --smoke (exclusive; neither: full size), --tracking-uri and --json."""
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help=quick)
+    sizes.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URL",
+        help="log to this running MLflow server instead of starting a local one (the test "
+        "suite's smoke runs use its session server); default: start one",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def size_name(args: argparse.Namespace) -> str:
+    """'smoke', 'quick' or 'full', from the options `add_common_options` added."""
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
+
+
+def size_suffix(size: str) -> str:
+    """What a benchmark's title says about its size: '' at full size."""
+    return "" if size == "full" else f" (--{size})"
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -83,6 +141,10 @@ class Repeated:
         return max(self.values)
 
     def to_json(self) -> dict[str, Any]:
+        """The figures; None for a measurement that got no value (e.g. a follower that had
+        nothing to read during a short loop)."""
+        if not self.values:
+            return {"median": None, "min": None, "max": None, "values": []}
         return {
             "median": self.median,
             "min": self.best,

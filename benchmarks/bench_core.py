@@ -1,6 +1,6 @@
 """Core delivery benchmark: one process, one real local MLflow server, numbers and ratios.
 
-    python -m benchmarks.bench_core [--quick] [--json out.json]
+    python -m benchmarks.bench_core [--quick | --smoke] [--tracking-uri URL] [--json out.json]
 
 1. Caller-thread cost per metric of `Run.log_metrics` vs MLflow's sync and async clients.
 2. End-to-end delivery rate of the batch transport vs the server's raw `runs/log-batch`
@@ -12,6 +12,14 @@
 
 Every figure is printed next to its goal; the benchmark never fails on a goal. The
 machine may be shared, so treat single runs as noisy.
+
+Sizes (`FULL`, `QUICK`, `SMOKE` below): full is what the README reports (e.g. 5 x 20 000
+caller calls, 100 000 metrics delivered and queued, 1 504 metrics per `log-metric` rate);
+`--quick` makes every size ~10x smaller; `--smoke` is the test suite's end-to-end check:
+one repetition and the fewest metrics that still run every section and code path once
+(its numbers mean little). `--tracking-uri URL` logs to a running MLflow server instead of
+starting one; section 4 then cuts a pass-through proxy in front of it instead of stopping
+the server.
 """
 
 from __future__ import annotations
@@ -46,14 +54,15 @@ from aidp_metrics.cli._local_server import LocalMLflowServer
 
 from ._common import (
     MB,
+    BenchServer,
     Repeated,
     Row,
     Timer,
+    add_common_options,
     fmt_rate,
     fmt_seconds,
     fmt_times,
     load_average,
-    local_server,
     log,
     machine_info,
     peak_rss_bytes,
@@ -63,6 +72,10 @@ from ._common import (
     repeat,
     reset_peak_rss,
     rss_bytes,
+    server_line,
+    size_name,
+    size_suffix,
+    tracking_server,
     write_json,
 )
 from .bench_system_metrics import bench_system_metrics
@@ -99,6 +112,7 @@ class Sizes:
     metric_transport_metrics: int  # multiple of len(METRIC_TRANSPORT_KEYS)
     far_metric_transport_metrics: int  # the same, behind the latency proxy
     rss_metrics: int  # multiple of len(DELIVERY_KEYS)
+    far_rounds: int = 2  # interleaved (1, 8 in flight) rounds behind the latency proxy
 
 
 FULL = Sizes(
@@ -125,6 +139,20 @@ QUICK = Sizes(
     far_metric_transport_metrics=32,
     rss_metrics=10_000,
 )
+SMOKE = Sizes(
+    caller_calls=100,
+    caller_reps=1,
+    sync_calls=2,
+    sync_reps=1,
+    async_calls=10,
+    async_reps=1,
+    delivery_metrics=1_000,
+    metric_transport_metrics=len(METRIC_TRANSPORT_KEYS),
+    far_metric_transport_metrics=len(METRIC_TRANSPORT_KEYS),
+    rss_metrics=1_000,
+    far_rounds=1,
+)
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
 def _values(count: int) -> list[float]:
@@ -150,7 +178,7 @@ def _discard(run: Run, reason: str) -> dict[str, int]:
 # -- 1. caller cost ---------------------------------------------------------------------------
 
 
-def bench_caller_cost(server: LocalMLflowServer, sizes: Sizes) -> dict[str, Any]:
+def bench_caller_cost(server: BenchServer, sizes: Sizes) -> dict[str, Any]:
     values = _values(1000)
     k1, k2, k3 = CALLER_KEYS
     calls = sizes.caller_calls
@@ -224,7 +252,7 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", module="mlflow")
 
 
-def _mlflow_sync_cost(server: LocalMLflowServer, sizes: Sizes) -> Repeated:
+def _mlflow_sync_cost(server: BenchServer, sizes: Sizes) -> Repeated:
     import mlflow
 
     _quiet_mlflow()
@@ -252,7 +280,7 @@ def _mlflow_sync_cost(server: LocalMLflowServer, sizes: Sizes) -> Repeated:
     return result
 
 
-def _mlflow_async_cost(server: LocalMLflowServer, sizes: Sizes) -> Repeated:
+def _mlflow_async_cost(server: BenchServer, sizes: Sizes) -> Repeated:
     import mlflow
 
     _quiet_mlflow()
@@ -297,7 +325,7 @@ def _new_run(client: MetricsClient, name: str) -> str:
     return client.create_run(experiment_id=experiment_id, run_name=name).run_id
 
 
-def raw_batch_rate(server: LocalMLflowServer, total: int) -> float:
+def raw_batch_rate(server: BenchServer, total: int) -> float:
     """Metrics/s of one keep-alive httpx.Client posting pre-encoded 1000-metric batches."""
     with MetricsClient(server.url) as client:
         run_id = _new_run(client, "raw-log-batch")
@@ -323,7 +351,7 @@ def raw_batch_rate(server: LocalMLflowServer, total: int) -> float:
     return len(bodies) * 1000 / timer.seconds
 
 
-def bench_batch_delivery(server: LocalMLflowServer, sizes: Sizes) -> dict[str, Any]:
+def bench_batch_delivery(server: BenchServer, sizes: Sizes) -> dict[str, Any]:
     total = sizes.delivery_metrics
     log(f"batch delivery: raw runs/log-batch capacity, {total} metrics")
     raw_before = raw_batch_rate(server, total)
@@ -390,7 +418,7 @@ def bench_batch_delivery(server: LocalMLflowServer, sizes: Sizes) -> dict[str, A
 # -- 3. metric transport rate -----------------------------------------------------------------
 
 
-def raw_metric_rate(server: LocalMLflowServer, total: int, senders: int) -> float:
+def raw_metric_rate(server: BenchServer, total: int, senders: int) -> float:
     """Metrics/s of `senders` threads, each with its own keep-alive httpx.Client, posting
     pre-encoded `runs/log-metric` bodies (the work split round-robin)."""
     with MetricsClient(server.url) as client:
@@ -443,7 +471,7 @@ def raw_metric_rate(server: LocalMLflowServer, total: int, senders: int) -> floa
     return total / timer.seconds
 
 
-def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str, Any]:
+def bench_metric_transport(server: BenchServer, sizes: Sizes) -> dict[str, Any]:
     total = sizes.metric_transport_metrics
     raw: dict[int, float] = {}
     for senders in SENDER_COUNTS:
@@ -477,7 +505,7 @@ def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str,
         ours[in_flight] = total / timer.seconds
         delivered += stats.delivered
         failed += stats.failed
-    far = _far_metric_rates(server, sizes.far_metric_transport_metrics)
+    far = _far_metric_rates(server, sizes.far_metric_transport_metrics, sizes.far_rounds)
     return {
         "metrics": total,
         "keys": len(keys),
@@ -496,15 +524,15 @@ def bench_metric_transport(server: LocalMLflowServer, sizes: Sizes) -> dict[str,
     }
 
 
-def _far_metric_rates(server: LocalMLflowServer, total: int) -> dict[int, float]:
+def _far_metric_rates(server: BenchServer, total: int, rounds: int) -> dict[int, float]:
     """`transport="metric"` behind a proxy adding 50 ms each way: 1 vs 8 in flight,
-    interleaved twice (medians)."""
+    interleaved `rounds` times (medians)."""
     from .latency_proxy import LatencyProxy
 
     keys = METRIC_TRANSPORT_KEYS
     rates: dict[int, list[float]] = {1: [], 8: []}
     with LatencyProxy(server.url, 0.05) as proxy:
-        for in_flight in (1, 8, 1, 8):
+        for in_flight in (1, 8) * rounds:
             log(f"metric transport, far (+50 ms each way): {in_flight} in flight, {total}")
             run = Run.start(
                 endpoint=proxy.url,
@@ -532,8 +560,21 @@ def _fill(run: Run, total: int) -> None:
         log_metrics({key: step + i * 0.125 for i, key in enumerate(keys)}, step=step)
 
 
-def bench_queued_memory(server: LocalMLflowServer, sizes: Sizes) -> dict[str, Any]:
-    """Memory growth with `rss_metrics` queued while the server is down. Stops the server.
+def _outage_target(server: BenchServer) -> tuple[str, Callable[[], None]]:
+    """The URL to log to and how to take it down: the local server itself, or (for a server
+    the benchmark must not stop) a pass-through proxy in front of it, whose stop also cuts
+    the connections it kept alive, so that from then on every request is refused."""
+    if isinstance(server, LocalMLflowServer):
+        return server.url, server.stop
+    from .latency_proxy import LatencyProxy
+
+    proxy = LatencyProxy(server.url, 0.0).start()
+    return proxy.url, proxy.stop
+
+
+def bench_queued_memory(server: BenchServer, sizes: Sizes) -> dict[str, Any]:
+    """Memory growth with `rss_metrics` queued while the server is down. Stops the server
+    (or the proxy in front of a server given with --tracking-uri).
 
     The goal is about the in-memory queue, so the runs keep everything in memory (no
     on-disk spool, where the options have one) with a queue bound that drops nothing.
@@ -545,13 +586,14 @@ def bench_queued_memory(server: LocalMLflowServer, sizes: Sizes) -> dict[str, An
     max_queue = max(200_000, 2 * total)
     options: dict[str, Any] = {"max_queue": max_queue, **_memory_only()}
     log(f"queued memory: stopping the server, then queueing {total} metrics (twice)")
+    endpoint, take_down = _outage_target(server)
     rss_run = Run.start(
-        endpoint=server.url, experiment_name=EXPERIMENT, run_name="queued-rss", **options
+        endpoint=endpoint, experiment_name=EXPERIMENT, run_name="queued-rss", **options
     )
     heap_run = Run.start(
-        endpoint=server.url, experiment_name=EXPERIMENT, run_name="queued-heap", **options
+        endpoint=endpoint, experiment_name=EXPERIMENT, run_name="queued-heap", **options
     )
-    server.stop()
+    take_down()
     # Connection refused and retrying are expected from here on: keep the log quiet.
     logging.getLogger("aidp_metrics").setLevel(logging.ERROR)
 
@@ -752,33 +794,38 @@ def print_details(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="every size ~10x smaller")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_common_options(
+        parser,
+        quick="every size ~10x smaller",
+        smoke="one repetition, the fewest metrics that run every section (a test, not a "
+        "measurement)",
+    )
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    size = size_name(args)
+    sizes = SIZES[size]
 
     info = machine_info()
     buffering = os.environ.get("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS")
     print_header(
-        "aidp-metrics core benchmark" + (" (--quick)" if args.quick else ""),
+        "aidp-metrics core benchmark" + size_suffix(size),
         info,
         [
-            "server   LocalMLflowServer: mlflow server, sqlite, 1 worker, 127.0.0.1",
+            server_line(args.tracking_uri),
             f"note     numbers from one run on a possibly shared machine are noisy"
             f"{'; MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=' + buffering if buffering else ''}",
         ],
     )
     started = time.perf_counter()
     results: dict[str, Any] = {}
-    log("starting the MLflow server")
-    with local_server() as server:
+    log("starting the MLflow server" if args.tracking_uri is None else "using the given server")
+    with tracking_server(args.tracking_uri) as server:
         log(f"server up at {server.url}")
         # Any on-disk spool goes to the temp dir, never to ./aidp-metrics.
         os.environ["AIDP_METRICS_DIR"] = str(server.directory / "spool")
         results["caller_cost"] = bench_caller_cost(server, sizes)
         results["batch_delivery"] = bench_batch_delivery(server, sizes)
         results["metric_transport"] = bench_metric_transport(server, sizes)
-        results["system_metrics"] = bench_system_metrics(server, quick=args.quick)
+        results["system_metrics"] = bench_system_metrics(server, size=size)
         results["queued_memory"] = bench_queued_memory(server, sizes)  # stops the server: last
     elapsed = time.perf_counter() - started
 
@@ -796,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "core",
                 "quick": args.quick,
+                "size": size,
                 "sizes": sizes.__dict__,
                 "machine": info,
                 "seconds": elapsed,

@@ -1,7 +1,7 @@
 """Framework benchmark: start-up, steady-state overhead per step and tail of per-step
 logging, ours vs MLflow's integrations.
 
-    python -m benchmarks.bench_frameworks [--quick]
+    python -m benchmarks.bench_frameworks [--quick | --smoke] [--tracking-uri URL]
         [--frameworks lightning,transformers,keras,accelerate] [--configs a,b,c,d,e]
         [--servers near,far] [--delay 0.05] [--steps N] [--warmup-share 0.2]
         [--min-repetitions 6] [--max-repetitions 20] [--budget-minutes M]
@@ -37,6 +37,11 @@ Each run reports, on the wall clock and on the training thread's CPU clock
   logged point readable on the server, polled directly on the near server);
 - completeness (distinct (key, step) points read back / points handed to the integration).
 
+Sizes: full is 300 steps per run, 6-20 repetitions, near and far servers; `--quick` 30
+steps, 2 repetitions, near only; `--smoke` (the test suite's end-to-end check) 10 steps, 2
+repetitions (the fewest that interleave), near only. `--tracking-uri URL` logs to a running
+MLflow server (the "near" one) instead of starting one.
+
 A configuration's added cost in a repetition is its figure minus (a)'s in the same
 repetition; over repetitions we report the median, quartiles and a distribution-free
 interval for the median (see `_frameworks_stats`). Numbers are informational: nothing here
@@ -64,14 +69,18 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    add_common_options,
     fmt_seconds,
     load_average,
-    local_server,
     log,
     machine_info,
     print_grid,
     print_header,
     print_table,
+    server_line,
+    size_name,
+    size_suffix,
+    tracking_server,
     write_json,
 )
 from ._frameworks_forkserver import ForkServer
@@ -94,6 +103,7 @@ FRAMEWORKS = ("lightning", "transformers", "keras", "accelerate")
 CONFIGS = ("a", "b", "c", "d", "e")
 FULL_STEPS = 300
 QUICK_STEPS = 30
+SMOKE_STEPS = 10
 WORKER_TIMEOUT = 1800.0
 
 
@@ -283,36 +293,38 @@ def _csv(value: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add = parser.add_argument
-    add("--quick", action="store_true", help=f"{QUICK_STEPS} steps, 2 repetitions, near only")
+    add_common_options(
+        parser,
+        quick=f"{QUICK_STEPS} steps, 2 repetitions, near only",
+        smoke=f"{SMOKE_STEPS} steps, 2 repetitions, near only (a test, not a measurement)",
+    )
     add("--frameworks", default=",".join(FRAMEWORKS))
     add("--configs", default=",".join(CONFIGS), help="(a) is always run: the baseline")
-    add("--servers", default=None, help="near,far (quick: near)")
+    add("--servers", default=None, help="near,far (quick, smoke: near)")
     add("--delay", type=float, default=0.05, help="proxy delay each way, s")
     add("--steps", type=int, default=None, help=f"steps per run (default {FULL_STEPS})")
     add("--warmup-share", type=float, default=0.2, help="share of steps before steady state")
-    add("--min-repetitions", type=int, default=None, help="default 6 (quick: 2)")
-    add("--max-repetitions", type=int, default=None, help="default 20 (quick: 2)")
+    add("--min-repetitions", type=int, default=None, help="default 6 (quick, smoke: 2)")
+    add("--max-repetitions", type=int, default=None, help="default 20 (quick, smoke: 2)")
     add("--budget-minutes", type=float, default=None, help="stop adding repetitions after")
     add("--c-repetitions", type=int, default=None, help="run (c) in the first N only")
-    add("--json", metavar="PATH", help="also write the results as JSON")
     add("--png", metavar="PATH", help="also draw a bar chart")
     return parser.parse_args(argv)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     configs = _csv(args.configs, CONFIGS, "configs")
-    steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)
-    low = args.min_repetitions or (2 if args.quick else 6)
+    small = args.quick or args.smoke
+    steps = args.steps or (SMOKE_STEPS if args.smoke else QUICK_STEPS if small else FULL_STEPS)
+    low = args.min_repetitions or (2 if small else 6)
     return Plan(
         frameworks=_csv(args.frameworks, FRAMEWORKS, "frameworks"),
         configs=configs if "a" in configs else ("a", *configs),
-        servers=_csv(
-            args.servers or ("near" if args.quick else "near,far"), ("near", "far"), "servers"
-        ),
+        servers=_csv(args.servers or ("near" if small else "near,far"), ("near", "far"), "servers"),
         steps=steps,
         warmup=max(1, round(steps * args.warmup_share)),
         min_repetitions=low,
-        max_repetitions=max(low, args.max_repetitions or (2 if args.quick else 20)),
+        max_repetitions=max(low, args.max_repetitions or (2 if small else 20)),
         budget_seconds=None if args.budget_minutes is None else args.budget_minutes * 60,
         c_repetitions=args.c_repetitions,
     )
@@ -341,12 +353,13 @@ def print_report(summary: dict[str, Any], plan: Plan) -> list[Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = make_plan(args)
+    size = size_name(args)
     info = machine_info()
     print_header(
-        "aidp-metrics framework benchmark" + (" (--quick)" if args.quick else ""),
+        "aidp-metrics framework benchmark" + size_suffix(size),
         info,
         [
-            "server   LocalMLflowServer: mlflow server, sqlite, 1 worker, 127.0.0.1; far = "
+            f"{server_line(args.tracking_uri)}; far = "
             f"latency proxy +{args.delay * 1e3:.0f} ms each way",
             f"plan     {', '.join(plan.frameworks)}; {plan.steps} steps (steady state after "
             f"step {plan.warmup + 1}); cells {', '.join(plan.cells)}; {plan.min_repetitions}-"
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from .latency_proxy import LatencyProxy
 
     with (
-        local_server("aidp-bench-fw-") as server,
+        tracking_server(args.tracking_uri, "aidp-bench-fw-") as server,
         LatencyProxy(server.url, args.delay) as proxy,
         tempfile.TemporaryDirectory(prefix="aidp-bench-fw-results-") as results,
     ):
@@ -392,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "frameworks",
                 "quick": args.quick,
+                "size": size,
                 "delay_seconds": args.delay,
                 "plan": plan_json,
                 "config_labels": CONFIG_LABELS,

@@ -1,6 +1,7 @@
 """System metrics benchmark: what the sampler thread costs the training thread, and itself.
 
-    python -m benchmarks.bench_system_metrics [--quick] [--json out.json]
+    python -m benchmarks.bench_system_metrics [--quick | --smoke] [--tracking-uri URL]
+        [--json out.json]
 
 Runs with and without `system_metrics=True` are interleaved (the order alternates every
 repetition, so drift on a shared machine hits both alike) against a real local MLflow
@@ -15,7 +16,11 @@ amount of pure-Python work per step and `log_metrics` of 3 keys every 20 steps. 
 - the sampler thread's own CPU per sample (its per-thread CPU clock), which at the
   default 10 s interval is the whole cost.
 
-`bench_system_metrics(server, quick=...)` and `build_rows(result)` are what the core
+Sizes: full is 7 pairs of runs of 30 000 steps; `--quick` 2 pairs of 3 000 steps;
+`--smoke` (the test suite's end-to-end check) 1 pair of 3 000 steps. `--tracking-uri URL`
+logs to a running MLflow server instead of starting one.
+
+`bench_system_metrics(server, size=...)` and `build_rows(result)` are what the core
 benchmark calls; the numbers never fail anything.
 """
 
@@ -31,17 +36,21 @@ from typing import Any
 
 from aidp_metrics import _system_metrics as system_metrics
 from aidp_metrics._run import Run
-from aidp_metrics.cli._local_server import LocalMLflowServer
 
 from ._common import (
+    BenchServer,
     Repeated,
     Row,
+    add_common_options,
     fmt_seconds,
-    local_server,
     log,
     machine_info,
     print_header,
     print_table,
+    server_line,
+    size_name,
+    size_suffix,
+    tracking_server,
     write_json,
 )
 
@@ -61,6 +70,9 @@ class Sizes:
 
 FULL = Sizes(repetitions=7, steps=30_000, work=1_000, interval=0.1)
 QUICK = Sizes(repetitions=2, steps=3_000, work=1_000, interval=0.1)
+# The loop still spans more than one sampling interval, so the runs with the sampler sample.
+SMOKE = Sizes(repetitions=1, steps=3_000, work=1_000, interval=0.1)
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
 def _step_work(work: int) -> int:
@@ -82,7 +94,7 @@ def _thread_cpu(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-def _one_run(server: LocalMLflowServer, sizes: Sizes, enabled: bool, name: str) -> dict[str, Any]:
+def _one_run(server: BenchServer, sizes: Sizes, enabled: bool, name: str) -> dict[str, Any]:
     run = Run.start(
         endpoint=server.url,
         experiment_name=EXPERIMENT,
@@ -127,9 +139,10 @@ def _one_run(server: LocalMLflowServer, sizes: Sizes, enabled: bool, name: str) 
     }
 
 
-def bench_system_metrics(server: LocalMLflowServer, *, quick: bool = False) -> dict[str, Any]:
-    """The section the core benchmark reports (see the module docstring)."""
-    sizes = QUICK if quick else FULL
+def bench_system_metrics(server: BenchServer, *, size: str = "full") -> dict[str, Any]:
+    """The section the core benchmark reports (see the module docstring); `size` is one of
+    'full', 'quick', 'smoke'."""
+    sizes = SIZES[size]
     tag = uuid.uuid4().hex[:8]
     log(
         f"system metrics: {sizes.repetitions} x 2 runs of {sizes.steps} steps, "
@@ -210,20 +223,22 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_common_options(
+        parser, quick="2 pairs of 3 000-step runs", smoke="1 pair of 3 000-step runs (a test)"
+    )
     args = parser.parse_args(argv)
+    size = size_name(args)
     info = machine_info()
     print_header(
-        "aidp-metrics system metrics benchmark" + (" (--quick)" if args.quick else ""),
+        "aidp-metrics system metrics benchmark" + size_suffix(size),
         info,
         [
-            "server   LocalMLflowServer: mlflow server, sqlite, 1 worker, 127.0.0.1",
+            server_line(args.tracking_uri),
             "note     numbers from one run on a possibly shared machine are noisy",
         ],
     )
-    with local_server() as server:
-        result = bench_system_metrics(server, quick=args.quick)
+    with tracking_server(args.tracking_uri) as server:
+        result = bench_system_metrics(server, size=size)
     rows = build_rows(result)
     print_table(rows, "results")
     cpu_off: Repeated = result["cpu_per_step_off"]
@@ -237,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         write_json(
-            args.json, {"quick": args.quick, "machine": info, "result": result, "rows": rows}
+            args.json,
+            {"quick": args.quick, "size": size, "machine": info, "result": result, "rows": rows},
         )
     return 0
 

@@ -1,6 +1,7 @@
 """TensorBoard follower benchmark: what `Run.follow_tensorboard` costs the training thread.
 
-    python -m benchmarks.bench_tensorboard [--quick] [--json out.json]
+    python -m benchmarks.bench_tensorboard [--quick | --smoke] [--tracking-uri URL]
+        [--json out.json]
 
 Runs with and without a follower are interleaved (the order alternates every repetition, so
 drift on a shared machine hits both alike) against a real local MLflow server. In each run
@@ -16,6 +17,13 @@ visible. Reported:
 - the wall time per step the same way (GIL hand-overs to the follower show up there);
 - the follower thread's own CPU per scalar event it logged (its per-thread CPU clock);
 - whether every scalar written reached the server (read back after `end()`).
+
+Sizes: full is 7 pairs of runs of 30 000 steps; `--quick` 2 pairs of 3 000 steps;
+`--smoke` (the test suite's end-to-end check) 1 pair of 600 steps (90 scalars per run; a
+loop that short often ends before the writer's first flush, and the follower's CPU per event,
+which counts only what it logged during the loop, is then left out).
+Every size starts with one warm-up run with a follower. `--tracking-uri URL` logs to a
+running MLflow server instead of starting one.
 
 The numbers never fail anything.
 """
@@ -33,17 +41,21 @@ from pathlib import Path
 from typing import Any
 
 from aidp_metrics._run import Run
-from aidp_metrics.cli._local_server import LocalMLflowServer
 
 from ._common import (
+    BenchServer,
     Repeated,
     Row,
+    add_common_options,
     fmt_seconds,
-    local_server,
     log,
     machine_info,
     print_header,
     print_table,
+    server_line,
+    size_name,
+    size_suffix,
+    tracking_server,
     write_json,
 )
 
@@ -64,6 +76,8 @@ class Sizes:
 
 FULL = Sizes(repetitions=7, steps=30_000, work=1_000)
 QUICK = Sizes(repetitions=2, steps=3_000, work=1_000)
+SMOKE = Sizes(repetitions=1, steps=600, work=1_000)
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
 def _step_work(work: int) -> int:
@@ -89,7 +103,7 @@ def _thread_cpu(thread: threading.Thread | None) -> float:
         return 0.0
 
 
-def _one_run(server: LocalMLflowServer, sizes: Sizes, follow: bool, name: str) -> dict[str, Any]:
+def _one_run(server: BenchServer, sizes: Sizes, follow: bool, name: str) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     with tempfile.TemporaryDirectory(prefix="aidp-bench-tb-") as tmp:
@@ -133,9 +147,9 @@ def _one_run(server: LocalMLflowServer, sizes: Sizes, follow: bool, name: str) -
     }
 
 
-def bench_tensorboard(server: LocalMLflowServer, *, quick: bool = False) -> dict[str, Any]:
-    """The section (see the module docstring)."""
-    sizes = QUICK if quick else FULL
+def bench_tensorboard(server: BenchServer, *, size: str = "full") -> dict[str, Any]:
+    """The section (see the module docstring); `size` is 'full', 'quick' or 'smoke'."""
+    sizes = SIZES[size]
     tag = uuid.uuid4().hex[:8]
     log(
         f"tensorboard follower: {sizes.repetitions} x 2 runs of {sizes.steps} steps, "
@@ -224,20 +238,22 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_common_options(
+        parser, quick="2 pairs of 3 000-step runs", smoke="1 pair of 600-step runs (a test)"
+    )
     args = parser.parse_args(argv)
+    size = size_name(args)
     info = machine_info()
     print_header(
-        "aidp-metrics TensorBoard follower benchmark" + (" (--quick)" if args.quick else ""),
+        "aidp-metrics TensorBoard follower benchmark" + size_suffix(size),
         info,
         [
-            "server   LocalMLflowServer: mlflow server, sqlite, 1 worker, 127.0.0.1",
+            server_line(args.tracking_uri),
             "note     numbers from one run on a possibly shared machine are noisy",
         ],
     )
-    with local_server() as server:
-        result = bench_tensorboard(server, quick=args.quick)
+    with tracking_server(args.tracking_uri) as server:
+        result = bench_tensorboard(server, size=size)
     rows = build_rows(result)
     print_table(rows, "results")
     cpu_off: Repeated = result["cpu_per_step_off"]
@@ -250,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         write_json(
-            args.json, {"quick": args.quick, "machine": info, "result": result, "rows": rows}
+            args.json,
+            {"quick": args.quick, "size": size, "machine": info, "result": result, "rows": rows},
         )
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import sys
 import threading
 import time
@@ -58,7 +59,26 @@ class _Server(ThreadingHTTPServer):
         self.requests = 0
         self.failures = 0
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        """Close every accepted connection, idle kept-alive ones included."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def count(self, *, failed: bool) -> None:
         with self._lock:
@@ -127,6 +147,7 @@ class LatencyProxy:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="latency-proxy", daemon=True
         )
+        self._stopped = False
 
     @property
     def url(self) -> str:
@@ -149,8 +170,14 @@ class LatencyProxy:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection: from here on each request to the
+        proxy is refused, as if the server were down. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.shutdown()
         self._server.server_close()
+        self._server.cut_connections()
         self._server.upstream.close()
         self._thread.join(timeout=5)
 

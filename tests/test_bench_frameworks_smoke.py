@@ -1,5 +1,6 @@
-"""Smoke test of the framework benchmark: a quick run of (a) and (b) for Lightning and
-Accelerate (whichever is installed), two interleaved repetitions, in one benchmark process.
+"""Smoke test of the framework benchmark: a `--smoke` run of (a) and (b) for Lightning and
+Accelerate (whichever is installed), two interleaved repetitions, in one benchmark process,
+logging to the session's MLflow server.
 
 No timing assertions: the benchmark's numbers are informational.
 """
@@ -14,22 +15,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mlflow_server import MLflowServer
+
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = [f for f in ("lightning", "accelerate") if importlib.util.find_spec(f) is not None]
 
 
 @pytest.mark.slow
 @pytest.mark.lightning
-def test_bench_frameworks_quick(tmp_path: Path) -> None:
+def test_bench_frameworks_smoke(mlflow_server: MLflowServer, tmp_path: Path) -> None:
     if not FRAMEWORKS:
         pytest.skip("neither lightning nor accelerate is installed")
+    mlflow_server.start()  # no-op unless an earlier test left it stopped
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "benchmarks.bench_frameworks",
-            "--quick",
+            "--smoke",
+            "--tracking-uri",
+            mlflow_server.url,
             "--frameworks",
             ",".join(FRAMEWORKS),
             "--configs",
@@ -46,7 +52,7 @@ def test_bench_frameworks_quick(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["benchmark"] == "frameworks"
-    assert data["quick"] is True
+    assert data["size"] == "smoke"
     assert data["plan"]["frameworks"] == FRAMEWORKS
     assert data["plan"]["servers"] == ["near"]
     runs = data["runs"]

@@ -1,4 +1,5 @@
-"""Smoke test of the core benchmark: it runs end to end and reports every section.
+"""Smoke test of the core benchmark: it runs end to end (`--smoke` sizes, against the
+session's MLflow server) and reports every section.
 
 No timing assertions: the benchmark's numbers are informational.
 """
@@ -12,30 +13,38 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mlflow_server import MLflowServer
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("caller_cost", "batch_delivery", "metric_transport", "queued_memory")
 
 
 @pytest.mark.slow
-def test_bench_core_quick_writes_every_section(tmp_path: Path) -> None:
+def test_bench_core_smoke_writes_every_section(mlflow_server: MLflowServer, tmp_path: Path) -> None:
+    mlflow_server.start()  # no-op unless an earlier test left it stopped
     out = tmp_path / "bench.json"
+    command = ["-m", "benchmarks.bench_core", "--smoke", "--tracking-uri", mlflow_server.url]
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_core", "--quick", "--json", str(out)],
+        [sys.executable, *command, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        # generous: on a loaded machine the server alone can take a minute to start (pytest's
-        # own 600 s limit stays the backstop)
-        timeout=540,
+        timeout=540,  # generous for a loaded machine; pytest's own 600 s limit is the backstop
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     data = json.loads(out.read_text())
-    assert data["quick"] is True
+    assert data["size"] == "smoke"
     assert set(SECTIONS) <= set(data["sections"])
     assert data["machine"]["cores"] >= 1
     batch = data["sections"]["batch_delivery"]
     assert batch["completeness"] == 1.0
     assert batch["mismatched_points"] == 0
+    assert batch["read_back"] == batch["metrics"] == data["sizes"]["delivery_metrics"]
+    assert data["sections"]["metric_transport"]["failed"] == 0
+    assert data["sections"]["system_metrics"]["complete"] is True
+    assert data["sections"]["queued_memory"]["dropped"] == 0
     assert len(data["rows"]) >= len(SECTIONS)
     assert "results" in result.stdout
+    # The server the benchmark was given is still up: section 4 cut a proxy, not the server.
+    assert mlflow_server.running

@@ -454,14 +454,16 @@ def test_follow_without_tensorboard_says_so_once(
 
 
 @pytest.mark.slow
-def test_bench_tensorboard_quick_runs(tmp_path: Path) -> None:
+def test_bench_tensorboard_smoke_runs(mlflow_server: MLflowServer, tmp_path: Path) -> None:
     """The follower benchmark runs end to end (its numbers are informational)."""
     import json
 
+    mlflow_server.start()  # no-op unless an earlier test left it stopped
     out = tmp_path / "bench.json"
     root = Path(__file__).resolve().parent.parent
+    command = ["-m", "benchmarks.bench_tensorboard", "--smoke", "--tracking-uri", mlflow_server.url]
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_tensorboard", "--quick", "--json", str(out)],
+        [sys.executable, *command, "--json", str(out)],
         cwd=root,
         capture_output=True,
         text=True,
