@@ -208,8 +208,8 @@ class Run(RunConstructors):
             return
         try:
             # The usual case inline (a call costs as much as the check on this path)
-            if type(step) is int and INT64_MIN <= step <= INT64_MAX:  # type: ignore[operator]
-                at: int = step  # type: ignore[assignment]
+            if type(step) is int and INT64_MIN <= step <= INT64_MAX:
+                at: int = step
             else:
                 at = _check_step(step)
             stamp = time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
