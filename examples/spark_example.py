@@ -22,7 +22,6 @@ Needs `pip install pyspark pandas pyarrow "aidp-metrics[lightning]"` and Java 17
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from typing import Any
@@ -128,7 +127,9 @@ def main(spark: Any) -> None:
         .withColumn("y", F.col("x") * (F.col("group") + 1.0))
     )
     result = df.groupBy("group").applyInPandas(
-        functools.partial(train_group, experiment=experiment),
+        # a lambda, not functools.partial: PySpark reads the function's type hints and warns
+        # that it cannot read a partial's
+        lambda pdf: train_group(pdf, experiment),
         schema="group long, run_id string, loss double",
     )
     # sorted here, not with orderBy(): a Spark sort samples its input first, which can run

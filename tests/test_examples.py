@@ -2,6 +2,8 @@
 
 `examples/quickstart.py --fast` is the smoke test of the README's first command; every
 `examples/*_example.py` runs with one epoch. Each is checked by reading the server back.
+`examples/spark_example.py` runs in tests/integrations/test_spark.py instead, as `main(spark)`
+in that module's SparkSession (one JVM for all the Spark tests).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 import uuid
@@ -132,39 +133,3 @@ def test_example_runs(mlflow_server: MLflowServer, tmp_path: Path, framework: st
     )
     run_script([str(EXAMPLES / f"{framework}_example.py")], env, cwd=tmp_path)
     assert finished_runs_with_metrics(mlflow_server.url, experiment)
-
-
-def test_spark_example(mlflow_server: MLflowServer, tmp_path: Path) -> None:
-    """TorchDistributor (Lightning DDP, 2 processes) makes one run; applyInPandas one per group."""
-    for module in ("pyspark", "pandas", "pyarrow", "lightning"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not installed")
-    if shutil.which("java") is None:
-        pytest.skip("Spark needs Java (17 for PySpark 4)")
-    experiment = f"example-spark-{uuid.uuid4().hex[:12]}"
-    env = child_env(
-        mlflow_server,
-        tmp_path,
-        MLFLOW_EXPERIMENT_NAME=experiment,
-        AIDP_EXPERIMENT_NAME=experiment,
-        EPOCHS="1",
-        GROUPS="3",
-        PYSPARK_PYTHON=sys.executable,
-    )
-    # A JVM, two torchrun processes importing Lightning, then Spark's workers: minutes on a
-    # loaded 2-core machine; the limit only catches a hang.
-    result = run_script([str(EXAMPLES / "spark_example.py")], env, cwd=tmp_path, timeout=900)
-    ddp = re.findall(r"^ddp: run ([0-9a-f]+)$", result.stdout, re.MULTILINE)
-    groups = dict(re.findall(r"^group (\d+): run ([0-9a-f]+),", result.stdout, re.MULTILINE))
-    assert len(ddp) == 1, result.stdout
-    assert sorted(groups) == ["0", "1", "2"], result.stdout
-    finished = {
-        str(run["info"]["run_id"]): run  # type: ignore[index]
-        for run in finished_runs_with_metrics(mlflow_server.url, experiment)
-    }
-    assert set(finished) == {*ddp, *groups.values()}  # one DDP run, one run per group
-    with MetricsClient(mlflow_server.url) as client:
-        assert client.get_metric_history(ddp[0], "train_loss")
-        for run_id in groups.values():
-            steps = [m.step for m in client.get_metric_history(run_id, "loss")]
-            assert sorted(steps) == list(range(20))
