@@ -28,8 +28,8 @@ def write_bytecode(session: nox.Session) -> None:
     """Let Python cache the bytecode of what it imports. With PYTHONDONTWRITEBYTECODE set (as
     on this machine) and nothing compiled at install, every test process would compile torch,
     Lightning, Transformers, ... from source again: 30 s instead of 12 s to import Lightning
-    and Transformers, and 24 instead of 15 minutes for the suite. Compiled once on first
-    import, only what is used is compiled."""
+    and Transformers; the suite took 23.5 minutes in a fresh session, 14.5 in a virtualenv
+    whose bytecode was cached. Compiled once on first import, only what is used."""
     session.env["PYTHONDONTWRITEBYTECODE"] = None
 
 
