@@ -37,7 +37,8 @@ def write_bytecode(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole suite against real MLflow servers, in parallel."""
     install_project(session, "all,test")
-    session.run("pytest", "-n", "2", "--dist", "loadgroup", "--durations=20", *session.posargs)
+    # --dist loadgroup comes from pyproject's addopts (the Spark module on one worker)
+    session.run("pytest", "-n", "2", "--durations=20", *session.posargs)
     if not session.posargs:  # the full run covers Keras's second backend too
         run_keras_on_jax(session)
 

@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from time import time_ns
 from types import TracebackType
 from typing import Any
 
@@ -207,12 +206,8 @@ class Run(RunConstructors):
         if self._role.inherited:
             return
         try:
-            # The usual case inline (a call costs as much as the check on this path)
-            if type(step) is int and INT64_MIN <= step <= INT64_MAX:
-                at: int = step
-            else:
-                at = _check_step(step)
-            stamp = time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
+            at = _check_step(step)
+            stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
         except InvalidMetric as exc:
             keys = ", ".join(repr(key) for key in metrics)
             if self.options.strict:
