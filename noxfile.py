@@ -38,28 +38,8 @@ def tests(session: nox.Session) -> None:
     """The whole suite against real MLflow servers, in parallel."""
     install_project(session, "all,test")
     # --dist loadgroup comes from pyproject's addopts (the Spark module on one worker)
+    # Keras on JAX runs inside the suite (tests/integrations/test_keras_on_jax.py).
     session.run("pytest", "-n", "2", "--durations=20", *session.posargs)
-    if not session.posargs:  # the full run covers Keras's second backend too
-        run_keras_on_jax(session)
-
-
-@nox.session(python=PYTHON, name="tests-keras-jax")
-def tests_keras_jax(session: nox.Session) -> None:
-    """The Keras tests again on the JAX backend (incl. steps_per_execution=4)."""
-    install_project(session, "keras,test")
-    run_keras_on_jax(session, *session.posargs)
-
-
-def run_keras_on_jax(session: nox.Session, *args: str) -> None:
-    session.install(*CONSTRAINTS, "jax")
-    session.run(
-        "pytest",
-        "-n",
-        "2",
-        "tests/integrations/test_keras.py",
-        *args,
-        env={"KERAS_BACKEND": "jax"},
-    )
 
 
 @nox.session(python=PYTHON, allow_parallel=True)

@@ -1,7 +1,7 @@
 """Keras 3 `AIDPCallback`: real training on CPU against a real MLflow server, read back.
 
-Backend-agnostic: the backend comes from KERAS_BACKEND (torch when unset); the nox session
-for JAX runs this same file with KERAS_BACKEND=jax.
+Backend-agnostic: the backend comes from KERAS_BACKEND (torch when unset);
+test_keras_on_jax.py runs this same file with KERAS_BACKEND=jax in a child pytest.
 """
 
 from __future__ import annotations

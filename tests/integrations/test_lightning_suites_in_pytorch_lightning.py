@@ -13,16 +13,14 @@ test there must pass: a skip (say, `pytorch_lightning` missing) counts as a fail
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from tests.support.subsuite import run_modules
+
 pytestmark = pytest.mark.lightning
 
-ROOT = Path(__file__).resolve().parents[2]
 SUITES = (
     "tests/integrations/test_lightning_contract.py",
     "tests/integrations/test_lightning_logger_suite.py",
@@ -31,19 +29,6 @@ SUITES = (
 # the names tests/integrations/lightning_namespace.py reads (not imported: it imports Lightning)
 NAMESPACE_VARIABLE = "AIDP_TEST_LIGHTNING_NAMESPACE"
 SERVER_VARIABLE = "AIDP_TEST_MLFLOW_URL"
-
-
-def _outcomes(report: Path) -> dict[str, str]:
-    """`{module path::test name: passed | failed | error | skipped}` from a JUnit report."""
-    outcomes: dict[str, str] = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        module = (case.get("classname") or "").replace(".", "/") + ".py"
-        outcome = "passed"
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = {"failure": "failed"}.get(child.tag, child.tag)
-        outcomes[f"{module}::{case.get('name')}"] = outcome
-    return outcomes
 
 
 @pytest.mark.slow
@@ -56,31 +41,10 @@ def test_ported_lightning_logger_suites_pass_in_the_pytorch_lightning_namespace(
         server = request.getfixturevalue("mlflow_server")
         server.start()
         url = server.url
-    report = tmp_path / "junit.xml"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIDP_", "MLFLOW_"))}
     env[NAMESPACE_VARIABLE] = "pytorch_lightning"
     env[SERVER_VARIABLE] = url
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            *SUITES,
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-n",
-            "0",
-            f"--junitxml={report}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert report.is_file(), (result.stdout + result.stderr)[-4000:]
-    outcomes = _outcomes(report)
+    outcomes, result = run_modules(SUITES, env, tmp_path / "junit.xml")
     not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
     assert not_passed == {}, result.stdout[-8000:]
     assert result.returncode == 0, result.stdout[-8000:]
