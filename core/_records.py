@@ -125,9 +125,24 @@ class Chunk:
         return self.start + len(self.records)
 
     def pending(self) -> list[int]:
-        return [i for i, outcome in enumerate(self.outcomes) if outcome is None]
+        """The indices of the points without an outcome yet."""
+        outcomes = self.outcomes
+        waiting = outcomes.count(None)  # usually all or none: a C loop says which
+        if waiting == len(outcomes):
+            return list(range(waiting))
+        return [i for i, outcome in enumerate(outcomes) if outcome is None] if waiting else []
+
+    def records_at(self, indices: list[int]) -> list[MetricRecord]:
+        """The records at `indices` (distinct, as `pending()` gives them), in order."""
+        if len(indices) == len(self.records):
+            return self.records
+        return [self.records[i] for i in indices]
 
     def set_outcome(self, indices: list[int], outcome: str) -> None:
+        """What became of the points at `indices` (distinct)."""
+        if len(indices) == len(self.outcomes):
+            self.outcomes = [outcome] * len(indices)
+            return
         for i in indices:
             self.outcomes[i] = outcome
 

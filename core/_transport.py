@@ -86,7 +86,7 @@ class MetricTransport:
             return
         try:
             self.post(
-                "runs/log-batch", batch_body(run_id, [chunk.records[i] for i in pending]), token
+                "runs/log-batch", batch_body(run_id, chunk.records_at(pending)), token
             )
         except APIError as error:
             if _batch_endpoint_missing(error):
@@ -118,7 +118,7 @@ class MetricTransport:
                 continue
             budget -= 1
             try:
-                body = batch_body(run_id, [chunk.records[i] for i in group])
+                body = batch_body(run_id, chunk.records_at(group))
                 self.post("runs/log-batch", body, new_retry_token())
             except BadRequest as error:
                 if len(group) == 1:
@@ -176,15 +176,14 @@ class MetricTransport:
             except Exception as error:  # the lane thread must report, never die
                 errors.append(error)
                 return  # the rest of this key waits for the retry, in order
-            chunk.outcomes[i] = DELIVERED
+            chunk.set_outcome([i], DELIVERED)
 
     def _reject(
         self, chunk: Chunk, indices: list[int], error: APIError | None, reason: str = ""
     ) -> None:
+        why = reason or (short_reason(error) if error is not None else "rejected")
         for i in indices:
-            key = chunk.records[i][0]
-            why = reason or (short_reason(error) if error is not None else "rejected")
-            chunk.outcomes[i] = f"metric {key!r} rejected: {why}"
+            chunk.set_outcome([i], f"metric {chunk.records[i][0]!r} rejected: {why}")
         if error is not None:
             self.notices.throttled(
                 "rejected",
