@@ -85,9 +85,7 @@ class MetricTransport:
         if not pending:
             return
         try:
-            self.post(
-                "runs/log-batch", batch_body(run_id, chunk.records_at(pending)), token
-            )
+            self.post("runs/log-batch", batch_body(run_id, chunk.records_at(pending)), token)
         except APIError as error:
             if _batch_endpoint_missing(error):
                 self.mode = "metric"
