@@ -108,12 +108,12 @@ def ratio_text(theirs: Spread | None, ours: Spread | None) -> tuple[str, float |
         return "theirs ≤ 0 (noise)", None
     if ours.resolved and ours.median > 0:
         ratio = theirs.median / ours.median
-        return _times(ratio), ratio
+        return times(ratio), ratio
     if ours.ci_high > 0:
         bound = theirs.median / ours.ci_high
-        return f"≥ {_times(bound)}", bound
+        return f"≥ {times(bound)}", bound
     return "(b) ≤ 0 (noise)", None
 
 
-def _times(ratio: float) -> str:
+def times(ratio: float) -> str:
     return f"{ratio:,.0f}x" if abs(ratio) >= 100 else f"{ratio:,.1f}x"

@@ -29,12 +29,22 @@ QUIET_LOGGERS = ("mlflow", "lightning", "lightning.pytorch", "transformers", "ac
 @dataclass
 class Probe:
     """Clock readings at the start and at the end of every step, and the points handed
-    to the integration. All readings are taken on the training thread."""
+    to the integration. All readings are taken on the training thread.
+
+    Besides the step's own clocks, every tick reads two in-run clocks that split the cost
+    of logging without a second run to compare with: the training thread's CPU spent
+    inside the integration's hooks so far (`hook_cpu`, see `time_hooks`), and the whole
+    process' CPU (`time.process_time`: the training thread plus every other thread, the
+    integration's delivery thread among them)."""
 
     begin_wall: float = 0.0
     begin_cpu: float = 0.0
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
+    hooks: list[float] = field(default_factory=list)
+    processes: list[float] = field(default_factory=list)
+    hook_cpu: float = 0.0
+    in_timed_hook: bool = False
     logged: dict[str, set[int]] = field(default_factory=dict)
 
     def begin(self) -> None:
@@ -45,6 +55,33 @@ class Probe:
     def tick(self) -> None:
         self.walls.append(time.perf_counter())
         self.cpus.append(time.thread_time())
+        self.processes.append(time.process_time())
+        self.hooks.append(self.hook_cpu)
+
+    def time_hooks(self, target: Any, names: Iterable[str]) -> None:
+        """Times `target`'s methods `names` (instance attributes shadowing the class's)."""
+        for name in names:
+            setattr(target, name, self.timed(getattr(target, name)))
+
+    def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`function`, adding the training thread's CPU spent in it to `hook_cpu` (a timed
+        call inside another counts once). The clock is read right around the call, so
+        about one `time.thread_time()` (~1 µs) of the timer's own cost is in the figure.
+        A plain function, not `functools.wraps`: Keras tells its default hooks by an
+        attribute that must not be copied."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.in_timed_hook:
+                return function(*args, **kwargs)
+            self.in_timed_hook = True
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.hook_cpu += time.thread_time() - started
+                self.in_timed_hook = False
+
+        return timed
 
     def record(self, keys: Iterable[str], step: int) -> None:
         for key in keys:
@@ -86,6 +123,17 @@ def _endpoint(url: str | None) -> Any:
     return Endpoint.mlflow(url)
 
 
+def overridden_hooks(callback: Any, base: type) -> list[str]:
+    """The `on_*` hooks of `callback` that are not `base`'s do-nothing defaults, whether
+    its class overrides them or it installs them on itself (ours does for Keras' batch hook)."""
+    return [
+        name
+        for name in dir(base)
+        if name.startswith("on_")
+        and getattr(getattr(callback, name), "__func__", None) is not getattr(base, name)
+    ]
+
+
 def _nothing() -> None:
     return None
 
@@ -114,12 +162,16 @@ def _lightning_logger(w: WorkerArgs, probe: Probe) -> Any:
         if w.config != "c":
             options["synchronous"] = False
 
+    log_metrics = probe.timed(base.log_metrics)
+
     class Counted(base):  # type: ignore[misc,valid-type]
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             probe.record(metrics.keys(), step or 0)
-            super().log_metrics(metrics, step)
+            log_metrics(self, metrics, step)
 
-    return Counted(experiment_name=w.experiment, **options)
+    logger = Counted(experiment_name=w.experiment, **options)
+    probe.time_hooks(logger, ("save",))  # Lightning calls it after every log_metrics
+    return logger
 
 
 def train_lightning(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None]:
@@ -198,6 +250,17 @@ def _transformers_callbacks(w: WorkerArgs, probe: Probe) -> tuple[list[Any], Any
     return callbacks, ["mlflow"] if w.config in ("c", "d", "e") else "none"
 
 
+def _time_transformers_hooks(trainer: Any, probe: Probe) -> None:
+    """Times the logging integration's hooks: ours, or MLflow's `MLflowCallback`."""
+    from transformers import TrainerCallback
+    from transformers.integrations import MLflowCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        ours = type(callback).__module__.startswith("aidp_metrics.")
+        if ours or isinstance(callback, MLflowCallback):
+            probe.time_hooks(callback, overridden_hooks(callback, TrainerCallback))
+
+
 def train_transformers(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None]:
     import torch
     from transformers import Trainer, TrainingArguments
@@ -237,29 +300,41 @@ def train_transformers(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[
         seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Data(), callbacks=callbacks)
+    _time_transformers_hooks(trainer, probe)
     trainer.train()
     return _mlflow_flush if w.config in ("c", "d", "e") else _nothing
 
 
-def _keras_logger(w: WorkerArgs) -> tuple[list[Any], Callable[[], None]]:
-    """(callbacks, finish) of the configuration; MLflow's run starts here, as a user's
-    `with mlflow.start_run():` would, and `finish` ends it as leaving that block does."""
+def _keras_logger(w: WorkerArgs, probe: Probe) -> tuple[list[Any], Callable[[], None]]:
+    """(callbacks, finish) of the configuration, their hooks timed; MLflow's run starts
+    here, as a user's `with mlflow.start_run():` would, and `finish` ends it as leaving
+    that block does."""
+    import keras
+
+    callback: Any
+    finish: Callable[[], None] = _nothing
     if w.config == "b":
         from aidp_metrics.integrations.keras import AIDPCallback
 
         callback = AIDPCallback(
             log_every_n_steps=1, experiment_name=w.experiment, endpoint=_endpoint(w.target)
         )
-        return [callback], _nothing
-    if w.config in ("c", "d", "e"):
+    elif w.config in ("c", "d", "e"):
         import mlflow
         from mlflow.keras import MlflowCallback
 
         mlflow.set_tracking_uri(w.target)
         mlflow.set_experiment(w.experiment)
         mlflow.start_run()
-        return [MlflowCallback(log_every_epoch=False, log_every_n_steps=1)], mlflow.end_run
-    return [], _nothing
+        callback, finish = (
+            MlflowCallback(log_every_epoch=False, log_every_n_steps=1),
+            mlflow.end_run,
+        )
+    else:
+        return [], _nothing
+    # Keras tells an overridden hook from a default one, so only overridden ones are timed.
+    probe.time_hooks(callback, overridden_hooks(callback, keras.callbacks.Callback))
+    return [callback], finish
 
 
 def train_keras(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None]:
@@ -275,7 +350,7 @@ def train_keras(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], None
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=["mae", "mse"])
     x, y = (t.numpy() for t in _data(w.steps))
     probe.begin()
-    callbacks, finish = _keras_logger(w)
+    callbacks, finish = _keras_logger(w, probe)
     model.fit(
         x,
         y,
@@ -308,6 +383,8 @@ def train_accelerate(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[],
         tracker = "mlflow"  # MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME are in the environment
     accelerator = Accelerator(cpu=True, log_with=tracker)
     accelerator.init_trackers(w.experiment)
+    for each in accelerator.trackers:
+        probe.time_hooks(each, ("log",))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     for step, (inputs, targets) in enumerate(loader):
         out = model(inputs)
@@ -445,14 +522,25 @@ def clock_figures(probe: Probe, warmup: int) -> dict[str, Any]:
     the steady state (with too few steps the warm-up shrinks so that one step is left)."""
     n = probe.steps
     first = max(0, min(warmup, n - 2))  # walls[i] is the end of step i + 1
+    steady = max(n - 1 - first, 1)
+    step_cpu = (probe.cpus[-1] - probe.cpus[first]) / steady
+    hooks = (probe.hooks[-1] - probe.hooks[first]) / steady
     return {
         "steps": n,
         "startup_seconds": probe.walls[0] - probe.begin_wall,
         "startup_cpu_seconds": probe.cpus[0] - probe.begin_cpu,
         "warmup_steps": first,
         "steady_steps": n - 1 - first,
-        "step_seconds": (probe.walls[-1] - probe.walls[first]) / max(n - 1 - first, 1),
-        "step_cpu_seconds": (probe.cpus[-1] - probe.cpus[first]) / max(n - 1 - first, 1),
+        "step_seconds": (probe.walls[-1] - probe.walls[first]) / steady,
+        "step_cpu_seconds": step_cpu,
+        "hook_cpu_seconds": hooks,
+        # The hooks' CPU against the rest of the same run's step: both at the same machine
+        # speed, so this share is steady where a difference between two runs is not.
+        "hook_share": hooks / max(step_cpu - hooks, 1e-9),
+        "other_threads_cpu_seconds": (
+            (probe.processes[-1] - probe.processes[first]) - (probe.cpus[-1] - probe.cpus[first])
+        )
+        / steady,
     }
 
 

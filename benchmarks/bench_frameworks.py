@@ -87,10 +87,12 @@ from ._frameworks_forkserver import ForkServer
 from ._frameworks_report import (
     CONFIG_LABELS,
     GOAL_OVERHEAD_SHARE,
+    IN_RUN_HEADERS,
     MIN_COVERAGE,
     STARTUP_HEADERS,
     STEADY_HEADERS,
     goal_rows,
+    in_run_grid,
     startup_grid,
     steady_grid,
     summarize,
@@ -338,6 +340,13 @@ def print_report(summary: dict[str, Any], plan: Plan) -> list[Any]:
         f"{plan.steps}); added = run minus (a) in the same repetition, over repetitions",
     )
     print_grid(STEADY_HEADERS, steady_grid(summary, "wall"), "steady state, wall time per step")
+    print_grid(
+        IN_RUN_HEADERS,
+        in_run_grid(summary),
+        "steady state, split within each run: the training thread's CPU inside the "
+        "integration's hooks, and the other threads' CPU (delivery, MLflow's async queue), "
+        "per step; share = hooks / (the run's CPU per step - hooks)",
+    )
     print_grid(
         STARTUP_HEADERS,
         startup_grid(summary),

@@ -33,28 +33,29 @@ class MetricConverter:
         self._dropped: set[str] = set()
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent
 
-    def convert(self, metrics: Mapping[str, object]) -> dict[str, float]:
-        converted: dict[str, float] = {}
+    def convert_at(self, metrics: Mapping[str, object], step: int) -> dict[str, float]:
+        """The metrics logged at `step`, converted, without the points identical to their
+        key's previous one. One loop: it runs inside every logging hook."""
+        fresh: dict[str, float] = {}
+        keys = self._keys
+        last = self._last
         for raw_key, value in metrics.items():
-            key = self._keys.get(raw_key)
+            key = keys.get(raw_key)
             if key is None:
                 key = self._key_for(raw_key)
-            try:
-                converted[key] = to_float(value, raw_key)
-            except InvalidMetric as exc:
-                self._drop_once(raw_key, str(exc))
-        return converted
-
-    def convert_at(self, metrics: Mapping[str, object], step: int) -> dict[str, float]:
-        """`convert`, without the points identical to their key's previous one."""
-        fresh: dict[str, float] = {}
-        last = self._last
-        for key, value in self.convert(metrics).items():
+            if type(value) is float:
+                number: float = value
+            else:
+                try:
+                    number = to_float(value, raw_key)
+                except InvalidMetric as exc:
+                    self._drop_once(raw_key, str(exc))
+                    continue
             previous = last.get(key)
-            if previous is not None and previous[0] == step and _same(previous[1], value):
+            if previous is not None and previous[0] == step and _same(previous[1], number):
                 continue
-            last[key] = (step, value)
-            fresh[key] = value
+            last[key] = (step, number)
+            fresh[key] = number
         return fresh
 
     def forget_repeats(self) -> None:

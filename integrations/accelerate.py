@@ -236,7 +236,7 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
 def _flat(values: Mapping[str, Any]) -> Mapping[str, Any]:
     """`{"loss": {"train": x}}` -> `{"loss/train": x}` (TensorBoard-style grouped scalars)."""
     for value in values.values():
-        if isinstance(value, Mapping):
+        if type(value) is not float and isinstance(value, Mapping):  # `is float`: no ABC check
             break
     else:
         return values

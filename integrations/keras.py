@@ -150,6 +150,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._batches_in_epoch = 0  # `batch + 1` of the last batch hook this epoch
         self._window = 0  # step // N of the last logged batch point (or of train begin)
         self._accumulation = 1
+        self._step_variable: Any = None  # torch: the optimizer's `iterations`, for fit
 
         if log_every_n_steps is not None:
             # An instance attribute, so the class keeps Keras's default batch hooks and
@@ -189,6 +190,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 run.log_params(self._collect_params())
             if self.log_every_n_steps is not None:
                 self._accumulation = _accumulation_steps(self.model)
+                # On JAX the step must be read through `self.model` (it syncs the state).
+                torch = keras.backend.backend() == "torch"
+                self._step_variable = self.model.optimizer.iterations if torch else None
                 self._base_step = self._read_step()
                 self._window = self._base_step // self.log_every_n_steps
 
@@ -199,7 +203,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             return
         every = self.log_every_n_steps
         assert every is not None
-        with self._handle.guard(_BATCH_HOOK):
+        try:  # not `self._handle.guard`: this runs every batch, a context manager costs µs
             done = batch + 1
             if done < self._batches_in_epoch:  # a new epoch (or fit) began
                 self._batches_in_epoch = 0
@@ -215,6 +219,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 return
             self._window = step // every
             run.log_metrics(self._train_metrics.convert_at(logs or {}, step), step=step)
+        except Exception as exc:
+            self._handle.failed(_BATCH_HOOK, exc)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         run = self._active
@@ -231,6 +237,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._in_fit = False
         self._fit_params = None
+        self._step_variable = None  # a later evaluate() may run with a recompiled model
         run, self._active = self._active, None
         if run is None:
             return
@@ -298,6 +305,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return self._process_zero
 
     def _read_step(self) -> int:
+        variable = self._step_variable
+        if variable is not None:
+            return int(variable)
         # `self.model` unwraps torch DDP and, on JAX, syncs the training state first.
         return int(self.model.optimizer.iterations)
 

@@ -382,8 +382,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
         return params
 
 
-def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> dict[str, Any]:
-    """A copy of `logs` with what the callbacks before this one removed put back.
+def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> Mapping[str, Any]:
+    """`logs`, or a copy with what the callbacks before this one removed put back.
 
     The Trainer passes one dict to every callback in turn, and `PrinterCallback` (added
     with `disable_tqdm=True`) pops `total_flos` from it; a callback rebuilt from a
@@ -391,15 +391,20 @@ def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> dict[str, Any]:
     that entry is this log (same step, the values both hold agree), its keys are added
     back, so the run holds what `log_history` holds. Keys a callback added are kept.
     """
-    current = dict(logs)
     history = state.log_history
     entry = history[-1] if history else None
-    if not isinstance(entry, Mapping) or entry.get("step") != state.global_step:
-        return current
-    shared = [key for key in current if key in entry]
-    if not shared or any(not _equal(entry[key], current[key]) for key in shared):
-        return current
-    return {**{k: v for k, v in entry.items() if k != "step"}, **current}
+    if type(entry) is not dict and not isinstance(entry, Mapping):
+        return logs
+    if entry.get("step") != state.global_step:
+        return logs
+    missing = entry.keys() - logs.keys()
+    missing.discard("step")
+    if not missing:
+        return logs  # nothing to put back (the usual case: no callback removed a key)
+    shared = [key for key in logs if key in entry]
+    if not shared or any(not _equal(entry[key], logs[key]) for key in shared):
+        return logs
+    return {**{k: v for k, v in entry.items() if k != "step"}, **logs}
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -72,7 +72,14 @@ def test_bench_frameworks_smoke(mlflow_server: MLflowServer, tmp_path: Path) -> 
             assert run["warmup_steps"] + 1 + run["steady_steps"] == steps
             assert run["startup_seconds"] > 0
             assert run["step_cpu_seconds"] > 0
+        for baseline in (r for r in mine if r["config"] == "a"):
+            assert baseline["hook_cpu_seconds"] == 0.0  # no integration, no timed hook
         for ours in (r for r in mine if r["config"] == "b"):
+            # The in-run split: our hooks ran on the training thread, inside its step.
+            assert 0 < ours["hook_cpu_seconds"] < ours["step_cpu_seconds"]
+            assert ours["hook_share"] > 0
+            # Two clocks read one after the other: around zero it can be a hair below.
+            assert ours["other_threads_cpu_seconds"] > -1e-4
             assert ours["logged_points"] >= 3 * steps
             assert ours["read_back_points"] == ours["logged_points"]
             assert ours["completeness"] == 1.0
@@ -82,11 +89,24 @@ def test_bench_frameworks_smoke(mlflow_server: MLflowServer, tmp_path: Path) -> 
         ours_cell = cells["b/near"]
         assert ours_cell["reps"] == 2
         assert ours_cell["completeness_min"] == 1.0
-        for field in ("added_step_seconds", "added_step_cpu_seconds", "added_startup_seconds"):
+        for field in (
+            "added_step_seconds",
+            "added_step_cpu_seconds",
+            "added_startup_seconds",
+            "hook_share",
+            "added_other_threads_cpu_seconds",
+        ):
             assert ours_cell[field]["n"] == 2
             assert ours_cell[field]["ci_low"] <= ours_cell[field]["median"]
             assert ours_cell[field]["median"] <= ours_cell[field]["ci_high"]
-    for title in ("steady state, training-thread CPU", "wall time per step", "start-up", "goals"):
+    for title in (
+        "steady state, training-thread CPU",
+        "wall time per step",
+        "split within each run",
+        "start-up",
+        "goals",
+        "(b) CPU in its hooks / step",
+    ):
         assert title in result.stdout
 
 
