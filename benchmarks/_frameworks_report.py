@@ -392,7 +392,8 @@ def write_png(
     )
     for axis, field, scale, title in panels:
         for i, config in enumerate(shown):
-            values, errors = [], [[], []]
+            values: list[float] = []
+            errors: list[list[float]] = [[], []]
             for framework, server in groups:
                 s: Spread | None = (
                     summary[framework]["cells"].get(f"{config}/{server}", {}).get(field)

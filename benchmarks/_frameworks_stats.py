@@ -28,7 +28,7 @@ def median_interval(values: Sequence[float]) -> tuple[float, float, float]:
         raise ValueError("no values")
 
     def coverage(k: int) -> float:  # P(x(k) <= median <= x(n+1-k)) for any continuous law
-        below = sum(math.comb(n, i) for i in range(k)) / 2**n
+        below: float = sum(math.comb(n, i) for i in range(k)) / 2**n
         return 1.0 - 2.0 * below
 
     k = 1

@@ -164,7 +164,7 @@ def _lightning_logger(w: WorkerArgs, probe: Probe) -> Any:
 
     log_metrics = probe.timed(base.log_metrics)
 
-    class Counted(base):  # type: ignore[misc,valid-type]
+    class Counted(base):  # type: ignore[misc]
         def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
             probe.record(metrics.keys(), step or 0)
             log_metrics(self, metrics, step)
@@ -180,7 +180,7 @@ def train_lightning(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], 
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    class Model(L.LightningModule):  # type: ignore[misc]
+    class Model(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             self.layer = torch.nn.Linear(FEATURES, 1)
@@ -197,7 +197,7 @@ def train_lightning(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[], 
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    class Clock(L.Callback):  # type: ignore[misc]
+    class Clock(L.Callback):
         def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
             probe.tick()
 
@@ -227,7 +227,7 @@ def _transformers_callbacks(w: WorkerArgs, probe: Probe) -> tuple[list[Any], Any
     """(callbacks, report_to): the clock first, then the configuration's logger."""
     from transformers import TrainerCallback
 
-    class Clock(TrainerCallback):  # type: ignore[misc]
+    class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             probe.tick()
 
@@ -253,7 +253,7 @@ def _transformers_callbacks(w: WorkerArgs, probe: Probe) -> tuple[list[Any], Any
 def _time_transformers_hooks(trainer: Any, probe: Probe) -> None:
     """Times the logging integration's hooks: ours, or MLflow's `MLflowCallback`."""
     from transformers import TrainerCallback
-    from transformers.integrations import MLflowCallback
+    from transformers.integrations.integration_utils import MLflowCallback
 
     for callback in trainer.callback_handler.callbacks:
         ours = type(callback).__module__.startswith("aidp_metrics.")
@@ -323,11 +323,12 @@ def _keras_logger(w: WorkerArgs, probe: Probe) -> tuple[list[Any], Callable[[], 
         import mlflow
         from mlflow.keras import MlflowCallback
 
+        assert w.target is not None
         mlflow.set_tracking_uri(w.target)
         mlflow.set_experiment(w.experiment)
         mlflow.start_run()
         callback, finish = (
-            MlflowCallback(log_every_epoch=False, log_every_n_steps=1),
+            MlflowCallback(log_every_epoch=False, log_every_n_steps=1),  # type: ignore[no-untyped-call]
             mlflow.end_run,
         )
     else:
@@ -401,7 +402,8 @@ def train_accelerate(w: WorkerArgs, probe: Probe, workdir: Path) -> Callable[[],
         if tracker is not None:
             probe.record(values, step)
         probe.tick()
-    return accelerator.end_training
+    finish: Callable[[], None] = accelerator.end_training
+    return finish
 
 
 TRAINERS: dict[str, Callable[[WorkerArgs, Probe, Path], Callable[[], None]]] = {
@@ -430,7 +432,7 @@ def warm_torch() -> None:
     model = torch.nn.Linear(FEATURES, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for inputs, targets in DataLoader(TensorDataset(x, y), batch_size=BATCH):
-        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         optimizer.zero_grad()
 
