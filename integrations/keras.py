@@ -191,8 +191,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if self.log_every_n_steps is not None:
                 self._accumulation = _accumulation_steps(self.model)
                 # On JAX the step must be read through `self.model` (it syncs the state).
-                torch = keras.backend.backend() == "torch"
-                self._step_variable = self.model.optimizer.iterations if torch else None
+                on_torch = keras.backend.backend() == "torch"
+                self._step_variable = self.model.optimizer.iterations if on_torch else None
                 self._base_step = self._read_step()
                 self._window = self._base_step // self.log_every_n_steps
 
