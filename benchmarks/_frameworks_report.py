@@ -248,6 +248,18 @@ def startup_grid(summary: dict[str, Any]) -> list[list[str]]:
 # -- goals -----------------------------------------------------------------------------------
 
 
+def _verdict(s: Spread, budget: float) -> bool | None:
+    """Met when the median's whole interval is within `budget`, missed when it is wholly
+    above; undecided (None) when it straddles it or too few repetitions back it."""
+    if s.coverage < MIN_COVERAGE:
+        return None
+    return True if s.ci_high <= budget else False if s.ci_low > budget else None
+
+
+def _budget_text(ratio: float, met: bool | None) -> str:
+    return f"{ratio:.2f}x of budget" + ("" if met is not None else ", undecided")
+
+
 def _overhead_row(prefix: str, cells: dict[str, Any], server: str, clock: str) -> Row | None:
     field = CLOCKS[clock]
     ours: dict[str, Any] = cells.get(f"b/{server}", {})
@@ -257,16 +269,13 @@ def _overhead_row(prefix: str, cells: dict[str, Any], server: str, clock: str) -
         return None
     budget = GOAL_OVERHEAD_SHARE * step.median
     low, high = added.ci_low / step.median, added.ci_high / step.median
-    met: bool | None = None  # undecided: too few repetitions, or the interval straddles it
-    if added.coverage >= MIN_COVERAGE:
-        met = True if added.ci_high <= budget else False if added.ci_low > budget else None
+    met = _verdict(added, budget)
     return Row(
         f"{prefix}: (b) added {clock} / step",
         f"{signed(added.median)} ({added.median / step.median:+.1%}; {added.coverage:.0%} "
         f"interval {low:+.1%} .. {high:+.1%})",
         f"≤ {GOAL_OVERHEAD_SHARE:.0%} of (a) {fmt_seconds(step.median)} = {fmt_seconds(budget)}",
-        f"{max(added.median, 0.0) / budget:.2f}x of budget"
-        + ("" if met is not None else ", undecided"),
+        _budget_text(max(added.median, 0.0) / budget, met),
         met,
     )
 
@@ -281,17 +290,13 @@ def _hooks_row(prefix: str, cells: dict[str, Any], server: str) -> Row | None:
     share: Spread | None = ours.get("hook_share")
     if hooks is None or share is None:
         return None
-    met: bool | None = None
-    if share.coverage >= MIN_COVERAGE:
-        goal = GOAL_OVERHEAD_SHARE
-        met = True if share.ci_high <= goal else False if share.ci_low > goal else None
+    met = _verdict(share, GOAL_OVERHEAD_SHARE)
     return Row(
         f"{prefix}: (b) CPU in its hooks / step",
         f"{fmt_seconds(hooks.median)}: {share.median:.2%} of the rest of the step "
         f"({share.coverage:.0%} interval {share.ci_low:.2%} .. {share.ci_high:.2%})",
         f"≤ {GOAL_OVERHEAD_SHARE:.0%}",
-        f"{share.median / GOAL_OVERHEAD_SHARE:.2f}x of budget"
-        + ("" if met is not None else ", undecided"),
+        _budget_text(share.median / GOAL_OVERHEAD_SHARE, met),
         met,
     )
 

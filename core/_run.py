@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from time import time_ns
 from types import TracebackType
 from typing import Any
 
@@ -207,11 +206,8 @@ class Run(RunConstructors):
         if self._role.inherited:
             return
         try:
-            if type(step) is int and INT64_MIN <= step <= INT64_MAX:  # inline: the hot path
-                at: int = step
-            else:
-                at = _check_step(step)
-            stamp = time_ns() // 1_000_000 if timestamp is None else check_timestamp(timestamp)
+            at = _check_step(step)
+            stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
         except InvalidMetric as exc:
             keys = ", ".join(repr(key) for key in metrics)
             if self.options.strict:
@@ -224,12 +220,24 @@ class Run(RunConstructors):
         problems: list[tuple[str, str]] = []
         for raw_key, value in metrics.items():
             key = known.get(raw_key)
-            if key is not None and type(value) is float:  # the usual point: nothing to check
-                records.append((key, value, stamp, at))
-                continue
-            record = self._checked_record(raw_key, value, stamp, at, problems)
-            if record is not None:
-                records.append(record)
+            if key is None:
+                error = key_error(raw_key)
+                if error is not None:
+                    problems.append((str(raw_key), error))
+                    continue
+                key = known[raw_key] = raw_key
+            kind = type(value)
+            if kind is float:
+                number: float = value  # type: ignore[assignment]
+            elif kind is int and -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT:  # type: ignore[operator]
+                number = float(value)  # type: ignore[arg-type]
+            else:
+                try:
+                    number = to_float(value, key)
+                except InvalidMetric as exc:
+                    problems.append((key, str(exc)))
+                    continue
+            records.append((key, number, stamp, at))
         if problems and self.options.strict:
             raise InvalidMetric("; ".join(reason for _, reason in problems))
         self.last_step = at
@@ -238,27 +246,6 @@ class Run(RunConstructors):
             self._act(wake)
         for key, reason in problems:
             self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
-
-    def _checked_record(
-        self, raw_key: str, value: object, stamp: int, at: int, problems: list[tuple[str, str]]
-    ) -> MetricRecord | None:
-        """A point with a key seen for the first time or a value that is not a float: the
-        record, or None with the reason added to `problems`."""
-        known = self._keys
-        key = known.get(raw_key)
-        if key is None:
-            error = key_error(raw_key)
-            if error is not None:
-                problems.append((str(raw_key), error))
-                return None
-            key = known[raw_key] = raw_key
-        if type(value) is int and -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT:
-            return (key, float(value), stamp, at)
-        try:
-            return (key, to_float(value, key), stamp, at)
-        except InvalidMetric as exc:
-            problems.append((key, str(exc)))
-            return None
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
         """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
