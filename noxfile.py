@@ -44,9 +44,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, allow_parallel=True)
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    """ruff, and import-linter's contracts (pyproject's [tool.importlinter]): core/'s stage
+    folders import only the stages below them, and no import circle in the package."""
+    session.install("ruff>=0.6", "import-linter>=2.17")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports", env={"PYTHONPATH": installed_copy(session)})
 
 
 @nox.session(python=PYTHON, allow_parallel=True)
@@ -54,9 +57,16 @@ def typecheck(session: nox.Session) -> None:
     # The package's own dependencies (every extra) are what mypy needs; not the test tools.
     install_project(session, "all")
     session.install("--no-compile", "mypy>=1.11")
-    # mypy cannot follow setuptools' editable finder for our package-dir mapping, so it
-    # checks a plain (non-editable) copy of the package laid out as users get it.
-    target = f"{session.create_tmp()}/typecheck-src"
+    # The benchmarks too: they import the package's private modules and every framework.
+    target = installed_copy(session)
+    session.run("mypy", "-p", "aidp_metrics", "-p", "benchmarks", env={"MYPYPATH": target})
+
+
+def installed_copy(session: nox.Session) -> str:
+    """A plain (non-editable) copy of the package, laid out as users get it, for the tools
+    that read source files (mypy, import-linter): they cannot follow setuptools' editable
+    finder for our package-dir mapping (core/ and integrations/ into one package)."""
+    target = f"{session.create_tmp()}/package-src"
     session.run(
         "python",
         "-m",
@@ -69,8 +79,7 @@ def typecheck(session: nox.Session) -> None:
         target,
         ".",
     )
-    # The benchmarks too: they import the package's private modules and every framework.
-    session.run("mypy", "-p", "aidp_metrics", "-p", "benchmarks", env={"MYPYPATH": target})
+    return target
 
 
 @nox.session(python=PYTHON)

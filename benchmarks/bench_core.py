@@ -45,11 +45,11 @@ from typing import Any
 
 import httpx
 
-from aidp_metrics._client import MetricsClient
-from aidp_metrics._delivery import loop as delivery_loop
+from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._delivery.sender import loop as delivery_loop
 from aidp_metrics._metric import now_ms
-from aidp_metrics._options import DeliveryOptions
-from aidp_metrics._run import Run
+from aidp_metrics._queue.options import DeliveryOptions
+from aidp_metrics._run.run import Run
 from aidp_metrics.cli._local_server import LocalMLflowServer
 
 from ._common import (

@@ -34,8 +34,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aidp_metrics import _system_metrics as system_metrics
-from aidp_metrics._run import Run
+from aidp_metrics._bridges import system_metrics
+from aidp_metrics._run.run import Run
 
 from ._common import (
     BenchServer,

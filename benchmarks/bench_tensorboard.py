@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aidp_metrics._run import Run
+from aidp_metrics._run.run import Run
 
 from ._common import (
     BenchServer,

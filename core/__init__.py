@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._endpoint import Endpoint
-from ._errors import (
+from aidp_metrics._connection.endpoint import Endpoint
+from aidp_metrics._connection.retry import RetryPolicy
+from aidp_metrics._errors import (
     AIDPError,
     AIDPMetricsWarning,
     APIError,
@@ -26,20 +27,19 @@ from ._errors import (
     Unauthorized,
     UnexpectedResponse,
 )
-from ._metric import Metric, sanitize_key, validate_key
-from ._options import DeliveryOptions
-from ._retry import RetryPolicy
-from ._stats import RunStats
-from ._version import __version__
+from aidp_metrics._metric import Metric, sanitize_key, validate_key
+from aidp_metrics._queue.options import DeliveryOptions
+from aidp_metrics._stats import RunStats
+from aidp_metrics._version import __version__
 
 if TYPE_CHECKING:
-    from ._client import MetricsClient, RunInfo
-    from ._run import Run
+    from aidp_metrics._connection.client import MetricsClient, RunInfo
+    from aidp_metrics._run.run import Run
 
 _LAZY = {
-    "MetricsClient": "._client",
-    "RunInfo": "._client",
-    "Run": "._run",
+    "MetricsClient": "._connection.client",
+    "RunInfo": "._connection.client",
+    "Run": "._run.run",
 }
 
 __all__ = [

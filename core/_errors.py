@@ -6,7 +6,7 @@ Every error that comes from a server carries what support needs to find the requ
 
 from __future__ import annotations
 
-from ._redact import redact
+from aidp_metrics._redact import redact
 
 
 class AIDPError(Exception):

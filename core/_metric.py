@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ._errors import InvalidMetric
+from aidp_metrics._errors import InvalidMetric
 
 MAX_KEY_LENGTH = 250
 INT64_MIN = -(2**63)

@@ -8,7 +8,7 @@ Every request MLflow's client sends (fluent API, `MlflowClient`, async logging, 
 metrics, Lightning's `MLFlowLogger`, Transformers' callback, autolog) is then OCI-signed
 with the configuration aidp-metrics reads (`OCI_CLI_AUTH`, `OCI_CLI_PROFILE`,
 `OCI_CLI_CONFIG_FILE`), and AIDP's `{"code", "message"}` error bodies become readable to
-MLflow (see `aidp_metrics._oci_requests_auth`).
+MLflow (see `aidp_metrics._connection.oci_requests_auth`).
 
 MLflow instantiates every registered provider when its registry module is imported, so
 constructing the provider does nothing: no import of MLflow, `oci`, `requests` or httpx,
@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Any
 
-from ._env import (
+from aidp_metrics._env import (
     AIDP_USER_PRINCIPAL,
     OCI_CLI_AUTH,
     OCI_CLI_CONFIG_FILE,
@@ -62,7 +62,7 @@ class AIDPRequestAuthProvider:
         config = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
         with self._lock:
             if self._auth is None or config != self._config:
-                from ._oci_requests_auth import OCIRequestsAuth
+                from aidp_metrics._connection.oci_requests_auth import OCIRequestsAuth
 
                 self._auth = OCIRequestsAuth.from_env()
                 self._config = config

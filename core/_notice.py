@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 
-from ._errors import AIDPMetricsWarning
+from aidp_metrics._errors import AIDPMetricsWarning
 
 logger = logging.getLogger("aidp_metrics")
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from aidp_metrics import MetricsClient, Run
-    from aidp_metrics import _system_metrics as system_metrics
+    from aidp_metrics._bridges import system_metrics
     from aidp_metrics.cli._local_server import LocalMLflowServer
 
     if not torch.cuda.is_available():

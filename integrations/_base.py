@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aidp_metrics._errors import AIDPError
 from aidp_metrics._notice import Notices, notice
-from aidp_metrics._options import DeliveryOptions, check_option_names
+from aidp_metrics._queue.options import DeliveryOptions, check_option_names
 from aidp_metrics.integrations._convert import MetricConverter
 
 if TYPE_CHECKING:

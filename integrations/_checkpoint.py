@@ -44,7 +44,7 @@ def endpoint_from_state(value: Endpoint | str | Mapping[str, Any] | None) -> End
 
 def options_state(options: Mapping[str, Any]) -> dict[str, Any]:
     """Run options as JSON (`retry` as its fields, a path as a string)."""
-    from aidp_metrics._retry import RetryPolicy
+    from aidp_metrics._connection.retry import RetryPolicy
 
     state: dict[str, Any] = {}
     for name, value in options.items():
@@ -58,7 +58,7 @@ def options_state(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def options_from_state(options: Mapping[str, Any]) -> dict[str, Any]:
-    from aidp_metrics._retry import RetryPolicy
+    from aidp_metrics._connection.retry import RetryPolicy
 
     restored = dict(options)
     retry = restored.get("retry")

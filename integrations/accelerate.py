@@ -56,7 +56,7 @@ import accelerate
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 
-from aidp_metrics._params import flatten_params
+from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 
 if TYPE_CHECKING:

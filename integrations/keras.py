@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from aidp_metrics._params import flatten_params
+from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 
 if TYPE_CHECKING:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aidp_metrics._notice import notice
-from aidp_metrics._params import flatten_params
+from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 
 if TYPE_CHECKING:

@@ -68,7 +68,7 @@ from transformers.trainer_callback import ExportableState
 
 from aidp_metrics._env import RUN_ID_VARIABLES, first_env
 from aidp_metrics._notice import notice
-from aidp_metrics._params import flatten_params
+from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 from aidp_metrics.integrations._checkpoint import (
     endpoint_from_state,

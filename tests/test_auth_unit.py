@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from aidp_metrics import Endpoint
-from aidp_metrics import _auth as auth
-from aidp_metrics import _oci_config as oci_config
+from aidp_metrics._connection import auth, oci_config
 from aidp_metrics._errors import ConfigurationError
 
 pytest.importorskip("oci")
@@ -277,7 +276,10 @@ def test_repr_has_no_secrets(oci_home: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_import_does_not_import_oci() -> None:
-    code = "import sys, aidp_metrics._auth, aidp_metrics._oci_config; print('oci' in sys.modules)"
+    code = (
+        "import sys, aidp_metrics._connection.auth, aidp_metrics._connection.oci_config; "
+        "print('oci' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from aidp_metrics import Endpoint, MetricsClient
-from aidp_metrics._auth import oci_signer_auth
+from aidp_metrics._connection.auth import oci_signer_auth
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, free_port, get_metric_history
 from tests.support.oci_keys import OCICredentials, write_oci_config
@@ -477,7 +477,7 @@ def test_import_loads_nothing_heavy() -> None:
 
 
 def test_auth_modes_match_the_library() -> None:
-    from aidp_metrics import _auth as auth
+    from aidp_metrics._connection import auth
     from aidp_metrics.cli import _parser
 
     assert _parser.AUTH_MODES == auth.AUTH_MODES
@@ -500,15 +500,15 @@ def test_progress_bar_shows_count_rate_and_eta() -> None:
 
 
 def test_sync_dry_run_on_empty_dir(tmp_path: Path) -> None:
-    pytest.importorskip("aidp_metrics._sync")
+    pytest.importorskip("aidp_metrics._durability.sync")
     result = cli("sync", str(tmp_path), "--dry-run", env=clean_env())
     assert result.returncode == 0, result.stderr
     assert "nothing to sync" in result.stdout
 
 
 def test_sync_uploads_a_spooled_run(mlflow_server: MLflowServer, tmp_path: Path) -> None:
-    pytest.importorskip("aidp_metrics._sync")
-    from aidp_metrics._journal import (
+    pytest.importorskip("aidp_metrics._durability.sync")
+    from aidp_metrics._queue.journal import (
         Journal,
         RunDescriptor,
         encode_metric,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from aidp_metrics import BadRequest, Endpoint, Metric, MetricsClient, NotFound, RetryPolicy
-from aidp_metrics._auth import oci_signer_auth
+from aidp_metrics._connection.auth import oci_signer_auth
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
 

@@ -22,14 +22,14 @@ from aidp_metrics import (
     TransportError,
     Unauthorized,
 )
-from aidp_metrics._client import (
+from aidp_metrics._connection.client import (
     MAX_BATCH_BYTES,
     MAX_BATCH_METRICS,
     MAX_BATCH_PARAMS,
     USER_AGENT,
     batch_bodies,
 )
-from aidp_metrics._retry import parse_retry_after
+from aidp_metrics._connection.retry import parse_retry_after
 
 ENDPOINT = Endpoint.mlflow("http://127.0.0.1:9")
 FAST = RetryPolicy(base_delay=0.0, max_delay=0.0, total_timeout=5.0)

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from aidp_metrics import MetricsClient, NotFound, Run, UnexpectedResponse
+from aidp_metrics._connection.retry import RetryPolicy
+from aidp_metrics._durability.sync import sync_directory
 from aidp_metrics._errors import AIDPMetricsWarning
-from aidp_metrics._journal import Journal
-from aidp_metrics._retry import RetryPolicy
-from aidp_metrics._sync import sync_directory
+from aidp_metrics._queue.journal import Journal
 from tests.reliability import FAST, Points, assert_exactly_once, train, wait_until
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.gateway import AIDPGateway

@@ -7,7 +7,7 @@ import json
 import math
 
 from aidp_metrics._metric import Metric, batch_body
-from aidp_metrics._records import DELIVERED, SKIPPED, Chunk
+from aidp_metrics._queue.records import DELIVERED, SKIPPED, Chunk
 from aidp_metrics._stats import Counters
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from aidp_metrics._connection.retry import REFUSED_RETRY, RetryPolicy, Verdict, decide
 from aidp_metrics._errors import ServerError, TooManyRequests, TransportError, Unauthorized
-from aidp_metrics._retry import REFUSED_RETRY, RetryPolicy, Verdict, decide
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=1.0, max_delay=8.0, total_timeout=60, jitter=False)
 

@@ -161,7 +161,7 @@ def test_aidp_error_bodies_get_mlflow_error_codes(
 ) -> None:
     import requests
 
-    from aidp_metrics._oci_requests_auth import make_error_readable
+    from aidp_metrics._connection.oci_requests_auth import make_error_readable
 
     response = requests.Response()
     response.status_code = status
@@ -182,7 +182,7 @@ def test_aidp_error_bodies_get_mlflow_error_codes(
 def test_other_bodies_are_left_alone(status: int, content: bytes) -> None:
     import requests
 
-    from aidp_metrics._oci_requests_auth import make_error_readable
+    from aidp_metrics._connection.oci_requests_auth import make_error_readable
 
     response = requests.Response()
     response.status_code = status

@@ -8,8 +8,8 @@ import math
 import time
 
 from aidp_metrics._metric import Metric
-from aidp_metrics._options import DeliveryOptions
-from aidp_metrics._queue import (
+from aidp_metrics._queue.options import DeliveryOptions
+from aidp_metrics._queue.queue import (
     DELIVERED,
     SKIPPED,
     Chunk,

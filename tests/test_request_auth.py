@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from aidp_metrics import Endpoint, MetricsClient, Run
-from aidp_metrics._auth import OCIRequestSigner
+from aidp_metrics._connection.auth import OCIRequestSigner
+from aidp_metrics._connection.request_auth import ProviderAuth
 from aidp_metrics._errors import ConfigurationError
-from aidp_metrics._request_auth import ProviderAuth
 from tests.support.auth_providers import (
     BROKEN_PROVIDER,
     ENTRY_POINTS,

@@ -24,7 +24,7 @@ from aidp_metrics import (
     MetricsClient,
     Run,
 )
-from aidp_metrics._journal import decode_line
+from aidp_metrics._queue.journal import decode_line
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, free_port, get_metric_history, get_run
 

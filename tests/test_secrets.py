@@ -31,8 +31,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from aidp_metrics import MetricsClient, Run
+from aidp_metrics._connection.retry import RetryPolicy
 from aidp_metrics._errors import AIDPError, AIDPMetricsWarning
-from aidp_metrics._retry import RetryPolicy
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, free_port, runs_in_experiment

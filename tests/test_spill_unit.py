@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from aidp_metrics._durability.spool import SpoolTask
 from aidp_metrics._errors import AIDPMetricsWarning
-from aidp_metrics._journal import (
+from aidp_metrics._metric import Metric, batch_body, metric_json
+from aidp_metrics._queue.journal import (
     Journal,
     RunDescriptor,
     decode_line,
@@ -22,11 +24,9 @@ from aidp_metrics._journal import (
     encode_op,
     read_metrics,
 )
-from aidp_metrics._metric import Metric, batch_body, metric_json
-from aidp_metrics._options import DeliveryOptions
-from aidp_metrics._queue import Chunk, ReadBack, RunQueue, Wake
-from aidp_metrics._spill import Spill
-from aidp_metrics._spool import SpoolTask
+from aidp_metrics._queue.options import DeliveryOptions
+from aidp_metrics._queue.queue import Chunk, ReadBack, RunQueue, Wake
+from aidp_metrics._queue.spill import Spill
 
 
 def points(start: int, stop: int) -> list[Metric]:

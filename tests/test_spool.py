@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from aidp_metrics import AIDPMetricsWarning, MetricsClient, Run
-from aidp_metrics._journal import (
+from aidp_metrics._durability.sync import sync_directory
+from aidp_metrics._queue.journal import (
     Journal,
     RunDescriptor,
     decode_line,
@@ -18,7 +19,6 @@ from aidp_metrics._journal import (
     encode_op,
     find_journals,
 )
-from aidp_metrics._sync import sync_directory
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
 from tests.support.oci_keys import OCICredentials
@@ -142,7 +142,7 @@ def test_no_endpoint_configured_warns_once_and_goes_offline(
     for name in ("MLFLOW_TRACKING_URI", "AIDP_INSTANCE_ID", "AIDP_WORKSPACE_KEY", "AIDP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("AIDP_METRICS_MODE", raising=False)
-    import aidp_metrics._creation as creation
+    import aidp_metrics._run.creation as creation
     from aidp_metrics._notice import Notices
 
     monkeypatch.setattr(creation, "process_notices", Notices())

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from aidp_metrics import MetricsClient, Run
-from aidp_metrics._opener import LOCAL_ID_TAG
-from aidp_metrics._sync import sync_directory
+from aidp_metrics._delivery.opener import LOCAL_ID_TAG
+from aidp_metrics._durability.sync import sync_directory
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.mlflow_server import (
     MLflowServer,

@@ -252,7 +252,7 @@ def test_one_thread_for_all_runs_gone_when_the_last_ends_and_back_on_reopen(
 def test_importing_loads_no_sampling_library() -> None:
     code = (
         "import sys\n"
-        "import aidp_metrics._run, aidp_metrics._system_metrics\n"
+        "import aidp_metrics._run.run, aidp_metrics._bridges.system_metrics\n"
         "from aidp_metrics import DeliveryOptions\n"
         "DeliveryOptions(system_metrics=True)\n"
         "loaded = [m for m in ('psutil', 'pynvml', 'amdsmi', 'torch') if m in sys.modules]\n"

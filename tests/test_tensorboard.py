@@ -20,10 +20,16 @@ from typing import Any
 import pytest
 
 from aidp_metrics import AIDPMetricsWarning, Run
+from aidp_metrics._bridges.tensorboard_events import EventFile, event_files
 from aidp_metrics._notice import Notices
-from aidp_metrics._tensorboard_events import EventFile, event_files
-from aidp_metrics._tensorboard_import import READ_TAG_PREFIX, SOURCE_TAG, Mark, identity, read_tag
 from aidp_metrics.cli import main
+from aidp_metrics.cli._tensorboard_import import (
+    READ_TAG_PREFIX,
+    SOURCE_TAG,
+    Mark,
+    identity,
+    read_tag,
+)
 from tests.support.mlflow_server import (
     MLflowServer,
     get_metric_history,
@@ -442,10 +448,11 @@ def test_help_has_the_global_options(capsys: pytest.CaptureFixture[str]) -> None
 def test_follow_without_tensorboard_says_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aidp_metrics
+    from aidp_metrics import _bridges
 
-    monkeypatch.setitem(sys.modules, "aidp_metrics._tensorboard_events", None)  # not installed
-    monkeypatch.delattr(aidp_metrics, "_tensorboard_events", raising=False)
+    # TensorBoard's reader not installed
+    monkeypatch.setitem(sys.modules, "aidp_metrics._bridges.tensorboard_events", None)
+    monkeypatch.delattr(_bridges, "tensorboard_events", raising=False)
     run = Run.start(offline=True, experiment_name="x")
     with pytest.warns(AIDPMetricsWarning, match=r"aidp-metrics\[tensorboard\]"):
         run.follow_tensorboard(tmp_path)

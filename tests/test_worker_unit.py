@@ -6,8 +6,8 @@ import math
 import threading
 import warnings
 
+from aidp_metrics._delivery.worker import ProcessWorker
 from aidp_metrics._errors import AIDPMetricsWarning
-from aidp_metrics._worker import ProcessWorker
 
 
 class Counting:

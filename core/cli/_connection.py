@@ -11,14 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aidp_metrics._endpoint import Endpoint
+from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._env import AIDP_INSTANCE_ID, AIDP_USER_PRINCIPAL, AIDP_WORKSPACE_KEY
 from aidp_metrics._errors import ConfigurationError
 
 if TYPE_CHECKING:
     import httpx
 
-    from aidp_metrics._client import MetricsClient
+    from aidp_metrics._connection.client import MetricsClient
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def resolve_endpoint(options: ConnectionOptions) -> Endpoint:
 
 def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | None:
     """`MLFLOW_TRACKING_AUTH`'s provider, else OCI request signing for AIDP, else for MLflow
-    the environment's token/basic auth (or none): `aidp_metrics._auth.endpoint_auth`."""
-    from aidp_metrics import _auth as auth
+    the environment's token/basic auth (or none): `aidp_metrics._connection.auth.endpoint_auth`."""
+    from aidp_metrics._connection import auth
 
     return auth.endpoint_auth(
         endpoint, oci_mode=options.auth, config_file=options.config_file, profile=options.profile
@@ -72,7 +72,7 @@ def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | N
 
 
 def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:
-    from aidp_metrics._client import MetricsClient
+    from aidp_metrics._connection.client import MetricsClient
 
     endpoint = resolve_endpoint(options)
     return MetricsClient(endpoint, auth=build_auth(endpoint, options), **kwargs)

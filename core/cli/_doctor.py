@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from aidp_metrics._endpoint import Endpoint
+from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._env import AIDP_INSTANCE_ID, MLFLOW_TRACKING_URI
 from aidp_metrics._errors import APIError, ConfigurationError, NoEndpointConfigured
 from aidp_metrics._redact import redact
@@ -158,7 +158,7 @@ def _endpoint(options: ConnectionOptions, report: Report) -> Endpoint | None:
 
 def _probe(endpoint: Endpoint, auth: httpx.Auth | None, report: Report) -> _Answer | None:
     """Send the one read request; None (and a failed check) when credentials broke on the way."""
-    from aidp_metrics._client import MetricsClient
+    from aidp_metrics._connection.client import MetricsClient
 
     exchange = Exchange()
     report.info("request", f"GET {PROBE_PATH}?experiment_name=Default")

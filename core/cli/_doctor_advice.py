@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from aidp_metrics._endpoint import Endpoint
+from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._env import (
     MLFLOW_TRACKING_PASSWORD,
     MLFLOW_TRACKING_TOKEN,
@@ -115,14 +115,14 @@ def not_found_fixes(endpoint: Endpoint) -> list[str]:
 
 
 def profile_location(options: ConnectionOptions) -> tuple[str, str]:
-    from aidp_metrics._oci_config import resolve_location
+    from aidp_metrics._connection.oci_config import resolve_location
 
     path, name = resolve_location(options.config_file, options.profile)
     return name, str(path)
 
 
 def profile_keys(options: ConnectionOptions) -> dict[str, str]:
-    from aidp_metrics._oci_config import read_profile
+    from aidp_metrics._connection.oci_config import read_profile
 
     try:
         return read_profile(options.config_file, options.profile)
@@ -131,7 +131,7 @@ def profile_keys(options: ConnectionOptions) -> dict[str, str]:
 
 
 def auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
-    from aidp_metrics._request_auth import AIDP_PROVIDER, tracking_auth_name
+    from aidp_metrics._connection.request_auth import AIDP_PROVIDER, tracking_auth_name
 
     provider = tracking_auth_name()
     if provider is not None and provider != AIDP_PROVIDER:
@@ -146,8 +146,12 @@ def auth_wanted(endpoint: Endpoint, options: ConnectionOptions) -> str:
 def auth_description(
     endpoint: Endpoint, auth: httpx.Auth | None, options: ConnectionOptions
 ) -> str:
-    from aidp_metrics._auth import OCIRequestSigner
-    from aidp_metrics._request_auth import AIDP_PROVIDER, ProviderAuth, tracking_auth_name
+    from aidp_metrics._connection.auth import OCIRequestSigner
+    from aidp_metrics._connection.request_auth import (
+        AIDP_PROVIDER,
+        ProviderAuth,
+        tracking_auth_name,
+    )
 
     if isinstance(auth, ProviderAuth):
         return auth.describe()
@@ -172,7 +176,7 @@ def _mlflow_auth_name(auth: object) -> str:
             "none (no user:password in the tracking URI, no MLFLOW_TRACKING_USERNAME/PASSWORD "
             "or MLFLOW_TRACKING_TOKEN set)"
         )
-    from aidp_metrics._auth import BearerToken
+    from aidp_metrics._connection.auth import BearerToken
 
     kind = "bearer token" if isinstance(auth, BearerToken) else "basic"
     return f"{kind} (from {source(auth)})"
@@ -186,7 +190,7 @@ def ignored_credential_notes(endpoint: Endpoint, auth: object) -> list[str]:
     """A note for each MLFLOW_TRACKING_* credential variable that is set but loses to `auth`."""
     if endpoint.kind != "mlflow" or auth is None:
         return []
-    from aidp_metrics._auth import ENV_BASIC_SOURCE
+    from aidp_metrics._connection.auth import ENV_BASIC_SOURCE
 
     ignored = []
     if source(auth) != ENV_BASIC_SOURCE and (

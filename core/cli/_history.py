@@ -13,7 +13,7 @@ from ._connection import client_for
 from ._parser import EXIT_OK, Subparsers, add_command, add_keys_option, add_run_id_option
 
 if TYPE_CHECKING:
-    from aidp_metrics._client import MetricsClient
+    from aidp_metrics._connection.client import MetricsClient
     from aidp_metrics._metric import Metric
 
 

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from aidp_metrics._oci_config import AUTH_MODES
+from aidp_metrics._connection.oci_config import AUTH_MODES
 from aidp_metrics._version import __version__
 
 PROG = "aidp-metrics"

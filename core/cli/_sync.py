@@ -15,7 +15,7 @@ from ._parser import EXIT_ERROR, EXIT_OK, PROG, Subparsers, add_command
 from ._terminal import symbols
 
 if TYPE_CHECKING:
-    from aidp_metrics._sync import RunSyncResult
+    from aidp_metrics._durability.sync import RunSyncResult
 
 
 def register(subparsers: Subparsers) -> None:
@@ -84,8 +84,8 @@ def _duration(seconds: float) -> str:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from aidp_metrics._journal import spool_root
-    from aidp_metrics._sync import sync_directory
+    from aidp_metrics._durability.sync import sync_directory
+    from aidp_metrics._queue.journal import spool_root
 
     root = spool_root(args.dir)
     if not root.exists():

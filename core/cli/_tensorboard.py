@@ -17,16 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from aidp_metrics._bridges.tensorboard import INSTALL_HINT
 from aidp_metrics._env import EXPERIMENT_VARIABLES, first_env
 from aidp_metrics._errors import ConfigurationError
-from aidp_metrics._tensorboard import INSTALL_HINT
 
 from ._connection import client_for
 from ._parser import EXIT_INTERRUPTED, EXIT_OK, Subparsers, add_command
 
 if TYPE_CHECKING:
-    from aidp_metrics._client import MetricsClient
-    from aidp_metrics._tensorboard_import import Importer, Progress
+    from aidp_metrics._connection.client import MetricsClient
+    from aidp_metrics.cli._tensorboard_import import Importer, Progress
 
 NAME = "tensorboard"
 HELP = "import TensorBoard event files as runs (--follow: and keep tailing them)"
@@ -80,12 +80,12 @@ def command(
     if not args.interval > 0:
         raise ConfigurationError(f"--interval must be positive, got {args.interval}")
     try:
-        from aidp_metrics import _tensorboard_events  # noqa: F401 -- TensorBoard's reader: installed?
+        from aidp_metrics._bridges import tensorboard_events  # noqa: F401 -- TensorBoard's reader: installed?
     except ImportError as exc:
         raise ConfigurationError(
             f"{exc.name or 'tensorboard'} is not installed: {INSTALL_HINT}"
         ) from None
-    from aidp_metrics._tensorboard_import import Importer
+    from aidp_metrics.cli._tensorboard_import import Importer
 
     experiment = args.experiment_name or first_env(EXPERIMENT_VARIABLES) or "Default"
     stop = threading.Event()

@@ -98,7 +98,7 @@ def train_group(pdf: Any, url: str, experiment: str, job: int) -> Any:
     import torch
 
     from aidp_metrics import Run
-    from aidp_metrics import _lifecycle as lifecycle
+    from aidp_metrics._run import lifecycle
 
     torch.set_num_threads(1)
     group = int(pdf["group"].iloc[0])

@@ -613,7 +613,7 @@ def test_a_refused_run_keeps_its_points_in_the_spool(
     """A definite refusal (401: credentials the server does not know) costs no point: one
     warning, the run goes on offline, and the spool holds every point for `sync`."""
     from aidp_metrics import MetricsClient
-    from aidp_metrics._auth import BearerToken
+    from aidp_metrics._connection.auth import BearerToken
 
     stranger = Endpoint.aidp(
         aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url

@@ -140,7 +140,7 @@ def test_ddp_spawn_two_cpu_processes_one_run_nothing_from_rank_one(
         import time
         import lightning.pytorch as L
         from lightning.fabric.loggers.logger import _DummyExperiment
-        from aidp_metrics import _system_metrics as system_metrics
+        from aidp_metrics._bridges import system_metrics
         from aidp_metrics.integrations.lightning import AIDPLogger
         from tinymodel import Tiny, trainer_options
 

@@ -22,9 +22,9 @@ transformers = pytest.importorskip("transformers")
 from transformers import TrainerCallback  # noqa: E402
 
 from aidp_metrics import AIDPError, Endpoint, MetricsClient  # noqa: E402
-from aidp_metrics._journal import spool_root  # noqa: E402
-from aidp_metrics._retry import RetryPolicy  # noqa: E402
-from aidp_metrics._sync import sync_directory  # noqa: E402
+from aidp_metrics._connection.retry import RetryPolicy  # noqa: E402
+from aidp_metrics._durability.sync import sync_directory  # noqa: E402
+from aidp_metrics._queue.journal import spool_root  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.transformers import AIDPCallback  # noqa: E402
 from tests.support.chaos_proxy import ChaosProxy  # noqa: E402

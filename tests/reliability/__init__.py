@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aidp_metrics import Run
-from aidp_metrics._retry import RetryPolicy
+from aidp_metrics._connection.retry import RetryPolicy
 from tests.support.mlflow_server import get_metric_history
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.05, max_delay=0.5, total_timeout=3)

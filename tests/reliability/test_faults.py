@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from aidp_metrics import Endpoint, MetricsClient, Run
-from aidp_metrics._auth import oci_signer_auth
-from aidp_metrics._client import MAX_BATCH_METRICS
-from aidp_metrics._retry import RetryPolicy
+from aidp_metrics._connection.auth import oci_signer_auth
+from aidp_metrics._connection.client import MAX_BATCH_METRICS
+from aidp_metrics._connection.retry import RetryPolicy
 from tests.reliability import (
     FAST,
     Points,

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from aidp_metrics import MetricsClient
-from aidp_metrics._sync import sync_directory
+from aidp_metrics._durability.sync import sync_directory
 from tests.reliability import KEYS, server_points, value_of
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.mlflow_server import MLflowServer

@@ -79,7 +79,7 @@ def gateway_client(
 ) -> Iterator[MetricsClient]:
     """A MetricsClient for the AIDP gateway, signing with the API-key profile."""
     from aidp_metrics import Endpoint, MetricsClient
-    from aidp_metrics._auth import oci_signer_auth
+    from aidp_metrics._connection.auth import oci_signer_auth
 
     endpoint = Endpoint.aidp(
         aidp_gateway.instance_id, aidp_gateway.workspace_key, endpoint=aidp_gateway.url
