@@ -23,7 +23,7 @@ Mark = tuple[int, int]  # (metrics logged, ops logged): a point in the queue
 
 class QueueState(enum.Enum):
     OPEN = "open"  # logging and delivering
-    CLOSING = "closing"  # end() is settling the last records
+    CLOSING = "closing"  # end() is settling what was logged before it (an append reopens)
     CLOSED = "closed"  # ended: nothing is delivered until something is logged again
 
 
