@@ -4,7 +4,9 @@ What `aidp_metrics._mlflow_plugin` hands MLflow. Per request it adds AIDP's head
 (`opc-request-id`; `opc-retry-token` on writes, kept by urllib3's retries of the same
 request; `dh-user-principal` from `AIDP_USER_PRINCIPAL`), signs with the signer
 `auth.oci_signer_auth` builds (same modes, profile and config file as the rest of
-aidp-metrics), and registers a response hook that
+aidp-metrics) -- never leaving both `Content-Length` and `Transfer-Encoding: chunked` on a
+request (requests marks an empty file's upload chunked; HTTP forbids the pair) -- and
+registers a response hook that
 
 - after a 401, refreshes the credentials once (session token re-read, principal token
   renewed) and re-sends the request signed again, and
@@ -64,7 +66,13 @@ class OCIRequestsAuth(AuthBase):
     def _sign(self, request: requests.PreparedRequest) -> int:
         for name in STALE_HEADERS:
             request.headers.pop(name, None)
-        return self.signer.sign_prepared(request)
+        generation = self.signer.sign_prepared(request)
+        if "content-length" in request.headers:
+            # requests marks a body of unknown or zero length (an empty file) chunked; the
+            # signer hashed it and set its length. HTTP forbids both, and a gateway refuses
+            # them; Transfer-Encoding is not signed, so dropping it keeps the signature.
+            request.headers.pop("transfer-encoding", None)
+        return generation
 
     def _on_response(
         self, generation: int, response: requests.Response, **send_options: Any

@@ -308,7 +308,9 @@ class Run(RunConstructors):
     def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
         """Flush (up to `timeout`, default the `end_timeout` option), then set the run's
         status and end time. Idempotent; on an ended run a different status replaces the
-        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it.
+        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it --
+        and so does what other threads log while it runs: `end()` waits only for what was
+        logged before it was called.
 
         What is still undelivered then stays in the spool (`aidp-metrics sync`), or without
         one is counted as failed; an ended run holds no thread, connection or file."""

@@ -83,7 +83,7 @@ class LocalMLflowServer:
             "server",
             "--backend-store-uri",
             f"sqlite:///{self.directory}/mlflow.db",
-            "--default-artifact-root",
+            "--artifacts-destination",
             str(self.directory / "artifacts"),
             "--host",
             "127.0.0.1",

@@ -1,7 +1,11 @@
 """A local stand-in for the Oracle AIDP MLOps endpoint in front of a real MLflow server.
 
 It checks OCI request signatures for real, records every request, can inject faults, and
-forwards the rest to MLflow's REST API, translating error bodies to AIDP's ``{code, message}``.
+forwards the rest to MLflow's REST API (``api/2.0/mlflow/...``) and its artifact proxy
+(``api/2.0/mlflow-artifacts/...``: uploads and downloads), translating error bodies to
+AIDP's ``{code, message}``. Like a real gateway it is strict about framing: a chunked body
+gets 411, and a request with both ``Content-Length`` and ``Transfer-Encoding`` (which HTTP
+forbids) gets 400.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _GENERIC_SIGNED = ("(request-target)", "host")
 _BODY_SIGNED = ("content-length", "content-type", "x-content-sha256")
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_APIS = (("api", "2.0", "mlflow"), ("api", "2.0", "mlflow-artifacts"))  # what is forwarded
 _KNOWN_SCHEMES = frozenset({"Basic", "Bearer", "Digest", "Negotiate", "AWS4-HMAC-SHA256"})
 _DEFAULT_CODES = {
     400: "InvalidParameter",
@@ -93,6 +98,7 @@ class _Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
     drop: bool = False
     injected: bool = False
 
@@ -250,7 +256,8 @@ class AIDPGateway:
     # --- request handling --------------------------------------------------------------------
 
     def _route(self, path: str) -> str | None:
-        """The raw MLflow sub-path (``runs/log-metric``) or None when the prefix is wrong."""
+        """The raw MLflow path (``api/2.0/mlflow/runs/log-metric``, ``api/2.0/mlflow-artifacts
+        /artifacts/...``) or None when the prefix is wrong."""
         parts = path.split("/")
         expected = [
             "",
@@ -260,14 +267,14 @@ class AIDPGateway:
             "workspaces",
             self.workspace_key,
             "mlops",
-            "api",
-            "2.0",
-            "mlflow",
         ]
         n = len(expected)
-        if len(parts) <= n or [unquote(p) for p in parts[:n]] != expected:
+        if [unquote(p) for p in parts[:n]] != expected:
             return None
-        return "/".join(parts[n:])
+        rest = parts[n:]
+        if not any(tuple(rest[: len(api)]) == api and len(rest) > len(api) for api in _APIS):
+            return None
+        return "/".join(rest)
 
     def _verify_signature(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -341,7 +348,7 @@ class AIDPGateway:
         self, method: str, rest: str, query: str, headers: dict[str, str], body: bytes
     ) -> _Reply:
         assert self._client is not None
-        url = f"{self.upstream}/api/2.0/mlflow/{rest}" + (f"?{query}" if query else "")
+        url = f"{self.upstream}/{rest}" + (f"?{query}" if query else "")
         forwarded = {}
         if "content-type" in headers:
             forwarded["content-type"] = headers["content-type"]
@@ -352,6 +359,8 @@ class AIDPGateway:
         except httpx.TransportError as exc:
             return _error(503, f"upstream unavailable: {exc!r}")
         reply = _Reply(response.status_code, response.content)
+        if "content-type" in response.headers:
+            reply.content_type = response.headers["content-type"]
         if response.status_code == 200:
             reply.headers["etag"] = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
             return reply
@@ -423,9 +432,20 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._serve()
 
+        def do_PUT(self) -> None:
+            self._serve()
+
         def _serve(self) -> None:
             headers = {name.lower(): value for name, value in self.headers.items()}
             request_id = headers.get("opc-request-id") or uuid.uuid4().hex.upper()
+            if "transfer-encoding" in headers and "content-length" in headers:
+                # RFC 9112 6.3: the body's framing is ambiguous (request smuggling); reject.
+                self.close_connection = True
+                self._send(
+                    _error(400, "both Content-Length and Transfer-Encoding", "InvalidParameter"),
+                    request_id,
+                )
+                return
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 self.close_connection = True
                 self._send(_error(411, "send a content-length", "LengthRequired"), request_id)
@@ -447,7 +467,7 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, reply: _Reply, request_id: str) -> None:
             self.send_response(reply.status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", reply.content_type)
             self.send_header("content-length", str(len(reply.body)))
             self.send_header("opc-request-id", request_id)
             for name, value in reply.headers.items():
