@@ -35,8 +35,7 @@ from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports Keras
 
-from aidp_metrics import ConfigurationError, MetricsClient
-from aidp_metrics.cli._local_server import LocalMLflowServer
+from aidp_metrics import ConfigurationError, LocalMLflowServer, MetricsClient
 
 EXPERIMENT = "aidp-metrics-quickstart"
 FEATURES = 8
@@ -346,7 +345,7 @@ def table(results: list[Result]) -> str:
 
 
 def plot(results: list[Result], path: Path) -> bool:
-    from aidp_metrics.cli._plot import write_png
+    from aidp_metrics import write_png
 
     series = {f"{r.framework} ({r.loss_key})": r.curve for r in results if r.curve}
     # system/ keys go to a panel of their own under the loss
