@@ -147,7 +147,7 @@ def release(session: nox.Session) -> None:
     entry of CHANGELOG.md."""
     pip_with_groups(session)
     session.install("--no-compile", "--group", "release")
-    tmp = Path(session.create_tmp())
+    tmp = Path(session.create_tmp()).resolve()
     dist = tmp / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(dist), ".")
