@@ -34,6 +34,7 @@ CORE_TESTS = [
     "tests/test_metric.py",
     "tests/test_env.py",
     "tests/test_public_api.py",
+    "tests/test_packaging.py",
 ]
 # --no-compile: byte-compiling every file of torch, transformers, mlflow and pyspark at
 # install time doubles the install (3m45 -> 1m48 measured); Python compiles what it imports.

@@ -4,7 +4,7 @@ the licence text the metadata names. `nox -s release` checks the same on the bui
 from __future__ import annotations
 
 import re
-import tomllib
+from importlib.metadata import metadata
 from pathlib import Path
 
 import aidp_metrics
@@ -20,8 +20,10 @@ def test_the_version_is_the_changelogs_top_entry() -> None:
 
 
 def test_the_licence_file_is_shipped_and_the_test_tools_are_not_extras() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["license"] == "Apache-2.0"
-    assert project["license-files"] == ["LICENSE"]
+    installed = metadata("aidp-metrics")  # what pip made of pyproject.toml
+    assert installed["Version"] == aidp_metrics.__version__
+    assert installed["License-Expression"] == "Apache-2.0"
+    assert installed.get_all("License-File") == ["LICENSE"]
     assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
-    assert {"test", "dev"}.isdisjoint(project["optional-dependencies"])
+    extras = set(installed.get_all("Provides-Extra") or [])
+    assert extras and {"test", "dev"}.isdisjoint(extras)
