@@ -26,4 +26,5 @@ def test_the_licence_file_is_shipped_and_the_test_tools_are_not_extras() -> None
     assert installed.get_all("License-File") == ["LICENSE"]
     assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
     extras = set(installed.get_all("Provides-Extra") or [])
-    assert extras and {"test", "dev"}.isdisjoint(extras)
+    assert extras
+    assert {"test", "dev"}.isdisjoint(extras)
