@@ -43,14 +43,18 @@ CONSTRAINTS = ("--no-compile", "-c", "constraints.txt")
 
 def _pyenv_pythons() -> None:
     """Let nox find pyenv's other interpreters: pyenv's `python3.10` shim answers only for
-    the versions PYENV_VERSION (or `pyenv global`) names. The current version stays first."""
-    if "PYENV_VERSION" in os.environ or shutil.which("pyenv") is None:
+    the versions PYENV_VERSION (or `pyenv global`) names, and the shim that started nox has
+    set PYENV_VERSION to its own. The versions named stay first; every installed 3.x follows."""
+    if shutil.which("pyenv") is None:
         return
     run = subprocess.run
-    current = run(["pyenv", "version-name"], capture_output=True, text=True).stdout.strip()
+    named = os.environ.get("PYENV_VERSION", "").strip()
+    if not named:
+        named = run(["pyenv", "version-name"], capture_output=True, text=True).stdout.strip()
+    versions = [v for v in named.split(":") if v]
     installed = run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout
-    others = [v for v in installed.split() if v != current and v.startswith("3.")]
-    os.environ["PYENV_VERSION"] = ":".join([current, *others])
+    versions += [v for v in installed.split() if v.startswith("3.") and v not in versions]
+    os.environ["PYENV_VERSION"] = ":".join(versions)
 
 
 _pyenv_pythons()
