@@ -35,11 +35,17 @@ from aidp_metrics._version import __version__
 if TYPE_CHECKING:
     from aidp_metrics._connection.client import MetricsClient, RunInfo
     from aidp_metrics._run.run import Run
+    from aidp_metrics.cli._local_server import LocalMLflowServer
+    from aidp_metrics.cli._plot import write_png
 
 _LAZY = {
     "MetricsClient": "._connection.client",
     "RunInfo": "._connection.client",
     "Run": "._run.run",
+    # For trying the library without an account, and the quickstart's picture; they live
+    # with the commands `local-server` and `plot` that use them.
+    "LocalMLflowServer": ".cli._local_server",
+    "write_png": ".cli._plot",
 }
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "DeliveryOptions",
     "Endpoint",
     "InvalidMetric",
+    "LocalMLflowServer",
     "Metric",
     "MetricsClient",
     "NotFound",
@@ -68,6 +75,7 @@ __all__ = [
     "__version__",
     "sanitize_key",
     "validate_key",
+    "write_png",
 ]
 
 

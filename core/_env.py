@@ -2,7 +2,7 @@
 
 The names live here and nowhere else: other modules import the constants (a typo is then a
 NameError, not a silently ignored setting). Values are read when they are needed, never at
-import. The README's Configuration table lists exactly `VARIABLES` (a test keeps them equal).
+import. docs/configuration.md lists exactly `VARIABLES` (a test keeps them equal).
 """
 
 from __future__ import annotations

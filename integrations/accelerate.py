@@ -88,7 +88,8 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         run_id: log into this existing run instead of starting one.
         tags: extra tags set on the run.
         log_params: log `init_trackers`'s `config` as params.
-        endpoint, client: where to send; by default from the environment.
+        endpoint: where to send; by default from the environment.
+        client: a `MetricsClient` to send with; by default one for `endpoint`.
         strict: raise when the run cannot be created or the tracker fails (default: warn
             once and go on; training never dies from logging).
         run: a `Run` you started, to log into instead of opening one; `end_training()`

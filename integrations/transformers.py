@@ -101,7 +101,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run_id: log into this existing run instead of starting one.
         tags: extra tags set on the run.
         log_params: log `TrainingArguments` and the model config as params.
-        endpoint, client: where to send; by default from the environment.
+        endpoint: where to send; by default from the environment.
+        client: a `MetricsClient` to send with; by default one for `endpoint`.
         strict: raise when the run cannot be created (default: warn once and log nothing;
             training never dies from logging).
         run: a `Run` you started, to log into instead of opening one; the callback never

@@ -23,6 +23,7 @@ PUBLIC_API = [
     "DeliveryOptions",
     "Endpoint",
     "InvalidMetric",
+    "LocalMLflowServer",
     "Metric",
     "MetricsClient",
     "NotFound",
@@ -38,6 +39,7 @@ PUBLIC_API = [
     "__version__",
     "sanitize_key",
     "validate_key",
+    "write_png",
 ]
 
 # Nothing a training script has not asked for: no framework, no SDK, no HTTP stack.

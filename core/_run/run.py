@@ -286,7 +286,7 @@ class Run(RunConstructors):
     def follow_tensorboard(self, logdir: str | os.PathLike[str], interval: float = 1.0) -> None:
         """Log the scalars of every TensorBoard event file under `logdir` into this run
         from a thread of its own until `end()`, which logs what is left first (needs
-        `aidp-metrics[tensorboard]`; README "TensorBoard")."""
+        `aidp-metrics[tensorboard]`; docs/tensorboard.md)."""
         from aidp_metrics._bridges.tensorboard import follow
 
         stop = follow(self, logdir, interval=interval)
