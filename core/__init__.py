@@ -33,12 +33,15 @@ from aidp_metrics._stats import RunStats
 from aidp_metrics._version import __version__
 
 if TYPE_CHECKING:
-    from aidp_metrics._connection.client import MetricsClient, RunInfo
+    from aidp_metrics._connection.client import MetricsClient, RunInfo, TrackingClient
+    from aidp_metrics._connection.store_client import StoreClient
     from aidp_metrics._run.run import Run
 
 _LAZY = {
     "MetricsClient": "._connection.client",
     "RunInfo": "._connection.client",
+    "StoreClient": "._connection.store_client",
+    "TrackingClient": "._connection.client",
     "Run": "._run.run",
 }
 
@@ -61,7 +64,9 @@ __all__ = [
     "RunInfo",
     "RunStats",
     "ServerError",
+    "StoreClient",
     "TooManyRequests",
+    "TrackingClient",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",
