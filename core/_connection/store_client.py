@@ -145,7 +145,7 @@ def store_error(exc: Exception, method: str, path: str) -> APIError | None:
 
     if isinstance(exc, MlflowException):
         return status_error(
-            exc.get_http_status_code(),
+            int(exc.get_http_status_code()),  # type: ignore[no-untyped-call]
             str(exc.message),
             code=str(exc.error_code),
             method=method,
