@@ -279,3 +279,10 @@ def test_without_mlflow_a_clear_error_names_the_extra(tmp_path: Path) -> None:
     assert offline.startswith("offline: True 1 ")
     assert 'pip install "aidp-metrics[local]"' in offline
     assert not (tmp_path / "never.db").exists()
+
+
+def test_doctor_opens_a_store_uri_with_mlflow(tmp_path: Path) -> None:
+    result = cli("--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"MLflow store sqlite:///{tmp_path}/mlflow.db" in result.stdout
+    assert "store: MLflow's client answered" in result.stdout

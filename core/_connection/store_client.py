@@ -121,6 +121,11 @@ class StoreClient(TrackingClient):
             return call(self._client(), body, params or {})
         except APIError:
             raise
+        except ImportError as exc:  # the store's driver (psycopg2, pymysql, ...)
+            raise ConfigurationError(
+                f"MLflow's client cannot open {self.endpoint.describe()}: {exc}; install "
+                "the database driver MLflow uses for it"
+            ) from None
         except Exception as exc:
             error = store_error(exc, method, path)
             if error is None:
