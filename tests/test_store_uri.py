@@ -18,13 +18,16 @@ import pytest
 from aidp_metrics import (
     AIDPMetricsWarning,
     BadRequest,
+    ConfigurationError,
     Metric,
+    MetricsClient,
     NotFound,
     RetryPolicy,
     Run,
     ServerError,
     StoreClient,
 )
+from aidp_metrics._connection.connect import connect
 from aidp_metrics._durability.sync import sync_directory
 from aidp_metrics._queue.journal import spool_root
 
@@ -234,7 +237,32 @@ def test_mlflow_errors_become_our_typed_errors(tmp_path: Path) -> None:
     assert (locked.value.status, locked.value.code) == (503, "TEMPORARILY_UNAVAILABLE")
     assert RetryPolicy().is_retryable(locked.value)
     client.log_params(run_id, {"other": "1"})
-    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.params == {"lr": "0.1", "other": "1"}
+    client.log_metric(run_id, "single", 1.5, step=3, timestamp=1_700_000_000_000)  # `log`'s call
+    mlflow_client = MlflowClient(tracking_uri=uri)
+    assert mlflow_client.get_run(run_id).data.params == {"lr": "0.1", "other": "1"}
+    (point,) = mlflow_client.get_metric_history(run_id, "single")
+    assert (point.step, point.value, point.timestamp) == (3, 1.5, 1_700_000_000_000)
+
+
+def test_one_place_picks_the_client_and_the_http_client_refuses_a_store() -> None:
+    assert type(connect("sqlite:////tmp/never-opened.db")) is StoreClient
+    assert type(connect("http://127.0.0.1:5000")) is MetricsClient
+    with pytest.raises(ConfigurationError, match="StoreClient"):
+        MetricsClient("sqlite:////tmp/never-opened.db")
+
+
+def test_one_lane_per_key_on_threads_of_their_own(tmp_path: Path) -> None:
+    # `transport="metric"`: runs/log-metric, up to 4 keys at once from lane threads, all
+    # into one SQLite store through MLflow's shared engine.
+    uri = store_uri("sqlite", tmp_path)
+    run = Run.start(experiment_name="lanes", endpoint=uri, transport="metric", max_in_flight=4)
+    for step in range(40):
+        run.log_metrics({f"k{i}": step + i / 10 for i in range(6)}, step=step)
+    stats = run.end(timeout=300)
+    assert (stats.logged, stats.delivered, stats.failed) == (240, 240, 0)
+    client = MlflowClient(tracking_uri=uri)
+    for i in range(6):
+        assert history(client, run.run_id, f"k{i}") == [(s, s + i / 10) for s in range(40)]
 
 
 def test_a_password_in_a_database_uri_is_never_shown() -> None:
