@@ -33,7 +33,8 @@ from aidp_metrics._stats import RunStats
 from aidp_metrics._version import __version__
 
 if TYPE_CHECKING:
-    from aidp_metrics._connection.client import MetricsClient, RunInfo
+    from aidp_metrics._connection.client import MetricsClient, RunInfo, TrackingClient
+    from aidp_metrics._connection.store_client import StoreClient
     from aidp_metrics._run.run import Run
     from aidp_metrics.cli._local_server import LocalMLflowServer
     from aidp_metrics.cli._plot import write_png
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "MetricsClient": "._connection.client",
     "RunInfo": "._connection.client",
+    "StoreClient": "._connection.store_client",
+    "TrackingClient": "._connection.client",
     "Run": "._run.run",
     # For trying the library without an account, and the quickstart's picture; they live
     # with the commands `local-server` and `plot` that use them.
@@ -68,7 +71,9 @@ __all__ = [
     "RunInfo",
     "RunStats",
     "ServerError",
+    "StoreClient",
     "TooManyRequests",
+    "TrackingClient",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",

@@ -37,11 +37,11 @@ from aidp_metrics._queue.options import DeliveryOptions, check_option_names
 from aidp_metrics.integrations._convert import MetricConverter
 
 if TYPE_CHECKING:
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
 __all__ = ["RUN_OPTIONS", "RunHandle", "RunSpec", "open_run"]
 
-RUN_OPTIONS = DeliveryOptions.names() | {"client"}  # a MetricsClient to send with
+RUN_OPTIONS = DeliveryOptions.names() | {"client"}  # a TrackingClient to send with
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class RunHandle:
         kind: str,
         run: Run | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         options: Mapping[str, Any] | None = None,
         given: Mapping[str, object] | None = None,
@@ -151,7 +151,7 @@ class RunHandle:
         return self._endpoint
 
     @property
-    def client(self) -> MetricsClient | None:
+    def client(self) -> TrackingClient | None:
         return self._client
 
     @property
@@ -351,7 +351,7 @@ def open_run(
     run_name: str | None = None,
     tags: Mapping[str, object] | None = None,
     endpoint: Endpoint | str | None = None,
-    client: MetricsClient | None = None,
+    client: TrackingClient | None = None,
     strict: bool = False,
     environment_run_id: bool = True,
     **options: Any,

@@ -60,7 +60,7 @@ from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 
 if TYPE_CHECKING:
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
 __all__ = ["AIDPTracker"]
 
@@ -112,7 +112,7 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         tags: Mapping[str, object] | None = None,
         log_params: bool = True,
         endpoint: Endpoint | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         run: Run | None = None,
         **run_options: Any,

@@ -80,7 +80,7 @@ from aidp_metrics.integrations._checkpoint import (
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
 __all__ = ["AIDPCallback"]
 
@@ -120,7 +120,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         tags: Mapping[str, str] | None = None,
         log_params: bool = True,
         endpoint: Endpoint | str | Mapping[str, Any] | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         run: Run | None = None,
         **run_options: Any,

@@ -355,6 +355,8 @@ def endpoint_auth(
     given explicit OCI settings (`oci_mode`, `config_file`, `profile`: the CLI's flags)
     keeps OCI signing. Else OCI request signing for AIDP and `mlflow_auth` for MLflow.
     """
+    if endpoint.kind == "store":
+        return None  # MLflow's own client opens it (and signs in to `databricks` itself)
     provider = tracking_auth_name()
     explicit_oci = endpoint.kind == "aidp" and any((oci_mode, config_file, profile))
     if provider is not None and provider != AIDP_PROVIDER and not explicit_oci:

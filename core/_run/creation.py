@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aidp_metrics._connection.client import MAX_TAG_VALUE_LENGTH, MetricsClient
+from aidp_metrics._connection.client import MAX_TAG_VALUE_LENGTH, TrackingClient
+from aidp_metrics._connection.connect import connect
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import Opened, RunOpener
 from aidp_metrics._env import AIDP_METRICS_MODE
@@ -40,7 +41,7 @@ process_notices = Notices()
 class RunSetup:
     """Everything a `Run` is built from."""
 
-    client: MetricsClient | None
+    client: TrackingClient | None
     owns_client: bool
     options: DeliveryOptions
     descriptor: RunDescriptor
@@ -61,7 +62,7 @@ def start_setup(
     run_name: str | None,
     tags: Mapping[str, object] | None,
     endpoint: Endpoint | str | None,
-    client: MetricsClient | None,
+    client: TrackingClient | None,
     experiment_id: str | None,
     offline: bool,
     options: dict[str, Any],
@@ -100,7 +101,7 @@ def attach_setup(
     run_id: str,
     *,
     endpoint: Endpoint | str | None,
-    client: MetricsClient | None,
+    client: TrackingClient | None,
     skip_logged_steps: bool,
     experiment_name: str | None,
     offline: bool,
@@ -161,8 +162,8 @@ def answer_now(setup: RunSetup, action: Callable[[], _T], later: str) -> _T | No
 
 
 def client_or_offline(
-    endpoint: Endpoint | str | None, client: MetricsClient | None
-) -> tuple[MetricsClient | None, bool]:
+    endpoint: Endpoint | str | None, client: TrackingClient | None
+) -> tuple[TrackingClient | None, bool]:
     """The client to use and whether we own it; (None, False) for an offline run."""
     if client is not None:
         return client, False
@@ -178,7 +179,7 @@ def client_or_offline(
                 "with `aidp-metrics sync`.",
             )
             return None, False
-    return MetricsClient(endpoint), True
+    return connect(endpoint), True
 
 
 def string_tags(tags: Mapping[str, object]) -> dict[str, str]:
@@ -215,7 +216,7 @@ class RunConstructors:
         run_name: str | None = None,
         tags: Mapping[str, object] | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         experiment_id: str | None = None,
         offline: bool = False,
         **options: Any,
@@ -246,7 +247,7 @@ class RunConstructors:
         run_id: str,
         *,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         skip_logged_steps: bool = False,
         experiment_name: str | None = None,
         offline: bool = False,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._delivery.sender import StreamSender, loop
 from aidp_metrics._delivery.worker import ProcessWorker
 from aidp_metrics._durability.spool import SpoolTask, writer
@@ -37,7 +37,7 @@ class RunPipeline:
 
     def __init__(
         self,
-        client: MetricsClient | None,
+        client: TrackingClient | None,
         options: DeliveryOptions,
         descriptor: RunDescriptor,
         *,

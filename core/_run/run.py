@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from aidp_metrics._bridges import system_metrics
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import LOCAL_ID_TAG
 from aidp_metrics._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
@@ -168,7 +168,7 @@ class Run(RunConstructors):
         run_name: str | None = None,
         tags: Mapping[str, object] | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         skip_logged_steps: bool = False,
         **options: Any,
     ) -> Run:
