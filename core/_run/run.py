@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from aidp_metrics._bridges import system_metrics
+from aidp_metrics._bridges.watch import Watches
 from aidp_metrics._connection.client import MetricsClient
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import LOCAL_ID_TAG
@@ -75,6 +76,7 @@ class Run(RunConstructors):
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = setup.spec
         self._before_end: list[Callable[[], None]] = []  # what _end() calls first, once
+        self._watches = Watches()
         self._start(setup.run_id, setup.opening, setup.floors)
         self._announce()
 
@@ -293,6 +295,27 @@ class Run(RunConstructors):
         if stop is not None:
             self._before_end.append(stop)
 
+    def watch(
+        self,
+        model: object,
+        log: str = "gradients",
+        log_freq: int = 100,
+        *,
+        step: Callable[[], int] | None = None,
+        first_step: int = 1,
+    ) -> None:
+        """Log `grad_norm/<parameter>` and `grad_norm/total` ("gradients"), and/or
+        `weight_norm/<parameter>` ("parameters", "all") of a torch `model` at every
+        `log_freq`-th optimizer update, until `unwatch` or `end()` (notes/watch.md).
+
+        Without `step`, update n (1, 2, ...) lands on step n; an integration passes its
+        framework's step for the current update, `first_step` being the first update's."""
+        self._watches.add(self, model, log, log_freq, step, first_step)
+
+    def unwatch(self, model: object = None) -> None:
+        """Stop watching `model` (every watched model when None): its hook is removed."""
+        self._watches.remove(model)
+
     # -- delivery control -----------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -349,6 +372,7 @@ class Run(RunConstructors):
         while self._before_end:  # e.g. a TensorBoard follower logs what is left
             self._before_end.pop()()
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
+        self._watches.remove()
         with self._end_lock:
             payload = (
                 None
