@@ -23,6 +23,7 @@ light: torch is imported by the first `watch`.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -131,7 +132,8 @@ class _Watch:
         self._gradients = log in ("gradients", "all")
         self._weights = log in ("parameters", "all")
         self._notices = Notices()
-        self._owners: dict[int, bool] = {}  # id(optimizer) -> steps a watched parameter
+        # optimizer -> it steps a watched parameter (weak: an id could be reused)
+        self._owners: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         names, params = _watched_parameters(_unwrapped(model), self._notices)
         self._params = params
         self._ids = {id(p) for p in params}
@@ -160,9 +162,9 @@ class _Watch:
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        owned = self._owners.get(id(optimizer))
+        owned = self._owners.get(optimizer)
         if owned is None:
-            owned = self._owners[id(optimizer)] = self._owns(optimizer)
+            owned = self._owners[optimizer] = self._owns(optimizer)
         if not owned:
             return None
         self._updates += 1
