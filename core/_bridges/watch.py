@@ -168,7 +168,7 @@ class _Watch:
         if not owned:
             return None
         self._updates += 1
-        step = self._updates if self._step is None else self._step()
+        step = self._updates if self._step is None else self._framework_step()
         if (step - self._first + 1) % self._freq:
             return None
         closure = kwargs.get("closure")
@@ -178,6 +178,18 @@ class _Watch:
             self._log(step)
             return None
         return args, {**kwargs, "closure": self._after(closure, step)}
+
+    def _framework_step(self) -> int:
+        assert self._step is not None
+        try:
+            return self._step()
+        except Exception as exc:  # e.g. a LightningModule not attached to a Trainer
+            self._notices.once(
+                "step",
+                f"aidp-metrics: watch: the framework's step is unknown ({exc}); "
+                "counting optimizer updates from 1 instead",
+            )
+            return self._updates
 
     def _after(self, closure: Callable[[], Any], step: int) -> Callable[[], Any]:
         done = False
