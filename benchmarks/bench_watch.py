@@ -112,6 +112,7 @@ def bench_watch(run: Run, sizes: Sizes) -> dict[str, Any]:
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=1e-6)
     model(torch.randn(8, WIDTH)).pow(2).mean().backward()  # gradients stay: steps reuse them
+    grads = [p.grad for p in params if p.grad is not None]
 
     def steps() -> float:
         start = time.thread_time()
@@ -123,7 +124,7 @@ def bench_watch(run: Run, sizes: Sizes) -> dict[str, Any]:
         start = time.thread_time()
         for _ in range(sizes.steps):
             with torch.no_grad():
-                norms = torch.stack(torch._foreach_norm([p.grad for p in params], 2))
+                norms = torch.stack(torch._foreach_norm(grads, 2))
                 total = torch.linalg.vector_norm(norms).reshape(1)
                 torch.cat([norms, total]).tolist()
         return (time.thread_time() - start) / sizes.steps

@@ -222,7 +222,7 @@ class _Watch:
         """Every norm of this update, moved to the host in one transfer."""
         torch = self._torch
         keys: list[str] = []
-        parts: list[torch.Tensor] = []
+        parts: list[Any] = []
         with torch.no_grad():
             if self._gradients:
                 names, grads = self._present_gradients()
@@ -252,7 +252,7 @@ class _Watch:
         return names, grads
 
 
-def _fused_norms(torch: Any, tensors: list[torch.Tensor]) -> torch.Tensor:
+def _fused_norms(torch: Any, tensors: list[Any]) -> Any:
     """The 2-norm of each tensor, in float32, as one tensor on the first one's device:
     one fused kernel per device (as `clip_grad_norm_`)."""
     by_device: dict[Any, list[int]] = {}
@@ -262,7 +262,7 @@ def _fused_norms(torch: Any, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
     first = tensors[0].device
     out = torch.empty(len(tensors), dtype=torch.float32, device=first)
-    for device, indices in by_device.items():
+    for indices in by_device.values():
         norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=torch.float32)
         stacked = torch.stack(norms).to(first)
         out[torch.tensor(indices, device=first)] = stacked

@@ -457,7 +457,7 @@ def _plain_records(
         return None
     if int in types:
         try:
-            values = list(map(float, values))
+            values = list(map(float, values))  # type: ignore[arg-type]
         except OverflowError:  # an int too large for a double: said by the check
             return None
     return list(zip(keys, values, repeat(stamp), repeat(at)))  # type: ignore[arg-type]
