@@ -191,3 +191,23 @@ def test_sharded_parameters_are_named_once() -> None:
         assert "Logged: the 5 parameter(s)" in said[0]
     finally:
         run.end()
+
+
+def test_a_failing_step_source_warns_once_and_counts_updates(
+    mlflow_server: Any, fresh_experiment: str
+) -> None:
+    """E.g. a LightningModule not attached to a Trainer: training goes on, counted from 1."""
+    model = tiny_model()
+
+    def broken() -> int:
+        raise RuntimeError("not attached to a Trainer")
+
+    with Run.start(endpoint=mlflow_server.url, experiment_name=fresh_experiment) as run:
+        run.watch(model, log_freq=2, step=broken)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(model, 4)
+    said = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(said) == 1
+    assert "not attached to a Trainer" in said[0]
+    assert sorted(history(mlflow_server.url, run.run_id, "grad_norm/total")) == [2, 4]

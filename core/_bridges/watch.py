@@ -162,6 +162,17 @@ class _Watch:
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        try:
+            return self._on_update(optimizer, args, kwargs)
+        except Exception as exc:  # nothing reaches the training loop unless strict
+            if self._run.options.strict:
+                raise
+            self._notices.once("hook", f"aidp-metrics: watch: update not logged: {exc!r}")
+            return None
+
+    def _on_update(
+        self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         owned = self._owners.get(optimizer)
         if owned is None:
             owned = self._owners[optimizer] = self._owns(optimizer)
