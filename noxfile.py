@@ -239,6 +239,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.bench_core", *session.posargs)
 
 
+@nox.session(python=PYTHON, name="bench-watch")
+def bench_watch(session: nox.Session) -> None:
+    """`Run.watch` and a 300-key `log_metrics`: the training thread's cost beside the norms
+    alone and a bare float() loop (numbers, never pass/fail)."""
+    install_project(session, "all,test")
+    session.run("python", "-m", "benchmarks.bench_watch", *session.posargs)
+
+
 @nox.session(python=PYTHON, name="bench-frameworks")
 def bench_frameworks(session: nox.Session) -> None:
     """Lightning / Transformers / Keras / Accelerate: start-up, steady-state overhead per step

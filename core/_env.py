@@ -58,6 +58,10 @@ MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING = _variable(
     "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
     "MLflow's switch, when AIDP_METRICS_SYSTEM_METRICS is unset",
 )
+AIDP_METRICS_WATCH = _variable(
+    "AIDP_METRICS_WATCH",
+    "gradients, parameters, all or false: norms a Transformers AIDPCallback logs without watch=",
+)
 
 # -- synonyms, first set wins --------------------------------------------------------------
 RUN_ID_VARIABLES = (AIDP_RUN_ID, MLFLOW_RUN_ID)

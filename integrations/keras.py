@@ -19,6 +19,11 @@ What lands where:
   asynchronous callback dispatch and never converts per-batch values for any callback.
 - **`model.evaluate(..., callbacks=[cb])`** outside `fit`: the results as `eval_<name>` at
   the current step. Validation inside `fit` is logged once, as `val_*` at epoch end.
+- **`watch="parameters"`**: `weight_norm/<weight path>` (2-norm) of every float weight of
+  the model wherever training points are logged (epoch end; batch points with
+  `log_every_n_steps`), on every backend, moved to the host in one transfer. Gradient
+  norms are not available: Keras hands a callback no gradients (they live inside the
+  compiled train step), so `watch="gradients"` / `"all"` is a `ValueError`.
 - **Params** (once per run): optimizer class and config, `epochs` and `steps_per_epoch`
   from `fit`, `steps_per_execution`, trainable parameter count, Keras backend and version.
 
@@ -54,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from aidp_metrics._metric import sanitize_key
 from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
 
@@ -90,6 +96,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run: a `Run` you started, to log into instead of opening one; the callback never
             ends it (the end of `fit` flushes it). Not with `experiment_name`, `run_name`,
             `endpoint` or run options: the run has its own.
+        watch: "parameters": also log every weight's norm with the training points.
         **run_options: forwarded to the run (`transport`, `flush_interval`, ...).
 
     Attributes:
@@ -107,9 +114,15 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         log_params: bool = True,
         strict: bool = False,
         run: Run | None = None,
+        watch: str | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
+        if watch not in (None, "parameters"):
+            raise ValueError(
+                f"watch must be None or 'parameters', got {watch!r}: a Keras callback is "
+                "handed no gradients (they live inside the compiled train step)"
+            )
         self._handle = RunHandle(
             type(self).__name__,
             kind="callback",
@@ -129,6 +142,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 f"log_every_n_steps must be None or a positive int, got {log_every_n_steps!r}"
             )
         self.log_every_n_steps = log_every_n_steps
+        self._watch = watch is not None
+        self._watched_step: int | None = None
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tags = dict(tags) if tags else None
@@ -220,7 +235,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if step // every <= self._window:
                 return
             self._window = step // every
-            run.log_metrics(self._train_metrics.convert_at(logs or {}, step), step=step)
+            metrics = self._train_metrics.convert_at(logs or {}, step)
+            self._add_weight_norms(metrics, step)
+            run.log_metrics(metrics, step=step)
         except Exception as exc:
             self._handle.failed(_BATCH_HOOK, exc)
 
@@ -234,7 +251,15 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             # The last batch point may already hold these running means at this step.
             metrics = self._train_metrics.convert_at(logs or {}, step)
             metrics["epoch"] = float(epoch + 1)
+            self._add_weight_norms(metrics, step)
             run.log_metrics(metrics, step=step)
+
+    def _add_weight_norms(self, metrics: dict[str, float], step: int) -> None:
+        """With `watch`: the weight norms, once per step (a batch point and the epoch end
+        can land on the same step)."""
+        if self._watch and step != self._watched_step:
+            self._watched_step = step
+            metrics.update(_weight_norms(self.model))
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._in_fit = False
@@ -340,6 +365,18 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         params["keras_backend"] = keras.backend.backend()
         params["keras_version"] = keras.__version__
         return flatten_params(params)
+
+
+def _weight_norms(model: Any) -> dict[str, float]:
+    """`weight_norm/<path>` of every float weight, computed on the backend's device and
+    read back in one transfer."""
+    weights = [w for w in model.weights if "float" in str(w.dtype)]
+    if not weights:
+        return {}
+    ops = keras.ops
+    norms = ops.stack([ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32")))) for w in weights])
+    values = ops.convert_to_numpy(norms).tolist()
+    return {sanitize_key(f"weight_norm/{w.path}"): v for w, v in zip(weights, values, strict=True)}
 
 
 def _accumulation_steps(model: Any) -> int:

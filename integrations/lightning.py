@@ -115,6 +115,12 @@ def _global_rank() -> int:
     return rank
 
 
+def _global_step(model: Any) -> int:
+    """The Trainer's optimizer steps before the current one: the step Lightning logs the
+    current step's metrics at."""
+    return int(model.trainer.global_step)
+
+
 def _is_rank_zero() -> bool:
     return _global_rank() == 0
 
@@ -256,6 +262,17 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         run = self._ensure_run()
         if run is not None:
             run.log_metrics(converted, step=step)
+
+    @rank_zero_only
+    def watch(self, model: Any, log: str = "gradients", log_freq: int = 100) -> None:
+        """Log `model`'s per-parameter gradient norms ("gradients"), weight norms
+        ("parameters") or both ("all") at every `log_freq`-th optimizer step, at the step
+        Lightning gives that step's other metrics, until `finalize` (`Run.watch`;
+        `WandbLogger.watch`'s signature). Read after the backward pass, any
+        `gradient_clip_val` clipping and AMP unscaling: what the optimizer applies."""
+        run = self._ensure_run()
+        if run is not None:
+            run.watch(model, log, log_freq, step=lambda: _global_step(model), first_step=0)
 
     @rank_zero_only
     def log_hyperparams(

@@ -20,7 +20,10 @@ What lands on the server:
   the same step) is sent once;
 - params: `TrainingArguments.to_sanitized_dict()` at the top level, the model config
   under `config/`, hyperparameter-search trial params under `trial/`;
-- tags: `framework`, `transformers_version`, `model_class` (and `trial_name` in a search).
+- tags: `framework`, `transformers_version`, `model_class` (and `trial_name` in a search);
+- with `watch=` (or `AIDP_METRICS_WATCH`, as W&B's `WANDB_WATCH`): `grad_norm/<parameter>`,
+  `grad_norm/total` and/or `weight_norm/<parameter>` every `watch_log_freq` updates
+  (default `logging_steps`), at the same `state.global_step` (notes/watch.md).
 
 Run lifecycle:
 
@@ -66,7 +69,8 @@ import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from aidp_metrics._env import RUN_ID_VARIABLES, first_env
+from aidp_metrics._bridges.watch import check_watch_options
+from aidp_metrics._env import AIDP_METRICS_WATCH, RUN_ID_VARIABLES, first_env
 from aidp_metrics._notice import notice
 from aidp_metrics._run.params import flatten_params
 from aidp_metrics.integrations._base import RunHandle, RunSpec
@@ -108,6 +112,9 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run: a `Run` you started, to log into instead of opening one; the callback never
             ends it (`on_train_end` flushes it). Not with `experiment_name`, `run_name`,
             `run_id`, `endpoint`, `client` or run options: the run has its own.
+        watch: "gradients", "parameters" or "all": log the model's per-parameter norms
+            (`Run.watch`); default `AIDP_METRICS_WATCH`, else none.
+        watch_log_freq: every how many optimizer updates (default: `logging_steps`).
         **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
     """
 
@@ -123,8 +130,13 @@ class AIDPCallback(TrainerCallback, ExportableState):
         client: TrackingClient | None = None,
         strict: bool = False,
         run: Run | None = None,
+        watch: str | None = None,
+        watch_log_freq: int | None = None,
         **run_options: Any,
     ) -> None:
+        error = check_watch_options(watch or "all", watch_log_freq or 1)
+        if error is not None:
+            raise ValueError(f"{type(self).__name__}: watch: {error}")
         self._handle = RunHandle(
             type(self).__name__,
             kind="callback",
@@ -140,6 +152,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.log_params = log_params
         self.strict = strict
+        self.watch = watch
+        self.watch_log_freq = watch_log_freq
         self._explicit_run_id = run_id
         # Set by the Trainer when it restores callback state from a checkpoint
         # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
@@ -194,6 +208,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 "tags": dict(self.tags),
                 "log_params": self.log_params,
                 "strict": self.strict,
+                "watch": self.watch,
+                "watch_log_freq": self.watch_log_freq,
                 "endpoint": endpoint_state(endpoint),
                 **options_state(handle.options),
             },
@@ -229,6 +245,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         self._in_train = True
         self._reopened = False
         handle.set_exit_status("FAILED")
+        self._watch(run, state, model)
 
     def on_log(
         self,
@@ -278,9 +295,21 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero:
             return
         self._in_train = False
+        run = self._handle.run
+        if run is not None:
+            run.unwatch(kwargs.get("model"))  # a run of the user's stays open
         self._handle.end("FINISHED")
 
     # -- internals -----------------------------------------------------------------------
+
+    def _watch(self, run: Run, state: TrainerState, model: Any) -> None:
+        """Watch `model` when asked; its points land on the update's `global_step` (the
+        hook runs before the Trainer counts the update)."""
+        log = self.watch or _watch_from_env()
+        if log is None or model is None:
+            return
+        freq = self.watch_log_freq or int(state.logging_steps or 0) or 100
+        run.watch(model, log, freq, step=lambda: int(state.global_step) + 1)
 
     def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> Run | None:
         """Start or attach the run for this train() call (or trial) and log params/tags."""
@@ -406,6 +435,19 @@ def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> Mapping[str, Any
     if not shared or any(not _equal(entry[key], logs[key]) for key in shared):
         return logs
     return {**{k: v for k, v in entry.items() if k != "step"}, **logs}
+
+
+def _watch_from_env() -> str | None:
+    value = first_env((AIDP_METRICS_WATCH,))
+    if value is None or value.lower() in ("false", "0", "no", "off", "none"):
+        return None
+    if check_watch_options(value.lower(), 1) is not None:
+        notice(
+            f"aidp-metrics: {AIDP_METRICS_WATCH}={value!r} is not gradients, parameters, all "
+            "or false: not watching the model"
+        )
+        return None
+    return value.lower()
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from types import TracebackType
 from typing import Any
 
 from aidp_metrics._bridges import system_metrics
+from aidp_metrics._bridges.watch import Watches
 from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import LOCAL_ID_TAG
@@ -45,6 +47,7 @@ from .pipeline import RunPipeline, summary
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
+_PLAIN = frozenset((float, int))  # value types converted in bulk (not bool: a subclass)
 _logger = logging.getLogger("aidp_metrics")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
@@ -75,6 +78,7 @@ class Run(RunConstructors):
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = setup.spec
         self._before_end: list[Callable[[], None]] = []  # what _end() calls first, once
+        self._watches = Watches()
         self._start(setup.run_id, setup.opening, setup.floors)
         self._announce()
 
@@ -216,6 +220,23 @@ class Run(RunConstructors):
             self._queue.reject(len(metrics))
             self._notices.once(f"step/timestamp of {keys}", f"aidp-metrics: not logged: {exc}")
             return
+        records = _plain_records(metrics, self._keys, stamp, at)
+        problems: list[tuple[str, str]] = []
+        if records is None:
+            records, problems = self._checked_records(metrics, stamp, at)
+        if problems and self.options.strict:
+            raise InvalidMetric("; ".join(reason for _, reason in problems))
+        self.last_step = at
+        wake = self._queue.append(records, len(problems))
+        if wake:
+            self._act(wake)
+        for key, reason in problems:
+            self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
+
+    def _checked_records(
+        self, metrics: Mapping[str, object], stamp: int, at: int
+    ) -> tuple[list[MetricRecord], list[tuple[str, str]]]:
+        """Every point checked one by one: a new key, or a value other than float/int."""
         records: list[MetricRecord] = []
         known = self._keys
         problems: list[tuple[str, str]] = []
@@ -239,14 +260,7 @@ class Run(RunConstructors):
                     problems.append((key, str(exc)))
                     continue
             records.append((key, number, stamp, at))
-        if problems and self.options.strict:
-            raise InvalidMetric("; ".join(reason for _, reason in problems))
-        self.last_step = at
-        wake = self._queue.append(records, len(problems))
-        if wake:
-            self._act(wake)
-        for key, reason in problems:
-            self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
+        return records, problems
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
         """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
@@ -292,6 +306,27 @@ class Run(RunConstructors):
         stop = follow(self, logdir, interval=interval)
         if stop is not None:
             self._before_end.append(stop)
+
+    def watch(
+        self,
+        model: object,
+        log: str = "gradients",
+        log_freq: int = 100,
+        *,
+        step: Callable[[], int] | None = None,
+        first_step: int = 1,
+    ) -> None:
+        """Log `grad_norm/<parameter>` and `grad_norm/total` ("gradients"), and/or
+        `weight_norm/<parameter>` ("parameters", "all") of a torch `model` at every
+        `log_freq`-th optimizer update, until `unwatch` or `end()` (notes/watch.md).
+
+        Without `step`, update n (1, 2, ...) lands on step n; an integration passes its
+        framework's step for the current update, `first_step` being the first update's."""
+        self._watches.add(self, model, log, log_freq, step, first_step)
+
+    def unwatch(self, model: object = None) -> None:
+        """Stop watching `model` (every watched model when None): its hook is removed."""
+        self._watches.remove(model)
 
     # -- delivery control -----------------------------------------------------------------
 
@@ -351,6 +386,7 @@ class Run(RunConstructors):
         while self._before_end:  # e.g. a TensorBoard follower logs what is left
             self._before_end.pop()()
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
+        self._watches.remove()
         with self._end_lock:
             payload = (
                 None
@@ -406,6 +442,27 @@ class Run(RunConstructors):
         self.local_id = self._descriptor.local_id
         opening = None if run_id is not None or self._spec is None else ("create", self._spec)
         self._start(run_id, opening, None)
+
+
+def _plain_records(
+    metrics: Mapping[str, object], known: dict[str, str], stamp: int, at: int
+) -> list[MetricRecord] | None:
+    """The records of a call whose keys were all seen valid before and whose values are
+    all plain floats or ints, built without a Python-level loop (a few hundred points per
+    call: `watch`); None when any point needs checking one by one."""
+    keys = metrics.keys()
+    if not keys <= known.keys():
+        return None
+    values: Iterable[object] = metrics.values()
+    types = set(map(type, values))
+    if not types <= _PLAIN:  # bool, str, numpy, tensors: checked one by one
+        return None
+    if int in types:
+        try:
+            values = list(map(float, values))  # type: ignore[arg-type]
+        except OverflowError:  # an int too large for a double: said by the check
+            return None
+    return list(zip(keys, values, repeat(stamp), repeat(at)))  # type: ignore[arg-type]
 
 
 def _check_step(step: object) -> int:

@@ -379,3 +379,47 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     assert run.status_on_exit == "FINISHED"  # the user's, never changed by the tracker
     run.end()
     assert get_run(tracking, run.run_id)["info"]["status"] == "FINISHED"
+
+
+@pytest.mark.usefixtures("fresh_state")
+def test_watch_through_the_tracker_run_with_accumulation(
+    tracking: str, fresh_experiment: str
+) -> None:
+    """`accelerator.get_tracker("aidp", unwrap=True).watch(model)`: the k-th update of the
+    prepared optimizer (accumulation folded in) lands on step k, as in a plain loop."""
+    tracker = AIDPTracker()
+    accelerator = Accelerator(cpu=True, log_with=tracker, gradient_accumulation_steps=2)
+    accelerator.init_trackers(fresh_experiment)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.get_tracker("aidp", unwrap=True).watch(model, log="gradients", log_freq=2)
+    applied: dict[int, float] = {}
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(12):  # 6 updates
+        with accelerator.accumulate(model):
+            loss = model(torch.randn(8, 4, generator=generator)).pow(2).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grads = [p.grad for p in model.parameters()]
+                applied[len(applied) + 1] = float(
+                    torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                    )
+                )
+            optimizer.step()
+            optimizer.zero_grad()
+    accelerator.end_training()
+    run_id = tracker.run_id
+    assert run_id is not None
+    assert metric_keys(tracking, run_id) == {
+        "grad_norm/0.weight",
+        "grad_norm/0.bias",
+        "grad_norm/1.weight",
+        "grad_norm/1.bias",
+        "grad_norm/total",
+    }
+    assert points(tracking, run_id, "grad_norm/total") == [
+        (k, pytest.approx(applied[k], rel=1e-6)) for k in (2, 4, 6)
+    ]

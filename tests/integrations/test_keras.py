@@ -509,3 +509,31 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     assert run.status_on_exit == "FINISHED"  # the user's, never changed by the callback
     run.end()
     assert get_run(url, run.run_id)["info"]["status"] == "FINISHED"
+
+
+def test_watch_parameters_logs_every_weight_norm_with_the_training_points(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    model = make_model()
+    callback = aidp_callback(fresh_experiment, log_every_n_steps=4, watch="parameters")
+    x, y = make_data()
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, validation_split=0.2, callbacks=[callback], verbose=0
+    )
+    run_id = callback.run_id
+    logged = {m["key"] for m in get_run(mlflow_server.url, run_id)["data"]["metrics"]}
+    paths = [w.path for w in model.weights]
+    assert {k for k in logged if k.startswith("weight_norm/")} == {
+        f"weight_norm/{p}" for p in paths
+    }
+    steps = [s for s, _ in history(mlflow_server.url, run_id, "loss")]
+    for weight in model.weights:
+        points = history(mlflow_server.url, run_id, f"weight_norm/{weight.path}")
+        assert [s for s, _ in points] == steps == [4, 8, 12, 16]
+        final = float(np.linalg.norm(keras.ops.convert_to_numpy(weight)))
+        assert points[-1][1] == pytest.approx(final, rel=1e-5)  # the last: after training
+
+
+def test_watch_gradients_is_a_value_error_that_says_why() -> None:
+    with pytest.raises(ValueError, match="no gradients"):
+        aidp_callback("x", watch="gradients")

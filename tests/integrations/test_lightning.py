@@ -684,3 +684,84 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     run.end()
     assert _status(url, run.run_id) == "FINISHED"
     assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [run.run_id]
+
+
+# -- watch: per-parameter norms ------------------------------------------------------------
+
+
+class NormRecordingModule(TinyModule):
+    """Two layers; records Lightning's own `grad_norm` in `on_before_optimizer_step`."""
+
+    def __init__(self, batch_size: int = 8) -> None:
+        super().__init__(batch_size=batch_size)
+        self.hidden = nn.Linear(4, 4)
+        self.lightnings: dict[int, dict[str, float]] = {}
+
+    def forward(self, x: Any) -> Any:
+        return self.layer(torch.relu(self.hidden(x)))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        from lightning.pytorch.utilities import grad_norm
+
+        norms = grad_norm(self, norm_type=2)
+        self.lightnings[self.trainer.global_step] = {k: float(v) for k, v in norms.items()}
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "precision"), [(1, "32-true"), (2, "bf16-mixed")], ids=["fp32", "accum-bf16"]
+)
+def test_watch_equals_lightnings_grad_norm_at_the_selected_steps(
+    tmp_path: Path,
+    endpoint: Endpoint,
+    url: str,
+    fresh_experiment: str,
+    accumulate: int,
+    precision: str,
+) -> None:
+    from torch.optim import optimizer as optimizer_module
+
+    hooks = len(optimizer_module._global_optimizer_pre_hooks)
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    model = NormRecordingModule(batch_size=4)
+    logger.watch(model, log="all", log_freq=3)
+    trainer = _trainer(
+        tmp_path,
+        logger=logger,
+        accumulate_grad_batches=accumulate,
+        precision=precision,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    assert len(optimizer_module._global_optimizer_pre_hooks) == hooks  # gone at finalize
+
+    server = _server_points(url, logger.version)
+    names = [name for name, _ in model.named_parameters()]
+    # the k-th optimizer step for k = 3, 6, ...; at the step Lightning logs its metrics at
+    selected = [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]
+    assert selected
+    for name in names:
+        assert [s for s, _ in server[f"weight_norm/{name}"]] == selected
+        points = server[f"grad_norm/{name}"]
+        assert [s for s, _ in points] == selected
+        for step, value in points:
+            assert value == pytest.approx(model.lightnings[step][f"grad_2.0_norm/{name}"], 1e-6)
+    for step, value in server["grad_norm/total"]:
+        assert value == pytest.approx(model.lightnings[step]["grad_2.0_norm_total"], rel=1e-6)
+    # per-parameter keys line up with the train loss of the same step
+    assert set(selected) <= {s for s, _ in server["train_loss_step"]}
+    pickle.loads(pickle.dumps(model))
+
+
+def test_watch_reads_gradients_after_lightnings_clipping(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    model = NormRecordingModule()
+    logger.watch(model, log_freq=1)
+    trainer = _trainer(tmp_path, logger=logger, gradient_clip_val=1e-3, limit_val_batches=0)
+    trainer.fit(model)
+    server = _server_points(url, logger.version)
+    assert len(server["grad_norm/total"]) == trainer.global_step
+    for step, value in server["grad_norm/total"]:
+        assert model.lightnings[step]["grad_2.0_norm_total"] > 1e-2  # before clipping
+        assert value == pytest.approx(1e-3, rel=1e-3)  # what the optimizer applied
