@@ -41,12 +41,22 @@ from aidp_metrics.integrations._convert import MetricConverter
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, MetricsClient, Run
 
-__all__ = ["INTEGRATION_TAG", "RUN_OPTIONS", "RunHandle", "RunSpec", "open_run", "parameter_names"]
+__all__ = [
+    "INTEGRATION_TAG",
+    "NOTE_TAG",
+    "PARENT_RUN_TAG",
+    "RUN_OPTIONS",
+    "RunHandle",
+    "RunSpec",
+    "open_run",
+    "parameter_names",
+]
 
 RUN_OPTIONS = DeliveryOptions.names() | {"client"}  # a MetricsClient to send with
 # The one tag naming the integration that logged a run: "<framework> <framework version>".
 INTEGRATION_TAG = "aidp_metrics.integration"
 NOTE_TAG = "mlflow.note.content"  # MLflow's run description
+PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
 def parameter_names(function: Callable[..., Any]) -> frozenset[str]:
@@ -69,6 +79,9 @@ class RunSpec:
     run_name: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     environment_run_id: bool = True  # False: never attach to AIDP_RUN_ID (a search trial)
+    # With a user's run (`run=`): a run of its own under it (`mlflow.parentRunId`), as
+    # MLflow's `start_run(nested=True)` inside an active run. Without one: no effect.
+    nested: bool = False
 
 
 SpecSource = RunSpec | Callable[[], RunSpec]
@@ -226,6 +239,10 @@ class RunHandle:
             wanted = dataclasses.replace(
                 wanted, tags={INTEGRATION_TAG: self._integration, **wanted.tags}
             )
+        if wanted.nested and self._user_run is not None and not separate:
+            separate = True
+            tags = {**wanted.tags, PARENT_RUN_TAG: self._user_run.run_id}
+            wanted = dataclasses.replace(wanted, tags=tags, environment_run_id=False)
         user_run = None if separate else self._user_run
         if user_run is not None:
             if user_run.inherited:

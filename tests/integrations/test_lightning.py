@@ -256,7 +256,7 @@ def test_finalize_statuses_and_test_after_fit_keeps_the_run(
     assert _server_points(url, run_id)["a"] == [(0, 1.0)]
     assert _status(url, run_id) == "FINISHED"
     logger.log_metrics({"a": 1.5}, step=1)  # the requeued job resumes: RUNNING again
-    assert logger.experiment.flush(10)
+    assert logger.run.flush(10)
     assert _status(url, run_id) == "RUNNING"
     logger.finalize("success")
     logger.finalize("success")  # idempotent
@@ -349,7 +349,7 @@ def test_pickle_round_trip_keeps_name_version_and_run(
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     copy = pickle.loads(pickle.dumps(logger))
-    assert copy.name == logger.name == fresh_experiment
+    assert copy.experiment_name == logger.experiment_name == fresh_experiment
     assert copy._handle.run is None  # clients are not pickled
     assert copy.version == logger.version
 
@@ -377,7 +377,7 @@ def test_constructor_from_environment(
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("AIDP_RUN_ID", raising=False)
     logger = AIDPLogger()
-    assert logger.name == fresh_experiment
+    assert logger.experiment_name == fresh_experiment
     logger.log_metrics({"x": 1}, step=2)
     logger.finalize("success")
     runs = runs_in_experiment(url, fresh_experiment)
