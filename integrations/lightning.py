@@ -266,9 +266,13 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
 
     @property
     def name(self) -> str | None:
-        """The experiment id, as `MLFlowLogger.name` (rank zero creates the run if needed);
-        None on other ranks, or until the server has created the run."""
-        return self.experiment_id
+        """The experiment id, as `MLFlowLogger.name` (rank zero creates the run if needed;
+        Lightning puts checkpoints under `<default_root_dir>/<name>/<version>`); the
+        experiment name while the server has not created the run; None on other ranks."""
+        run = self._ensure_run()
+        if run is None:
+            return None
+        return run.experiment_id or self.experiment_name
 
     @property
     def experiment_id(self) -> str | None:

@@ -10,14 +10,11 @@ test_lightning_suites_in_pytorch_lightning.py.
 
 Deliberate differences from `MLFlowLogger` the ports take into account:
 
-* Arguments are passed by keyword: `MLFlowLogger("test")` is an experiment name, while
-  AIDPLogger's first parameter is `run_id` (its experiment name defaults to the
-  environment, then "lightning_logs").
-* `name` is the experiment *name* (`MLFlowLogger.name` is the experiment id): it needs no
-  network call and is the same on every rank. The id is `logger.experiment_id`.
-* `save_dir` is None without a `file:` tracking URI (MLFlowLogger's is the `./mlruns` file store): AIDPLogger writes
-  nothing locally but its spool. So `trainer.log_dir` is None and checkpoints go to
-  `default_root_dir/<experiment name>/<run id>/checkpoints`.
+* The experiment name defaults to the environment (`AIDP_EXPERIMENT_NAME`,
+  `MLFLOW_EXPERIMENT_NAME`), then "lightning_logs"; `logger.experiment_name` reads it.
+* `save_dir` is None without a `file:` tracking URI (MLFlowLogger's is the `./mlruns` file
+  store): AIDPLogger writes nothing locally but its spool. So `trainer.log_dir` is None and
+  checkpoints go to `default_root_dir/<experiment id>/<run id>/checkpoints`.
 * A metric key the server refuses is logged with each bad character replaced by `_` (one
   warning), where MLFlowLogger deletes them: "[some_metric]" -> "_some_metric_", not
   "some_metric" (`sanitize_key`, the one rule of every integration).
@@ -212,7 +209,7 @@ def test_mlflow_log_dir(tmp_path: Path, env: str, fresh_experiment: str) -> None
     )
     assert trainer.log_dir == logger.save_dir
     trainer.fit(BoringModel())
-    dirpath = tmp_path / fresh_experiment / logger.version / "checkpoints"
+    dirpath = tmp_path / str(logger.experiment_id) / logger.version / "checkpoints"
     assert trainer.checkpoint_callback.dirpath == str(dirpath)
     assert set(os.listdir(dirpath)) == {"epoch=0-step=1.ckpt"}
     assert trainer.log_dir == logger.save_dir
