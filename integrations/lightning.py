@@ -253,7 +253,6 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         self._converter = self._handle.converter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
         self._last_step: int | None = None
         self._sent_tags: dict[str, str] = {}
-        self._client: RunClient | None = None
 
     # -- Lightning's Logger properties -------------------------------------------------------
 
@@ -320,11 +319,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         run = self._ensure_run()
         if run is None:
             return _NoExperiment()
-        if self._client is None or self._client.run is not run:
-            self._client = RunClient(
-                run, synchronous=self._synchronous, warn=self._handle.warn_once
-            )
-        return self._client
+        return RunClient(run, synchronous=self._synchronous, warn=self._handle.warn_once)
 
     experiment = property(
         rank_zero_experiment(_experiment_on_rank_zero),

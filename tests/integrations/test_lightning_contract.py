@@ -195,7 +195,7 @@ def test_logger_initialization(tmp_path: Path, env: str, fresh_experiment: str) 
     )
     trainer.fit(BoringModel())
     assert seen["runs_at_setup"] == [logger.version]
-    assert seen["experiment"].run_id == logger.version
+    assert seen["experiment"].run.run_id == logger.version
     assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
 
 

@@ -253,7 +253,7 @@ def test_mlflow_logger_dirs_creation(
     # the epoch-end point is at the epoch's last optimizer step
     assert _history(env, run_id, "epoch") == [(limit_batches - 1, 0.0)]
     assert set(_params(env, run_id)) == set(model.hparams.keys())
-    dirpath = tmp_path / fresh_experiment / run_id / "checkpoints"
+    dirpath = tmp_path / str(logger.experiment_id) / run_id / "checkpoints"
     assert trainer.checkpoint_callback.dirpath == str(dirpath)
     assert os.listdir(dirpath) == [f"epoch=0-step={limit_batches}.ckpt"]
     assert os.listdir(workdir) == []
