@@ -71,12 +71,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import transformers
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, ExportableState
-from transformers.utils import flatten_dict
+from transformers.utils.generic import flatten_dict
 
 from aidp_metrics._env import RUN_ID_VARIABLES, first_env
 from aidp_metrics._notice import notice
@@ -402,7 +403,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
             except Exception as exc:
                 _warn_params("the model config", exc)
         try:
-            combined.update(args.to_dict())
+            combined.update(args.to_dict())  # type: ignore[no-untyped-call]
         except Exception as exc:  # a custom TrainingArguments subclass that cannot be read
             _warn_params("TrainingArguments", exc)
         if env_flag(MLFLOW_FLATTEN_PARAMS):
@@ -424,7 +425,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         handler = _calling_handler()
         if handler is None:
             return
-        from transformers.integrations import MLflowCallback
+        from transformers.integrations.integration_utils import MLflowCallback
 
         if any(isinstance(callback, MLflowCallback) for callback in handler.callbacks):
             self._handle.warn_once(
@@ -438,7 +439,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
 def _calling_handler() -> CallbackHandler | None:
     """The `CallbackHandler` calling this event: the Trainer gives callbacks no handle on
     the other callbacks, and its `call_event` is a few frames up."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(4):
         if frame is None:
             return None
