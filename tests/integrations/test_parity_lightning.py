@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,24 @@ def test_other_run_ids_are_not_logged(mlflow_server: Any, fresh_experiment: str)
     logger.experiment.log_metric(logger.run_id, "acc", 0.75, step=2)
     logger.finalize("success")
     assert read_run(mlflow_server.url, logger.run_id).steps == {"acc": [2]}
+
+
+def test_artifact_calls_without_the_artifact_stage_warn_once(
+    mlflow_server: Any, fresh_experiment: str, tmp_path: Path
+) -> None:
+    from aidp_metrics import AIDPMetricsWarning, Run
+
+    if hasattr(Run, "log_artifact"):
+        pytest.skip("Run uploads artifacts: its own tests cover experiment.log_artifact")
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    logger = AIDPLogger(fresh_experiment, tracking_uri=mlflow_server.url)
+    experiment, run_id = logger.experiment, logger.run_id
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        experiment.log_artifact(run_id, str(path))
+        experiment.log_text(run_id, "hello", "notes.txt")
+    said = [w for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+    assert len(said) == 1
+    assert "artifacts are not uploaded" in str(said[0].message)
+    logger.finalize("success")
