@@ -24,9 +24,9 @@ Deliberate differences from `MLFlowLogger` the ports take into account:
 Not ported:
 
 * `test_mlflow_logger_experiment_calls_with_synchronous[False/True]` and
-  `test_mlflow_logger_no_synchronous_support`: `synchronous` is an MLFlowLogger argument
-  passed to the MLflow client's `log_batch`; AIDPLogger always delivers in the background
-  and `finalize` flushes (what every test here relies on before reading back).
+  `test_mlflow_logger_no_synchronous_support`: they count MLflow client calls. AIDPLogger
+  takes `synchronous` (a log call then returns once delivered or spooled: `Run.flush`);
+  test_parity_lightning.py trains with it against MLFlowLogger.
 * The `log_model="all"`/`True`/`False` variants of `test_mlflow_log_model` and the
   `artifact_location` argument of `test_mlflow_logger_experiment_calls`: artifact upload
   and artifact stores are not AIDPLogger features. `test_mlflow_log_model` checks the
