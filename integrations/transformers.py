@@ -82,7 +82,12 @@ from transformers.utils.generic import flatten_dict
 from aidp_metrics._env import RUN_ID_VARIABLES, first_env
 from aidp_metrics._notice import notice
 from aidp_metrics._run.params import flatten_params, param_value
-from aidp_metrics.integrations._base import RunHandle, RunSpec, parameter_names
+from aidp_metrics.integrations._base import (
+    PARENT_RUN_TAG,
+    RunHandle,
+    RunSpec,
+    parameter_names,
+)
 from aidp_metrics.integrations._checkpoint import (
     endpoint_from_state,
     endpoint_state,
@@ -108,7 +113,6 @@ __all__ = ["AIDPCallback"]
 
 TAG_MODEL_CLASS = "model_class"
 TAG_TRIAL_NAME = "trial_name"
-TAG_PARENT_RUN = "mlflow.parentRunId"
 
 
 class AIDPCallback(TrainerCallback, ExportableState):
@@ -331,7 +335,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if state.is_hyper_param_search:
             parent = self._handle.user_run_id or self._explicit_run_id or env_run_id
             if parent:
-                tags[TAG_PARENT_RUN] = parent
+                tags[PARENT_RUN_TAG] = parent
             if state.trial_name:
                 tags[TAG_TRIAL_NAME] = str(state.trial_name)
             return RunSpec(

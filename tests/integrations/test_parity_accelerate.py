@@ -81,3 +81,15 @@ def test_same_loop_same_run(environment: str, fresh_experiment: str, tmp_path: P
     assert ours.tags["mlflow.note.content"] == "a tiny loop"
     assert ours.params["model"] == "{'layers': 2}"
     assert differences(theirs, ours) == EXPECTED
+
+
+def test_nested_run_under_the_users_run(environment: str, fresh_experiment: str) -> None:
+    from aidp_metrics import Run
+
+    with Run.from_env(run_name="parent") as parent:
+        tracker = AIDPTracker(nested_run=True, run=parent)
+        _train(tracker)
+        assert tracker.run_id not in (None, parent.run_id)
+    child = mlflow.MlflowClient(environment).get_run(tracker.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert child.info.status == "FINISHED"  # a run of its own: ended by the tracker
