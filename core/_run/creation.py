@@ -8,9 +8,7 @@ same opener. Only a definite refusal (400, 401, 403, 404) raises.
 
 from __future__ import annotations
 
-import getpass
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -26,6 +24,8 @@ from aidp_metrics._notice import Notices
 from aidp_metrics._queue.journal import RunDescriptor, new_local_id, run_id_for, spool_root
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._version import __version__
+
+from .source import source_tags
 
 RUN_NAME_TAG = "mlflow.runName"
 # Answers that are definite: the run cannot be created or found, whatever we wait.
@@ -189,15 +189,8 @@ def string_tags(tags: Mapping[str, object]) -> dict[str, str]:
 
 
 def default_tags() -> dict[str, str]:
-    tags = {
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
-        "aidp_metrics.version": __version__,
-    }
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # no user name in some containers
-        pass
+    """What MLflow's client records for a new run (`source_tags`), and our version."""
+    tags = {**source_tags(), "aidp_metrics.version": __version__}
     return {k: v for k, v in tags.items() if v}
 
 

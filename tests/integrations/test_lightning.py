@@ -256,7 +256,7 @@ def test_finalize_statuses_and_test_after_fit_keeps_the_run(
     assert _server_points(url, run_id)["a"] == [(0, 1.0)]
     assert _status(url, run_id) == "FINISHED"
     logger.log_metrics({"a": 1.5}, step=1)  # the requeued job resumes: RUNNING again
-    assert logger.experiment.flush(10)
+    assert logger.run.flush(10)
     assert _status(url, run_id) == "RUNNING"
     logger.finalize("success")
     logger.finalize("success")  # idempotent
@@ -349,7 +349,7 @@ def test_pickle_round_trip_keeps_name_version_and_run(
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     copy = pickle.loads(pickle.dumps(logger))
-    assert copy.name == logger.name == fresh_experiment
+    assert copy.experiment_name == logger.experiment_name == fresh_experiment
     assert copy._handle.run is None  # clients are not pickled
     assert copy.version == logger.version
 
@@ -377,7 +377,7 @@ def test_constructor_from_environment(
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("AIDP_RUN_ID", raising=False)
     logger = AIDPLogger()
-    assert logger.name == fresh_experiment
+    assert logger.experiment_name == fresh_experiment
     logger.log_metrics({"x": 1}, step=2)
     logger.finalize("success")
     runs = runs_in_experiment(url, fresh_experiment)
@@ -532,7 +532,7 @@ def test_unreachable_server_without_spool_warns_once_and_training_goes_on(
     # silently, when finalize ends the run.
     assert logger.version is not None
     assert logger.version.startswith("local-")
-    stats = logger.experiment.stats
+    stats = logger.run.stats
     assert stats.logged > 0
     assert (stats.delivered, stats.failed, stats.pending) == (0, stats.logged, 0)
 
@@ -632,7 +632,7 @@ def test_a_refused_run_keeps_its_points_in_the_spool(
     saved = [message for message in ours if "are saved in" in message]
     assert len(saved) <= 1
     assert len(ours) == len(refusals) + len(saved)
-    run = logger.experiment
+    run = logger.run
     assert run.offline
     assert run.stats.logged > 0
     assert run.stats.pending == run.stats.logged  # every point waits in the spool
@@ -655,7 +655,7 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     csv_logger = CSVLogger(str(tmp_path), name="csv")
     trainer = _trainer(tmp_path, logger=[logger, csv_logger], max_epochs=1)
     trainer.fit(TinyModule())
-    assert logger.experiment is run
+    assert logger.run is run
     assert not run.ended
     assert _status(url, run.run_id) == "RUNNING"  # finalize("success") flushed it
     server = _server_points(url, run.run_id)
