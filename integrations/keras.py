@@ -32,7 +32,7 @@ What lands where:
 
 The arguments of `mlflow.keras.MlflowCallback` (`log_every_epoch`, `log_every_n_steps`,
 `model_id`) come first, with its meaning; points stay at the optimizer step, where MLflow's
-callback logs epoch metrics at `step=epoch` (notes/parity.md).
+callback logs epoch metrics at `step=epoch` (docs/frameworks/keras.md).
 
 Lifecycle: the run is created (or, with `AIDP_RUN_ID` / `MLFLOW_RUN_ID`, attached) at the
 first `fit` or `evaluate`, and ended FINISHED when `fit` (or a standalone `evaluate`)

@@ -174,8 +174,9 @@ class _NoExperiment:
 class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     """Send a Lightning Trainer's metrics, hyperparameters and checkpoint paths to a run.
 
-    Takes `MLFlowLogger`'s arguments, in its order and with its meaning (notes/parity.md
-    lists the few differences), so switching is changing the import:
+    Takes `MLFlowLogger`'s arguments, in its order and with its meaning
+    (docs/frameworks/lightning.md lists the few differences), so switching is changing the
+    import:
 
     Args:
         experiment_name: experiment of the new run (default: `AIDP_EXPERIMENT_NAME` /

@@ -318,7 +318,7 @@ class Run(RunConstructors):
     ) -> None:
         """Log `grad_norm/<parameter>` and `grad_norm/total` ("gradients"), and/or
         `weight_norm/<parameter>` ("parameters", "all") of a torch `model` at every
-        `log_freq`-th optimizer update, until `unwatch` or `end()` (notes/watch.md).
+        `log_freq`-th optimizer update, until `unwatch` or `end()` (docs/watch.md).
 
         Without `step`, update n (1, 2, ...) lands on step n; an integration passes its
         framework's step for the current update, `first_step` being the first update's."""

@@ -1,6 +1,7 @@
 """Parity with accelerate's `MLflowTracker`: one training loop, run once with it and once
 with `AIDPTracker` (only the class changes: same arguments, same environment), read back
-from the same server with MLflow's client and compared. notes/parity.md lists what differs."""
+from the same server with MLflow's client and compared. docs/frameworks/accelerate.md lists
+what differs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Parity with `mlflow.keras.MlflowCallback`: one `fit`, run once with it (inside
 `mlflow.start_run`, which it needs) and once with `AIDPCallback` (inside `Run.from_env`, or
 on its own), read back from the same server with MLflow's client and compared: experiment,
-run name, params, tags, metric keys (the steps differ by design: notes/parity.md)."""
+run name, params, tags, metric keys (the steps differ by design: docs/frameworks/keras.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Parity with Lightning's `MLFlowLogger`: one training script, run once with it and once
 with `AIDPLogger` (only the class changes), read back from the same server with MLflow's
-client and compared. Every difference left is listed in notes/parity.md."""
+client and compared. Every difference left is listed in docs/frameworks/lightning.md."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from tests.integrations.parity import (  # noqa: E402
 pytestmark = pytest.mark.lightning
 torch.set_num_threads(1)
 
-# The differences notes/parity.md lists for Lightning, and why (see there).
+# The differences docs/frameworks/lightning.md lists for Lightning, and why (see there).
 EXPECTED = {
     # We log what the value is; MLFlowLogger logs str(): "functools.partial(<class ...>, lr=0.1)".
     changed(

@@ -1,6 +1,7 @@
 """Parity with transformers' `MLflowCallback`: one `Trainer` script, run once with it and
 once with `AIDPCallback` (only the class changes, same environment), read back from the
-same server with MLflow's client and compared. notes/parity.md lists what differs."""
+same server with MLflow's client and compared. docs/frameworks/transformers.md lists what
+differs."""
 
 from __future__ import annotations
 
