@@ -409,16 +409,38 @@ def error_from_response(
     if not message:
         text = response.text.strip().replace("\n", " ")
         message = text[:200] if text else response.reason_phrase or "no message"
-    status = response.status_code
+    return error_from_status(
+        response.status_code,
+        message,
+        code=code,
+        headers=response.headers,
+        method=method,
+        path=path,
+        request_id=request_id,
+    )
+
+
+def error_from_status(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    method: str = "",
+    path: str = "",
+    request_id: str | None = None,
+) -> APIError:
+    """The typed error for an HTTP status (`BadRequest` for 400, ... `ServerError` else)."""
+    headers = headers or {}
     error_type = _STATUS_ERRORS.get(status, ServerError)
     return error_type(
         message,
         status=status,
         code=code,
-        opc_request_id=response.headers.get("opc-request-id") or request_id,
+        opc_request_id=headers.get("opc-request-id") or request_id,
         method=method,
         path=path,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=parse_retry_after(headers.get("retry-after")),
     )
 
 

@@ -1,7 +1,9 @@
-"""The stages behind one `Run` in this process: its queue, its sender, its spool task.
+"""The stages behind one `Run` in this process: its queue, its sender, its spool task, and
+its uploads (created on the first `log_artifact`-like call).
 
     training thread --append--> RunQueue --next_work--> StreamSender (delivery loop)
-                                    \\--unwritten--> SpoolTask (spool writer) --> journal
+                    |               \\--unwritten--> SpoolTask (spool writer) --> journal
+                    \\--log_artifact--> UploadStage --serve--> MLflow artifact repository (uploader)
 
 The queue answers every append with what to do (`Wake`); `act` does it: wake the delivery
 loop or the spool writer, make room in a full queue. `end` settles everything it can within
@@ -11,7 +13,9 @@ of the threads, the connection and the journal.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +29,7 @@ from aidp_metrics._queue.journal import RunDescriptor, spool_root
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import EndStep, QueueState, RunQueue, Wake
 from aidp_metrics._stats import RunStats
+from aidp_metrics._uploads.stage import UploadStage
 
 DOWN_WAIT = 2.0  # how long end() waits on a server known to be down before spooling
 SPOOL_WAIT = 10.0  # how long end() waits for the journal to be on disk
@@ -49,7 +54,10 @@ class RunPipeline:
         self.client = client
         self.options = options
         self.notices = notices
+        self.descriptor = descriptor
         self._owns_client = owns_client
+        self._uploads: UploadStage | None = None
+        self._uploads_lock = threading.Lock()
         self.queue = RunQueue(
             options, local_id=descriptor.local_id, run_id=run_id, offline=client is None
         )
@@ -95,7 +103,23 @@ class RunPipeline:
         return bool(wake & Wake.REOPENED)
 
     def stats(self) -> RunStats:
-        return self.queue.stats()
+        stats = self.queue.stats()
+        stage = self._uploads
+        return stats if stage is None else dataclasses.replace(stats, **stage.counts())
+
+    def uploads(self) -> UploadStage:
+        """The run's upload stage, made on first use (a run without artifacts has none)."""
+        with self._uploads_lock:
+            if self._uploads is None:
+                queue = self.queue
+                self._uploads = UploadStage(
+                    self.client,
+                    self.options,
+                    self.descriptor,
+                    lambda: queue.run_id,
+                    self.notices,
+                )
+            return self._uploads
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -104,6 +128,9 @@ class RunPipeline:
         says so (throttled) when `timeout` passed first."""
         queue = self.queue
         mark = queue.mark()
+        stage = self._uploads
+        uploads = stage.mark() if stage is not None else 0
+        started = time.monotonic()
         if self.client is None:
             queue.commit_soon()
             if self.spool is not None:
@@ -113,6 +140,9 @@ class RunPipeline:
             queue.rush(mark)
             loop.wake()
             done = self.wait(lambda: queue.settled(mark), timeout, loop)
+        if done and stage is not None:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            done = stage.wait(uploads, left)
         if not done:
             self.notices.throttled(
                 "flush-timeout",
@@ -139,8 +169,11 @@ class RunPipeline:
         ended with this status). Returns with the queue closed unless logging reopened it."""
         if not self.queue.begin_end(status, repeat=repeat):
             return False
+        deadline = time.monotonic() + wait
         self.connect()
         self._settle_everything(wait, f"not delivered {why}")
+        if self._uploads is not None:  # the files logged so far, in what time is left
+            self._uploads.finish(max(0.0, deadline - time.monotonic()))
         return True
 
     def _settle_everything(self, wait: float, reason: str) -> None:
@@ -225,6 +258,8 @@ class RunPipeline:
             )
         elif stats.failed or stats.dropped:
             notice(summary(run_id, stats))
+        if self._uploads is not None:
+            self._uploads.report_end(run_id)
         if stats.skipped > skipped_before:
             notice(
                 f"aidp-metrics: {stats.skipped} metric(s) not sent again: run {run_id} "

@@ -37,6 +37,7 @@ from aidp_metrics._queue.journal import new_local_id
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import QueueState
 from aidp_metrics._stats import RunStats
+from aidp_metrics._uploads.stage import UploadStage
 
 from . import lifecycle
 from .creation import RunConstructors, RunSetup, string_tags
@@ -44,6 +45,7 @@ from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+_Path = str | os.PathLike[str]
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
 _logger = logging.getLogger("aidp_metrics")
 
@@ -292,6 +294,50 @@ class Run(RunConstructors):
         stop = follow(self, logdir, interval=interval)
         if stop is not None:
             self._before_end.append(stop)
+
+    # -- artifacts: snapshotted now, uploaded in the background (notes/artifacts.md) ------
+
+    def log_artifact(
+        self, local_path: _Path, artifact_path: str | None = None, *, snapshot: str = "copy"
+    ) -> None:
+        """Upload the file into the run's `artifact_path` directory as it is now.
+        `snapshot="link"`: a hard link instead of a copy, for files never rewritten in place."""
+        stage = self._uploads()
+        if stage is not None:
+            stage.log_file(local_path, artifact_path, snapshot)
+
+    def log_artifacts(
+        self, local_dir: _Path, artifact_path: str | None = None, *, snapshot: str = "copy"
+    ) -> None:
+        """Every file under `local_dir`, at its relative path under `artifact_path`."""
+        stage = self._uploads()
+        if stage is not None:
+            stage.log_dir(local_dir, artifact_path, snapshot)
+
+    def log_figure(self, figure: Any, artifact_file: str, **save_kwargs: Any) -> None:
+        """A matplotlib or plotly figure, saved now as `artifact_file` (e.g. "plots/loss.png")."""
+        stage = self._uploads()
+        if stage is not None:
+            stage.log_figure(figure, artifact_file, save_kwargs)
+
+    def log_dict(self, dictionary: Any, artifact_file: str) -> None:
+        """YAML for a `.yaml`/`.yml` `artifact_file`, else JSON."""
+        stage = self._uploads()
+        if stage is not None:
+            stage.log_dict(dictionary, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        stage = self._uploads()
+        if stage is not None:
+            stage.log_text(text, artifact_file)
+
+    def _uploads(self) -> UploadStage | None:
+        if self._role.inherited:
+            return None
+        wake = self._queue.append([])  # logging into an ended run reopens it, as a metric does
+        if wake:
+            self._act(wake)
+        return self._pipeline.uploads()
 
     # -- delivery control -----------------------------------------------------------------
 
