@@ -145,6 +145,7 @@ def test_through_the_signing_aidp_gateway_every_request_is_signed(
     store = ArtifactStore.for_run(gateway_client, run.run_id)
     listed = {f.path: f.size for f in store.list()}
     assert listed == {path: len(data) for path, data in expected.items()}
+    (tmp_path / "back").mkdir()
     fetched = Path(store.download("model.bin", str(tmp_path / "back")))
     assert fetched.read_bytes() == expected["model.bin"]
     assert aidp_gateway.auth_failures == []
@@ -261,12 +262,14 @@ def test_server_down_then_sync_uploads_what_the_run_left(
     chaos_proxy.clear()
     out = _sync(spool, mlflow_server.url)
     assert "2/2 artifact(s) uploaded" in out
-    (created,) = [r["info"]["run_id"] for r in runs_in_experiment(mlflow_server.url, fresh_experiment)]
+    (created,) = [
+        r["info"]["run_id"] for r in runs_in_experiment(mlflow_server.url, fresh_experiment)
+    ]
     assert artifact_bytes(mlflow_server.url, created, "final/weights.bin") == data
     assert artifact_bytes(mlflow_server.url, created, "notes.txt") == b"done"
     assert [m["value"] for m in get_metric_history(mlflow_server.url, created, "loss")] == [0.25]
     assert not list(spool.rglob("uploads"))
-    assert "nothing to sync" in _sync(spool, mlflow_server.url)
+    assert "artifact" not in _sync(spool, mlflow_server.url)  # a second sync: nothing to upload
 
 
 KILLED_TRAINER = textwrap.dedent(
@@ -330,7 +333,8 @@ def test_sigkill_mid_upload_then_sync_finishes_it(
     assert artifact_bytes(mlflow_server.url, run_id, "checkpoints/epoch-3.ckpt") == data
     assert [m["value"] for m in get_metric_history(mlflow_server.url, run_id, "loss")] == [1.5]
     assert aidp_gateway.auth_failures == []
-    assert "nothing to sync" in _sync(spool, aidp_gateway.tracking_uri, env)
+    assert not list(spool.rglob("uploads"))
+    assert "artifact" not in _sync(spool, aidp_gateway.tracking_uri, env)
 
 
 WITHOUT_MLFLOW = textwrap.dedent(

@@ -31,9 +31,7 @@ def write_figure(figure: Any, path: Path, save_kwargs: dict[str, Any]) -> None:
         else:
             raise TypeError(f"unsupported file extension for a plotly figure: {suffix!r}")
         return
-    raise TypeError(
-        f"log_figure takes a matplotlib or plotly figure, not {type(figure).__name__}"
-    )
+    raise TypeError(f"log_figure takes a matplotlib or plotly figure, not {type(figure).__name__}")
 
 
 def write_dict(dictionary: Any, path: Path) -> None:

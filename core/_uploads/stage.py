@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from aidp_metrics._connection.client import MetricsClient
 from aidp_metrics._connection.retry import RetryPolicy, Verdict, decide
@@ -50,6 +50,17 @@ DOWN_WAIT = 2.0  # end() stops waiting once uploads fail and nothing moved for t
 _POLL = 0.2
 _INTERNAL_ERRORS_BEFORE_GIVING_UP = 3
 _PROBE = RetryPolicy.never()
+
+
+class ArtifactCounts(TypedDict):
+    """The artifact fields of `RunStats`."""
+
+    artifacts: int
+    artifacts_uploaded: int
+    artifacts_failed: int
+    artifact_bytes: int
+    artifact_bytes_uploaded: int
+    artifact_bytes_failed: int
 
 
 class _Counts:
@@ -187,7 +198,9 @@ class UploadStage:
                 self._counts.logged += 1
                 self._counts.failed += 1
             reason = f"{type(exc).__name__}: {exc}"
-            self.notices.once(f"artifact:{what}", f"aidp-metrics: artifact {what} not logged: {reason}")
+            self.notices.once(
+                f"artifact:{what}", f"aidp-metrics: artifact {what} not logged: {reason}"
+            )
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -259,8 +272,7 @@ class UploadStage:
         if failed > 0:
             notice(f"aidp-metrics: {failed} artifact(s) of run {run_id} not uploaded (see above)")
 
-    def counts(self) -> dict[str, int]:
-        """The artifact fields of `RunStats`."""
+    def counts(self) -> ArtifactCounts:
         with self._lock:
             c = self._counts
             return {
@@ -411,7 +423,9 @@ def upload(store: ArtifactStore, ledger: UploadLedger, entry: Entry) -> str | No
 
 def _changed(path: Path, entry: Entry) -> bool:
     stat = path.stat()
-    return stat.st_size != entry.size or (entry.mtime is not None and stat.st_mtime_ns != entry.mtime)
+    return stat.st_size != entry.size or (
+        entry.mtime is not None and stat.st_mtime_ns != entry.mtime
+    )
 
 
 def _taker(source: str, mode: str) -> Callable[[Path], str]:

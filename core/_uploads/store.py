@@ -15,6 +15,8 @@ client. Instead, that one function is wrapped (once, when the first store is bui
 MLflow's own `MlflowHostCreds` with the run's credentials in place of the environment's --
 `auth="aidp"` with the run's own OCI signer (our `aidp` provider hands it to MLflow), the
 `MLFLOW_TRACKING_AUTH` provider, or Basic / Bearer -- and MLflow's answer everywhere else.
+The repository's own thread pool (downloads fan out over it) runs its tasks in the
+submitting thread's context, so they are in the scope too.
 
 Failures become the package's typed errors (`APIError`), so `retry.decide` judges them as
 it judges a metric request. MLflow's client retries a failed request itself first
@@ -23,8 +25,10 @@ it judges a metric request. MLflow's client retries a failed request itself firs
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +45,7 @@ from aidp_metrics._errors import APIError, ConfigurationError, TransportError
 
 EXTRA = "aidp-metrics[artifacts]"
 MISSING = (
-    f'uploading artifacts needs MLflow\'s artifact client: pip install "{EXTRA}" '
-    "(mlflow-skinny)"
+    f'uploading artifacts needs MLflow\'s artifact client: pip install "{EXTRA}" (mlflow-skinny)'
 )
 _wrap_lock = threading.Lock()
 
@@ -76,7 +79,11 @@ class ArtifactStore:
             )
 
             _wrap_host_creds()
-            self._repo = get_artifact_repository(artifact_uri, tracking_uri=endpoint.base_url)
+            self._repo: Any = get_artifact_repository(artifact_uri, tracking_uri=endpoint.base_url)
+        pool = getattr(self._repo, "thread_pool", None)
+        if isinstance(pool, ThreadPoolExecutor):  # downloads fan out: keep the scope there
+            pool.shutdown(wait=False)
+            self._repo.thread_pool = _ScopedPool(pool._max_workers, "aidp-metrics-artifacts")
 
     @classmethod
     def for_run(
@@ -123,6 +130,14 @@ class ArtifactStore:
         return _Translated(mlflow_credentials_in_scope(self.credentials))
 
 
+class _ScopedPool(ThreadPoolExecutor):
+    """MLflow's pool for one repository, running each task in the submitter's context (so
+    in the scoped credentials: a `ContextVar` does not cross into a pool thread by itself)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 class _Translated:
     """Runs a block with (optionally) scoped credentials and turns MLflow's, `requests`' and
     urllib3's errors into `APIError`s (anything else, e.g. a missing snapshot, goes through)."""
@@ -134,7 +149,9 @@ class _Translated:
         if self._inner is not None:
             self._inner.__enter__()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         if self._inner is not None:
             self._inner.__exit__(kind, exc, tb)
         if exc is not None and not isinstance(exc, APIError):
@@ -163,7 +180,8 @@ def translate(exc: BaseException) -> APIError | None:
     if isinstance(exc, MlflowException):
         if "failed with exception" in str(exc):  # http_request's wrapper of a network error
             return TransportError(_short(exc))
-        return error_from_status(exc.get_http_status_code(), _short(exc))
+        status: Any = exc.get_http_status_code  # untyped in MLflow
+        return error_from_status(int(status()), _short(exc))
     return None
 
 
@@ -178,8 +196,7 @@ def _path(response: Any) -> str:
 
 def _wrap_host_creds() -> None:
     """Give MLflow's HTTP artifact repositories the scoped credentials (see the module doc)."""
-    from mlflow.store.artifact import http_artifact_repo
-
+    http_artifact_repo: Any = importlib.import_module("mlflow.store.artifact.http_artifact_repo")
     with _wrap_lock:
         original = http_artifact_repo.get_default_host_creds
         if getattr(original, "aidp_metrics_scoped", False):

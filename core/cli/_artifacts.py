@@ -25,7 +25,9 @@ def register(subparsers: Subparsers) -> None:
     )
     add_run_id_option(parser)
     parser.add_argument("--path", metavar="PATH", help="a folder inside the run's artifacts")
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="default: table")
+    parser.add_argument(
+        "--format", choices=("table", "json"), default="table", help="default: table"
+    )
 
 
 def _artifacts(args: argparse.Namespace) -> int:

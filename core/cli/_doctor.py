@@ -26,8 +26,8 @@ from aidp_metrics._redact import redact
 from aidp_metrics._version import __version__
 
 from . import _doctor_advice as advice
-from ._doctor_artifacts import check_artifacts
 from ._connection import ConnectionOptions, build_auth, resolve_endpoint
+from ._doctor_artifacts import check_artifacts
 from ._doctor_probe import MAX_CLOCK_SKEW, Exchange, recording_auth
 from ._parser import Subparsers, add_command
 from ._terminal import check_marks

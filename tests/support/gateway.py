@@ -122,7 +122,7 @@ class _Body:
             digest.update(self.data)
             self.received = len(self.data)
         else:
-            self._file = tempfile.TemporaryFile()
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
             self.received = 0
             while self.received < length:
                 chunk = source.read(min(_CHUNK, length - self.received))
