@@ -26,6 +26,7 @@ it judges a metric request. MLflow's client retries a failed request itself firs
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib.util
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +51,9 @@ MISSING = (
 _wrap_lock = threading.Lock()
 
 
+@functools.cache
 def mlflow_available() -> bool:
-    """Whether MLflow's client can be imported (without importing it)."""
+    """Whether MLflow's client can be imported (without importing it; asked once)."""
     try:
         return importlib.util.find_spec("mlflow") is not None
     except (ValueError, ImportError):  # sys.modules["mlflow"] is None, or a broken install
