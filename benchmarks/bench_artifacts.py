@@ -19,6 +19,9 @@ Against a local `mlflow server` with proxied artifacts (uploads go through its R
    goal: the median with the upload within noise, i.e. no higher than the slowest run
    without it.
 
+`--dir PATH` puts the file and the spool on another filesystem (the default `snapshot="copy"`
+is a reflink where it can be: Btrfs, XFS with reflink, ...).
+
 Sizes: full is a 1 GB file, 3 uploads per snapshot mode and 5 pairs of runs; `--quick`
 256 MB, 2 and 2; `--smoke` (the test suite's end-to-end check, numbers meaningless) 16 MB,
 1 and 1. `--tracking-uri URL` uploads to a running server (with proxied artifacts) instead of
@@ -42,6 +45,7 @@ import httpx
 
 from aidp_metrics._run.run import Run
 from aidp_metrics._uploads import snapshot
+from aidp_metrics._uploads.stage import uploader
 
 from ._common import (
     MB,
@@ -81,6 +85,24 @@ SIZES = {
     "quick": Sizes(file_mb=256, uploads=2, pairs=2),
     "smoke": Sizes(file_mb=16, uploads=1, pairs=1),
 }
+
+
+def _filesystem(path: str) -> str:
+    """The type of the filesystem holding `path` (Linux: /proc/mounts), or '?'."""
+    best, kind = "", "?"
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                mount = fields[1]
+                if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(
+                    mount
+                ) > len(best):
+                    best, kind = mount, fields[2]
+    except OSError:
+        pass
+    return kind
 
 
 def _make_file(path: Path, megabytes: int) -> None:
@@ -159,11 +181,13 @@ def _one_upload(server: BenchServer, big: Path, mode: str, spool: Path) -> dict[
         endpoint=server.url, experiment_name=EXPERIMENT, spool_dir=str(spool), run_name=mode
     )
     gc.collect()
+    uploader_cpu = uploader.cpu_seconds()
     cpu, started = time.thread_time(), time.perf_counter()
     run.log_artifact(big, snapshot=mode)
     returned = time.perf_counter() - started
     cpu = time.thread_time() - cpu
     upload = _wait_uploaded(run, 1)
+    uploader_cpu = uploader.cpu_seconds() - uploader_cpu
     stats = run.end()
     size = _artifact_size(server, run.run_id, big.name)
     _drop_artifacts(server, run.run_id)
@@ -172,6 +196,7 @@ def _one_upload(server: BenchServer, big: Path, mode: str, spool: Path) -> dict[
         "caller_cpu": cpu,
         "upload": upload,
         "share": returned / upload,
+        "uploader_cpu_per_gb": uploader_cpu / (big.stat().st_size / 1024**3),
         "complete": stats.artifacts_uploaded == 1 and size == big.stat().st_size,
     }
 
@@ -186,7 +211,7 @@ def bench_returns(server: BenchServer, big: Path, sizes: Sizes, spool: Path) -> 
     for mode, runs in measured.items():
         result[mode] = {
             key: Repeated(tuple(r[key] for r in runs))
-            for key in ("returned", "caller_cpu", "upload", "share")
+            for key in ("returned", "caller_cpu", "upload", "share", "uploader_cpu_per_gb")
         }
         result[mode]["complete"] = all(r["complete"] for r in runs)
     return result
@@ -275,9 +300,9 @@ def bench_training(
 # -- the whole ------------------------------------------------------------------------------
 
 
-def run_benchmark(server: BenchServer, size: str) -> dict[str, Any]:
+def run_benchmark(server: BenchServer, size: str, where: str = ".") -> dict[str, Any]:
     sizes = SIZES[size]
-    with tempfile.TemporaryDirectory(prefix="aidp-bench-artifacts-", dir=".") as folder:
+    with tempfile.TemporaryDirectory(prefix="aidp-bench-artifacts-", dir=where) as folder:
         work = Path(folder)
         big = work / f"checkpoint-{sizes.file_mb}MB.ckpt"
         log(f"writing a {sizes.file_mb} MB file")
@@ -320,6 +345,15 @@ def build_rows(result: dict[str, Any]) -> list[Row]:
                 share.median < GOAL_SHARE,
             )
         )
+    link_cpu: Repeated = result["returns"]["link"]["uploader_cpu_per_gb"]
+    rows.append(
+        Row(
+            "   uploader thread CPU per GB uploaded",
+            f"{link_cpu.median:.2f} s [{link_cpu.best:.2f}-{link_cpu.worst:.2f}]",
+            "-",
+            "-",
+        )
+    )
     training = result["training"]
     cpu_off: Repeated = training["cpu_per_step_without"]
     cpu_on: Repeated = training["cpu_per_step_with"]
@@ -358,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     add_common_options(
         parser, quick="a 256 MB file, 2 uploads, 2 pairs", smoke="a 16 MB file, once (a test)"
     )
+    parser.add_argument(
+        "--dir",
+        default=".",
+        metavar="PATH",
+        help="where the test file and the spool go (default: here); its filesystem decides "
+        "whether snapshot='copy' is a reflink",
+    )
     args = parser.parse_args(argv)
     size = size_name(args)
     info = machine_info()
@@ -366,11 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         info,
         [
             server_line(args.tracking_uri) + ", proxied artifacts",
+            f"files    in {os.path.abspath(args.dir)} ({_filesystem(args.dir)})",
             "note     numbers from one run on a possibly shared machine are noisy",
         ],
     )
     with tracking_server(args.tracking_uri) as server:
-        result = run_benchmark(server, size)
+        result = run_benchmark(server, size, args.dir)
     print_grid(
         ("file", "mode", "made as", "time", "throughput"),
         [

@@ -75,5 +75,5 @@ def test_bench_artifacts_smoke_reports_every_figure(
     assert all(mode["complete"] for mode in returns.values())
     assert data["result"]["training"]["complete"] is True
     assert {s["how"] for s in data["result"]["snapshots"]} >= {"link"}
-    assert len(data["rows"]) == 5
+    assert len(data["rows"]) == 6
     assert "results" in result.stdout

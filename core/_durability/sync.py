@@ -16,6 +16,7 @@ an earlier attempt created instead of creating another.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -113,17 +114,27 @@ def _with_uploads(
     results: list[RunSyncResult], uploads: list[UploadSyncResult]
 ) -> list[RunSyncResult]:
     """Each run's artifacts on its metric journal's result (or a result of their own)."""
-    by_id = {result.local_id: result for result in results}
+    index = {result.local_id: n for n, result in enumerate(results)}
     for done in uploads:
-        result = by_id.get(done.local_id)
-        if result is None:
-            result = RunSyncResult(done.local_id, done.run_id, done.experiment, points=0)
-            results.append(result)
-        result.run_id = result.run_id or done.run_id
-        result.artifacts, result.artifacts_sent = done.files, done.sent
-        result.skipped.extend(done.skipped)
-        if done.error is not None:
-            result.error = f"{result.error}; {done.error}" if result.error else done.error
+        n = index.get(done.local_id)
+        base = (
+            results[n]
+            if n is not None
+            else RunSyncResult(done.local_id, done.run_id, done.experiment, points=0)
+        )
+        errors = [error for error in (base.error, done.error) if error]
+        merged = dataclasses.replace(
+            base,
+            run_id=base.run_id or done.run_id,
+            artifacts=done.files,
+            artifacts_sent=done.sent,
+            skipped=[*base.skipped, *done.skipped],
+            error="; ".join(errors) or None,
+        )
+        if n is None:
+            results.append(merged)
+        else:
+            results[n] = merged
     return results
 
 

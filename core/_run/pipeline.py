@@ -173,7 +173,9 @@ class RunPipeline:
         self.connect()
         self._settle_everything(wait, f"not delivered {why}")
         if self._uploads is not None:  # the files logged so far, in what time is left
-            self._uploads.finish(max(0.0, deadline - time.monotonic()))
+            sender = self.sender
+            down = lambda: sender is not None and (sender.server_down or bool(sender.stuck))  # noqa: E731
+            self._uploads.finish(max(0.0, deadline - time.monotonic()), down)
         return True
 
     def _settle_everything(self, wait: float, reason: str) -> None:

@@ -37,6 +37,7 @@ from aidp_metrics._queue.journal import new_local_id
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import QueueState
 from aidp_metrics._stats import RunStats
+from aidp_metrics._uploads.snapshot import SnapshotMode
 from aidp_metrics._uploads.stage import UploadStage
 
 from . import lifecycle
@@ -298,7 +299,7 @@ class Run(RunConstructors):
     # -- artifacts: snapshotted now, uploaded in the background (notes/artifacts.md) ------
 
     def log_artifact(
-        self, local_path: _Path, artifact_path: str | None = None, *, snapshot: str = "copy"
+        self, local_path: _Path, artifact_path: str | None = None, *, snapshot: SnapshotMode = "copy"
     ) -> None:
         """Upload the file into the run's `artifact_path` directory as it is now.
         `snapshot="link"`: a hard link instead of a copy, for files never rewritten in place."""
@@ -307,7 +308,7 @@ class Run(RunConstructors):
             stage.log_file(local_path, artifact_path, snapshot)
 
     def log_artifacts(
-        self, local_dir: _Path, artifact_path: str | None = None, *, snapshot: str = "copy"
+        self, local_dir: _Path, artifact_path: str | None = None, *, snapshot: SnapshotMode = "copy"
     ) -> None:
         """Every file under `local_dir`, at its relative path under `artifact_path`."""
         stage = self._uploads()

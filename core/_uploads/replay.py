@@ -42,26 +42,31 @@ def sync_uploads(
     results: list[UploadSyncResult] = []
     for directory in find_upload_journals(root):
         ledger, entries = UploadLedger.open(directory)
-        descriptor = ledger.descriptor
         pending = [entry for entry in entries if entry.state == PENDING]
-        result = UploadSyncResult(
-            descriptor.local_id,
-            descriptor.run_id,
-            descriptor.experiment_name or descriptor.experiment_id,
-            len(pending),
-            skipped=list(ledger.problems),
+        skipped = list(ledger.problems)
+        sent: list[Entry] = []
+        error = None
+        if not dry_run and client is not None:
+            try:
+                if pending:
+                    _replay(ledger, pending, root, client, retry, sent, skipped)
+                ledger.remove()
+            except AIDPError as exc:
+                error = str(exc)
+            finally:
+                ledger.close()
+        descriptor = ledger.descriptor
+        results.append(
+            UploadSyncResult(
+                descriptor.local_id,
+                descriptor.run_id,
+                descriptor.experiment_name or descriptor.experiment_id,
+                len(pending),
+                len(sent),
+                skipped,
+                error,
+            )
         )
-        results.append(result)
-        if dry_run or client is None:
-            continue
-        try:
-            if pending:
-                _replay(ledger, pending, root, client, retry, result)
-            ledger.remove()
-        except AIDPError as exc:
-            result.error = str(exc)
-        finally:
-            ledger.close()
     return results
 
 
@@ -71,8 +76,10 @@ def _replay(
     root: Path,
     client: MetricsClient,
     retry: RetryPolicy,
-    result: UploadSyncResult,
+    sent: list[Entry],
+    skipped: list[str],
 ) -> None:
+    """Upload `pending` in order, noting each settled one in `sent`; raises what stops it."""
     if not mlflow_available():
         raise ConfigurationError(MISSING)
     descriptor = ledger.descriptor
@@ -83,7 +90,6 @@ def _replay(
         raise AIDPError(
             f"run {descriptor.local_id} is not on the server (its metric journal creates it)"
         )
-    result.run_id = run_id
     if descriptor.run_id != run_id:
         ledger.save_run_id(run_id)
     store = ArtifactStore.for_run(client, run_id)
@@ -91,8 +97,8 @@ def _replay(
         state, reason = _upload(store, ledger, entry, retry)
         ledger.settle(entry.id, state, reason)
         if reason is not None:
-            result.skipped.append(f"artifact {entry.artifact_path} {reason}")
-        result.sent += 1
+            skipped.append(f"artifact {entry.artifact_path} {reason}")
+        sent.append(entry)
 
 
 def _upload(

@@ -90,7 +90,7 @@ class UploadStage:
         self.options = options
         self.root = spool_root(options.spool_dir)
         self.notices = notices
-        self._descriptor = dataclasses.replace(descriptor)
+        self._descriptor = descriptor
         self._run_id = run_id
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -98,6 +98,7 @@ class UploadStage:
         self._counts = _Counts()
         self._ledger: UploadLedger | None = None
         self._closed = False
+        self._adding = 0  # calls writing into the journal right now: it must stay
         self._store: ArtifactStore | None = None
         self._failures = 0  # failed attempts at the entry in hand
         self._first_failure = 0.0
@@ -119,7 +120,7 @@ class UploadStage:
             directory = _artifact_dir(artifact_path)
             source = os.fspath(local_path)
             if not os.path.isfile(source):
-                raise FileNotFoundError(f"no such file: {source}")
+                raise FileNotFoundError(f"not a file: {source}")
             self._add(directory, os.path.basename(source), _taker(source, mode))
 
     def log_dir(self, local_dir: Any, artifact_path: str | None, mode: str) -> None:
@@ -159,17 +160,23 @@ class UploadStage:
             self._add(directory, name, make)
 
     def _add(self, directory: str | None, name: str, make: Callable[[Path], str]) -> None:
-        ledger = self._open_ledger()
-        number, target = ledger.new_entry(directory, name)
+        ledger = self._open_ledger()  # kept (`_adding`) until the entry is queued
         try:
-            how = make(target)
-            stat = target.stat()
+            number, target = ledger.new_entry(directory, name)
+            try:
+                how = make(target)
+                stat = target.stat()
+            except BaseException:
+                ledger.discard(number)
+                raise
+            entry = Entry(number, directory, name, stat.st_size, how, mtime=stat.st_mtime_ns)
+            ledger.record(entry)
         except BaseException:
-            ledger.discard(number)
+            with self._lock:
+                self._adding -= 1
             raise
-        entry = Entry(number, directory, name, stat.st_size, how, mtime=stat.st_mtime_ns)
-        ledger.record(entry)
         with self._lock:
+            self._adding -= 1
             self._pending.append(entry)
             self._counts.logged += 1
             self._counts.bytes += entry.size
@@ -181,8 +188,10 @@ class UploadStage:
         with self._lock:
             ledger = self._ledger
             if ledger is None:
-                self._descriptor.run_id = self._descriptor.run_id or self._run_id()
-                ledger = self._ledger = UploadLedger.create(self.root, self._descriptor)
+                run_id = self._descriptor.run_id or self._run_id()
+                descriptor = dataclasses.replace(self._descriptor, run_id=run_id)
+                ledger = self._ledger = UploadLedger.create(self.root, descriptor)
+            self._adding += 1
             return ledger
 
     @contextlib.contextmanager
@@ -222,15 +231,16 @@ class UploadStage:
                 self._changed.wait(min(remaining, 1.0))
             return self._counts.settled >= mark
 
-    def finish(self, wait: float) -> None:
+    def finish(self, wait: float, server_down: Callable[[], bool] = lambda: False) -> None:
         """For `end()`: wait up to `wait` seconds for what was logged so far (a progress bar
-        in bytes when stderr is a terminal), stop early when uploads keep failing, then stop
-        serving the run: what is left stays in the spool for `sync` (without a spool, it
-        counts as failed)."""
+        in bytes when stderr is a terminal) -- not at all for a run the server does not
+        have, and no longer once uploads fail (or the metrics found the server down) and
+        nothing moved for `DOWN_WAIT` -- then stop serving the run: what is left stays in
+        the spool for `sync` (without a spool, it counts as failed)."""
         mark = self.mark()
-        if self.can_upload:
+        if self.can_upload and self._run_id() is not None:
             with _progress(self) as bar:
-                self._wait_settled(mark, time.monotonic() + wait, bar)
+                self._wait_settled(mark, time.monotonic() + wait, bar, server_down)
         with self._lock:
             self._closed = True
             self._changed.notify_all()
@@ -242,17 +252,24 @@ class UploadStage:
                     self._count_locked(entry, FAILED)
             self._let_go_locked()
 
-    def _wait_settled(self, mark: int, deadline: float, bar: Callable[[int], None]) -> None:
+    def _wait_settled(
+        self,
+        mark: int,
+        deadline: float,
+        bar: Callable[[int], None],
+        server_down: Callable[[], bool],
+    ) -> None:
         moved_at = time.monotonic()
         done = -1
         while True:
+            failing = self._failures > 0 or server_down()
             with self._changed:
                 now = time.monotonic()
                 if self._counts.settled >= mark or now >= deadline:
                     return
                 if self._counts.bytes_uploaded != done:
                     done, moved_at = self._counts.bytes_uploaded, now
-                elif self._failures and now - moved_at > DOWN_WAIT:
+                elif failing and now - moved_at > DOWN_WAIT:
                     return  # the store keeps failing: the journal keeps the rest
                 self._changed.wait(min(_POLL, deadline - now))
                 done_now = self._counts.bytes_uploaded + self._counts.bytes_failed
@@ -348,14 +365,15 @@ class UploadStage:
         self._changed.notify_all()
 
     def _let_go_locked(self) -> None:
-        """Nothing left to upload, or ended: stop being served; delete a journal whose
-        every entry is settled."""
+        """Nothing left to upload, or ended: stop being served. An ended run's journal is
+        deleted once every entry is settled (and no call is writing into it), else closed
+        with the rest for `sync`."""
         uploader.unregister(self)
         ledger = self._ledger
-        if ledger is None:
+        if ledger is None or not self._closed:
             return
-        if self._pending:
-            ledger.close()  # the rest is for sync
+        if self._pending or self._adding:
+            ledger.close()
         else:
             ledger.remove()
             self._ledger = None

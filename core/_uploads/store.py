@@ -207,11 +207,19 @@ def _wrap_host_creds() -> None:
         def host_creds(store_uri: str) -> Any:
             creds = original(store_uri)
             scoped = scoped_mlflow_credentials()
-            if scoped is not None:
-                creds.auth = scoped.auth
-                creds.username, creds.password = scoped.username, scoped.password
-                creds.token = scoped.token
-            return creds
+            if scoped is None:
+                return creds
+            return type(creds)(  # MLflow's TLS settings, the run's credentials
+                host=creds.host,
+                username=scoped.username,
+                password=scoped.password,
+                token=scoped.token,
+                auth=scoped.auth,
+                aws_sigv4=creds.aws_sigv4,
+                ignore_tls_verification=creds.ignore_tls_verification,
+                client_cert_path=creds.client_cert_path,
+                server_cert_path=creds.server_cert_path,
+            )
 
         host_creds.aidp_metrics_scoped = True  # type: ignore[attr-defined]
         http_artifact_repo.get_default_host_creds = host_creds
