@@ -299,7 +299,11 @@ class Run(RunConstructors):
     # -- artifacts: snapshotted now, uploaded in the background (notes/artifacts.md) ------
 
     def log_artifact(
-        self, local_path: _Path, artifact_path: str | None = None, *, snapshot: SnapshotMode = "copy"
+        self,
+        local_path: _Path,
+        artifact_path: str | None = None,
+        *,
+        snapshot: SnapshotMode = "copy",
     ) -> None:
         """Upload the file into the run's `artifact_path` directory as it is now.
         `snapshot="link"`: a hard link instead of a copy, for files never rewritten in place."""

@@ -45,6 +45,7 @@ from .ledger import FAILED, PENDING, UPLOADED, Entry, UploadLedger
 from .store import MISSING, ArtifactStore, mlflow_available
 
 uploader = ProcessWorker("aidp-metrics-uploads")
+_process_notices = Notices()
 
 DOWN_WAIT = 2.0  # end() stops waiting once uploads fail and nothing moved for this long
 _POLL = 0.2
@@ -107,9 +108,10 @@ class UploadStage:
         self._reported = 0  # failed count end() last reported
         self.can_upload = client is not None and mlflow_available()
         if client is not None and not self.can_upload:
-            notice(
-                f"aidp-metrics: {MISSING}; this run's artifacts are kept in {self.root} "
-                f"for `aidp-metrics sync` (metrics are not affected)"
+            _process_notices.once(  # once per process, however many runs
+                "artifacts-extra",
+                f"aidp-metrics: {MISSING}; artifacts are kept in {self.root} for "
+                "`aidp-metrics sync` (metrics are not affected)",
             )
 
     # -- the caller's side --------------------------------------------------------------

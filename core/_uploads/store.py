@@ -43,12 +43,14 @@ from aidp_metrics._connection.client import MetricsClient, error_from_status
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._connection.retry import RetryPolicy
 from aidp_metrics._errors import APIError, ConfigurationError, TransportError
+from aidp_metrics._notice import Notices
 
 EXTRA = "aidp-metrics[artifacts]"
 MISSING = (
     f'uploading artifacts needs MLflow\'s artifact client: pip install "{EXTRA}" (mlflow-skinny)'
 )
 _wrap_lock = threading.Lock()
+_notices = Notices()
 
 
 @functools.cache
@@ -85,7 +87,8 @@ class ArtifactStore:
         pool = getattr(self._repo, "thread_pool", None)
         if isinstance(pool, ThreadPoolExecutor):  # downloads fan out: keep the scope there
             pool.shutdown(wait=False)
-            self._repo.thread_pool = _ScopedPool(pool._max_workers, "aidp-metrics-artifacts")
+            workers = getattr(self._repo, "max_workers", None)
+            self._repo.thread_pool = _ScopedPool(workers, "aidp-metrics-artifacts")
 
     @classmethod
     def for_run(
@@ -96,7 +99,15 @@ class ArtifactStore:
         uri = info.get("artifact_uri")
         if not uri:
             raise ConfigurationError(f"the server gave run {run_id} no artifact_uri")
-        return cls(str(uri), client.endpoint, mlflow_credentials(client.auth, client.endpoint))
+        credentials = mlflow_credentials(client.auth, client.endpoint)
+        if credentials is None:
+            _notices.once(
+                "own-auth",
+                f"aidp-metrics: artifact uploads cannot use the client's own auth "
+                f"({type(client.auth).__name__}); they go with MLflow's credentials from "
+                "the environment (MLFLOW_TRACKING_AUTH, MLFLOW_TRACKING_TOKEN, ...)",
+            )
+        return cls(str(uri), client.endpoint, credentials)
 
     def describe(self) -> str:
         where = getattr(self._repo, "artifact_uri", self.artifact_uri)
