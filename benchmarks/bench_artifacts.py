@@ -176,7 +176,9 @@ def _wait_uploaded(run: Run, count: int, timeout: float = 1800.0) -> float:
     return time.perf_counter() - started
 
 
-def _one_upload(server: BenchServer, big: Path, mode: str, spool: Path) -> dict[str, Any]:
+def _one_upload(
+    server: BenchServer, big: Path, mode: snapshot.SnapshotMode, spool: Path
+) -> dict[str, Any]:
     run = Run.start(
         endpoint=server.url, experiment_name=EXPERIMENT, spool_dir=str(spool), run_name=mode
     )
@@ -208,12 +210,12 @@ def bench_returns(server: BenchServer, big: Path, sizes: Sizes, spool: Path) -> 
             log(f"upload {rep + 1}/{sizes.uploads}, snapshot={mode}")
             measured[mode].append(_one_upload(server, big, mode, spool))
     result: dict[str, Any] = {}
-    for mode, runs in measured.items():
-        result[mode] = {
+    for name, runs in measured.items():
+        result[name] = {
             key: Repeated(tuple(r[key] for r in runs))
             for key in ("returned", "caller_cpu", "upload", "share", "uploader_cpu_per_gb")
         }
-        result[mode]["complete"] = all(r["complete"] for r in runs)
+        result[name]["complete"] = all(r["complete"] for r in runs)
     return result
 
 

@@ -13,7 +13,7 @@
 Every figure is printed next to its goal; the benchmark never fails on a goal. The
 machine may be shared, so treat single runs as noisy.
 
-Sizes (`FULL`, `QUICK`, `SMOKE` below): full is what the README reports (e.g. 5 x 20 000
+Sizes (`FULL`, `QUICK`, `SMOKE` below): full is what docs/benchmarks.md reports (e.g. 5 x 20 000
 caller calls, 100 000 metrics delivered and queued, 1 504 metrics per `log-metric` rate);
 `--quick` makes every size ~10x smaller; `--smoke` is the test suite's end-to-end check:
 one repetition and the fewest metrics that still run every section and code path once

@@ -33,13 +33,22 @@ from aidp_metrics._stats import RunStats
 from aidp_metrics._version import __version__
 
 if TYPE_CHECKING:
-    from aidp_metrics._connection.client import MetricsClient, RunInfo
+    from aidp_metrics._connection.client import MetricsClient, RunInfo, TrackingClient
+    from aidp_metrics._connection.store_client import StoreClient
     from aidp_metrics._run.run import Run
+    from aidp_metrics.cli._local_server import LocalMLflowServer
+    from aidp_metrics.cli._plot import write_png
 
 _LAZY = {
     "MetricsClient": "._connection.client",
     "RunInfo": "._connection.client",
+    "StoreClient": "._connection.store_client",
+    "TrackingClient": "._connection.client",
     "Run": "._run.run",
+    # For trying the library without an account, and the quickstart's picture; they live
+    # with the commands `local-server` and `plot` that use them.
+    "LocalMLflowServer": ".cli._local_server",
+    "write_png": ".cli._plot",
 }
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "DeliveryOptions",
     "Endpoint",
     "InvalidMetric",
+    "LocalMLflowServer",
     "Metric",
     "MetricsClient",
     "NotFound",
@@ -61,13 +71,16 @@ __all__ = [
     "RunInfo",
     "RunStats",
     "ServerError",
+    "StoreClient",
     "TooManyRequests",
+    "TrackingClient",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",
     "__version__",
     "sanitize_key",
     "validate_key",
+    "write_png",
 ]
 
 

@@ -2,7 +2,7 @@
 
 The names live here and nowhere else: other modules import the constants (a typo is then a
 NameError, not a silently ignored setting). Values are read when they are needed, never at
-import. The README's Configuration table lists exactly `VARIABLES` (a test keeps them equal).
+import. docs/configuration.md lists exactly `VARIABLES` (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ AIDP_METRICS_SYSTEM_METRICS = _variable(
 MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING = _variable(
     "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING",
     "MLflow's switch, when AIDP_METRICS_SYSTEM_METRICS is unset",
+)
+AIDP_METRICS_WATCH = _variable(
+    "AIDP_METRICS_WATCH",
+    "gradients, parameters, all or false: norms a Transformers AIDPCallback logs without watch=",
 )
 
 # -- synonyms, first set wins --------------------------------------------------------------

@@ -62,11 +62,14 @@ class AIDPRequestAuthProvider:
         """A `requests` auth object (`OCIRequestsAuth`); raises `ConfigurationError` with
         what to set when the OCI configuration cannot be loaded."""
         from aidp_metrics._connection.auth import scoped_mlflow_credentials
-        from aidp_metrics._connection.oci_requests_auth import OCIRequestsAuth
+        from aidp_metrics._connection.oci_requests_auth import AIDPHeaders, OCIRequestsAuth
 
         scoped = scoped_mlflow_credentials()
         if scoped is not None and scoped.signer is not None:
             return OCIRequestsAuth(scoped.signer, user_principal=scoped.user_principal)
+        if scoped is not None and scoped.provider is not None:
+            inner = scoped.provider.get_auth()
+            return AIDPHeaders(inner, user_principal=scoped.user_principal)
         config = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
         with self._lock:
             if self._auth is None or config != self._config:

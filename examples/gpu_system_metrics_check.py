@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     import pynvml
     import torch
 
-    from aidp_metrics import MetricsClient, Run
+    from aidp_metrics import LocalMLflowServer, MetricsClient, Run
     from aidp_metrics._bridges import system_metrics
-    from aidp_metrics.cli._local_server import LocalMLflowServer
 
     if not torch.cuda.is_available():
         print("FAIL: torch sees no CUDA device", file=sys.stderr)

@@ -17,6 +17,8 @@ The integrations end their runs (flushing first) when training returns; the scri
 reads each run back through `MetricsClient`, prints a table and draws the loss curves into
 `quickstart-curves.png`, with each run's CPU utilisation in a panel below (system metrics,
 sampled every 0.05 s here). A framework that is not installed is skipped.
+`--frameworks loop` runs a plain loop logging through `Run` instead, which needs nothing but
+aidp-metrics (and `mlflow` for the local server).
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports Keras
 
-from aidp_metrics import ConfigurationError, MetricsClient
-from aidp_metrics.cli._local_server import LocalMLflowServer
+from aidp_metrics import ConfigurationError, LocalMLflowServer, MetricsClient
 
 EXPERIMENT = "aidp-metrics-quickstart"
 FEATURES = 8
@@ -300,12 +301,30 @@ def train_keras(size: Size, workdir: Path) -> tuple[str, str]:
     return _require(callback.run_id, "keras"), "loss"
 
 
+def train_loop(size: Size, workdir: Path) -> tuple[str, str]:
+    """A plain loop logging through `Run`: needs nothing but aidp-metrics (the release check
+    runs it from the built wheel)."""
+    import math
+
+    from aidp_metrics import Run
+
+    with Run.start(experiment_name=EXPERIMENT, run_name="loop") as run:
+        run.log_params({"lr": 1e-2, "batch_size": size.batch_size})
+        steps = size.steps_per_epoch * size.epochs
+        for step in range(1, steps + 1):
+            if step % size.log_every == 0:
+                run.log_metrics({"loss": math.exp(-step / steps)}, step=step)
+    return _require(run.run_id, "loop"), "loss"
+
+
 TRAINERS: dict[str, Callable[[Size, Path], tuple[str, str]]] = {
     "lightning": train_lightning,
     "transformers": train_transformers,
     "accelerate": train_accelerate,
     "keras": train_keras,
+    "loop": train_loop,
 }
+FRAMEWORKS = ("lightning", "transformers", "accelerate", "keras")  # the default selection
 
 
 def _require(run_id: str | None, framework: str) -> str:
@@ -346,7 +365,7 @@ def table(results: list[Result]) -> str:
 
 
 def plot(results: list[Result], path: Path) -> bool:
-    from aidp_metrics.cli._plot import write_png
+    from aidp_metrics import write_png
 
     series = {f"{r.framework} ({r.loss_key})": r.curve for r in results if r.curve}
     # system/ keys go to a panel of their own under the loss
@@ -370,8 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--frameworks",
-        default=",".join(TRAINERS),
-        help=f"comma-separated subset of {','.join(TRAINERS)}",
+        default=",".join(FRAMEWORKS),
+        help=f"comma-separated subset of {','.join(TRAINERS)} (default: the frameworks)",
     )
     return parser.parse_args(argv)
 
@@ -385,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown framework(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    import torch  # every framework below runs on torch here
+    if set(frameworks) & set(FRAMEWORKS):
+        import torch  # every framework below runs on torch here
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="aidp-metrics-quickstart-") as tmp:
         workdir = Path(tmp)

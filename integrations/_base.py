@@ -27,6 +27,8 @@ framework's events into calls on its handle. The handle owns what they share:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,11 +39,34 @@ from aidp_metrics._queue.options import DeliveryOptions, check_option_names
 from aidp_metrics.integrations._convert import MetricConverter
 
 if TYPE_CHECKING:
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
-__all__ = ["RUN_OPTIONS", "RunHandle", "RunSpec", "open_run"]
+__all__ = [
+    "INTEGRATION_TAG",
+    "NOTE_TAG",
+    "PARENT_RUN_TAG",
+    "RUN_OPTIONS",
+    "RunHandle",
+    "RunSpec",
+    "open_run",
+    "parameter_names",
+]
 
-RUN_OPTIONS = DeliveryOptions.names() | {"client"}  # a MetricsClient to send with
+RUN_OPTIONS = DeliveryOptions.names() | {"client"}  # a TrackingClient to send with
+# The one tag naming the integration that logged a run: "<framework> <framework version>".
+INTEGRATION_TAG = "aidp_metrics.integration"
+NOTE_TAG = "mlflow.note.content"  # MLflow's run description
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+def parameter_names(function: Callable[..., Any]) -> frozenset[str]:
+    """The named parameters of an integration's constructor (not self, not **kwargs): with
+    the run options, every name a misspelt one is matched against."""
+    return frozenset(
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    )
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,9 @@ class RunSpec:
     run_name: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     environment_run_id: bool = True  # False: never attach to AIDP_RUN_ID (a search trial)
+    # With a user's run (`run=`): a run of its own under it (`mlflow.parentRunId`), as
+    # MLflow's `start_run(nested=True)` inside an active run. Without one: no effect.
+    nested: bool = False
 
 
 SpecSource = RunSpec | Callable[[], RunSpec]
@@ -73,6 +101,9 @@ class RunHandle:
         given: the integration's other run-opening arguments, by name: with `run=` they
             have nothing to apply to, and one that is set is a `ValueError`.
         is_main: whether this process logs (rank zero); None: every process does.
+        integration: the `INTEGRATION_TAG` value every run it logs into gets.
+        accepted: the integration's own parameter names (`parameter_names`): a misspelt
+            option is matched against them and the run options alike.
     """
 
     def __init__(
@@ -82,14 +113,18 @@ class RunHandle:
         kind: str,
         run: Run | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         options: Mapping[str, Any] | None = None,
         given: Mapping[str, object] | None = None,
         is_main: Callable[[], bool] | None = None,
+        integration: str | None = None,
+        accepted: Iterable[str] = (),
     ) -> None:
         options = dict(options or {})
-        check_option_names(options, RUN_OPTIONS, owner)
+        unknown = set(options) - RUN_OPTIONS
+        if unknown:
+            check_option_names(unknown, RUN_OPTIONS | set(accepted), owner)
         client = options.pop("client", None) or client
         if run is not None:
             _check_user_run(owner, run, {**(given or {}), "endpoint": endpoint, "client": client})
@@ -110,6 +145,7 @@ class RunHandle:
         self._final: str | None = None  # the status `end` last gave an owned run
         self._disabled = False
         self._converters: list[MetricConverter] = []
+        self._integration = integration
         self.notices = Notices()
 
     # -- what the integration reads ------------------------------------------------------
@@ -151,7 +187,7 @@ class RunHandle:
         return self._endpoint
 
     @property
-    def client(self) -> MetricsClient | None:
+    def client(self) -> TrackingClient | None:
         return self._client
 
     @property
@@ -199,6 +235,14 @@ class RunHandle:
         if self._disabled or (self._is_main is not None and not self._is_main()):
             return None
         wanted = spec() if callable(spec) else spec
+        if self._integration is not None:
+            wanted = dataclasses.replace(
+                wanted, tags={INTEGRATION_TAG: self._integration, **wanted.tags}
+            )
+        if wanted.nested and self._user_run is not None and not separate:
+            separate = True
+            tags = {**wanted.tags, PARENT_RUN_TAG: self._user_run.run_id}
+            wanted = dataclasses.replace(wanted, tags=tags, environment_run_id=False)
         user_run = None if separate else self._user_run
         if user_run is not None:
             if user_run.inherited:
@@ -351,7 +395,7 @@ def open_run(
     run_name: str | None = None,
     tags: Mapping[str, object] | None = None,
     endpoint: Endpoint | str | None = None,
-    client: MetricsClient | None = None,
+    client: TrackingClient | None = None,
     strict: bool = False,
     environment_run_id: bool = True,
     **options: Any,

@@ -18,12 +18,20 @@ Older versions only take a tracker instance (a name must be one of Accelerate's 
 
 What lands where:
 
-- **Experiment**: `experiment_name` if given, else the `project_name` of `init_trackers`,
-  else `AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME` (only a tracker used without
-  `init_trackers` gets that far), else "Default". `run_id`, `AIDP_RUN_ID` /
-  `MLFLOW_RUN_ID` attach to an existing run instead.
-- **Params**: the `config` of `init_trackers`, flattened with `/` like every integration's.
-  Tags: `framework`, `accelerate_version`, plus `tags`.
+The constructor is `MLflowTracker`'s (`experiment_name, logging_dir, run_id, tags,
+nested_run, run_name, description`), and as there the environment wins over the arguments:
+`MLFLOW_EXPERIMENT_NAME` (or `AIDP_EXPERIMENT_NAME`), `MLFLOW_RUN_ID` (or `AIDP_RUN_ID`),
+`MLFLOW_TAGS` (a JSON object, replacing `tags`) and `MLFLOW_NESTED_RUN`.
+
+- **Experiment**: the environment's, else `experiment_name` (Accelerate passes
+  `init_trackers`'s `project_name` there for `log_with="aidp"`), else, for an instance, the
+  `project_name` of the `init_trackers` call that starts it, else "Default". A run id
+  attaches to an existing run instead.
+- **Params**: one per top-level key of `init_trackers`'s `config`, its value as text, as
+  `MLflowTracker.store_init_configuration` logs them. Tags: `aidp_metrics.integration`
+  ("accelerate <version>"), `tags` (a dict, or a JSON object as text), and the
+  `description` as `mlflow.note.content`. `nested_run` with `run=`: a run of its own,
+  nested under that run (`mlflow.parentRunId`).
 - **Metrics**: every numeric value of `accelerator.log(values, step=...)` under its key (a
   nested dict `{"loss": {"train": x}}` as `loss/train`), at `step`. With `step=None` the
   point lands on this tracker's own count of `log` calls before it (0, 1, 2, ...; calls
@@ -47,6 +55,7 @@ any error in the tracker, gives one `AIDPMetricsWarning`, unless `strict=True`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from types import FrameType
@@ -56,17 +65,22 @@ import accelerate
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 
-from aidp_metrics._run.params import flatten_params
-from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
+from aidp_metrics._run.params import param_value
+from aidp_metrics.integrations._base import NOTE_TAG, RunHandle, RunSpec, parameter_names
+from aidp_metrics.integrations._mlflow_env import (
+    MLFLOW_NESTED_RUN,
+    env_flag,
+    env_tags,
+    json_tags,
+)
 
 if TYPE_CHECKING:
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
 __all__ = ["AIDPTracker"]
 
 TRACKER_NAME = "aidp"
-TAG_FRAMEWORK = "framework"
-TAG_ACCELERATE_VERSION = "accelerate_version"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 # Runs the method on the main process only when `self.main_process_only` (Accelerate's own).
@@ -79,16 +93,20 @@ _MAX_FRAMES = 8
 class AIDPTracker(GeneralTracker):  # type: ignore[misc]
     """An Accelerate tracker sending `accelerator.log` metrics and the config to a run.
 
-    Args:
-        project_name: the experiment, when `experiment_name` is not given. Accelerate passes
-            `init_trackers`'s `project_name` here for `log_with="aidp"`; for an instance the
-            tracker reads it from the `init_trackers` call that starts it.
-        experiment_name: experiment of a new run (wins over `project_name`).
+    Args (`MLflowTracker`'s, in its order; the environment wins, as there):
+        experiment_name: experiment of a new run (`MLFLOW_EXPERIMENT_NAME` /
+            `AIDP_EXPERIMENT_NAME` win; default: `init_trackers`'s `project_name`).
+        logging_dir: `MLflowTracker`'s artifact location of a new experiment; kept
+            (`logging_dir`), the server chooses where artifacts go.
+        run_id: log into this existing run (`MLFLOW_RUN_ID` / `AIDP_RUN_ID` win).
+        tags: tags of the run, a dict or a JSON object as text (`MLFLOW_TAGS` wins).
+        nested_run: with `run=`, log into a run of its own nested under it
+            (`MLFLOW_NESTED_RUN` wins).
         run_name: name of a new run.
-        run_id: log into this existing run instead of starting one.
-        tags: extra tags set on the run.
+        description: the run's description (`mlflow.note.content`).
         log_params: log `init_trackers`'s `config` as params.
-        endpoint, client: where to send; by default from the environment.
+        endpoint: where to send; by default from the environment.
+        client: a `MetricsClient` to send with; by default one for `endpoint`.
         strict: raise when the run cannot be created or the tracker fails (default: warn
             once and go on; training never dies from logging).
         run: a `Run` you started, to log into instead of opening one; `end_training()`
@@ -103,15 +121,17 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
 
     def __init__(
         self,
-        project_name: str | None = None,
-        *,
         experiment_name: str | None = None,
-        run_name: str | None = None,
+        logging_dir: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
-        tags: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | str | None = None,
+        nested_run: bool = False,
+        run_name: str | None = None,
+        description: str | None = None,
+        *,
         log_params: bool = True,
         endpoint: Endpoint | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         run: Run | None = None,
         **run_options: Any,
@@ -125,15 +145,22 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
             strict=strict,
             options=run_options,
             given={"experiment_name": experiment_name, "run_name": run_name, "run_id": run_id},
+            integration=f"accelerate {accelerate.__version__}",
+            accepted=parameter_names(AIDPTracker.__init__),
         )
         super().__init__()
-        self.project_name = project_name
         self.experiment_name = experiment_name
+        self.logging_dir = logging_dir
         self.run_name = run_name
+        self.description = description
+        if isinstance(tags, str):
+            tags = json_tags(tags, "tags")
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.nested_run = nested_run
         self.log_params = log_params
         self.strict = strict
         self._run_id = run_id
+        self._project_name: str | None = None  # of the init_trackers call that started it
         self._calls = 0  # `log` calls so far: the step of a point logged without one
         self._converter = self._handle.converter()
 
@@ -155,21 +182,21 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
     def start(self) -> None:
         """Create (or attach) the run; `init_trackers` calls this (Accelerate >= 1.8)."""
         try:
-            if self.project_name is None:
-                self.project_name = _project_name_of_init_trackers()
+            if self._project_name is None:
+                self._project_name = _project_name_of_init_trackers()
             self._ensure_run()
         except Exception as exc:
             self._handle.failed("start", exc)
 
     @_on_main_process
     def store_init_configuration(self, values: Mapping[str, Any]) -> None:
-        """`init_trackers`'s `config`, flattened into run params."""
+        """`init_trackers`'s `config`: one param per top-level key, its value as text."""
         try:
-            if self.project_name is None and self._handle.run is None:
-                self.project_name = _project_name_of_init_trackers()
+            if self._project_name is None and self._handle.run is None:
+                self._project_name = _project_name_of_init_trackers()
             run = self._ensure_run()
             if run is not None and self.log_params:
-                run.log_params(flatten_params(values))
+                run.log_params({str(key): param_value(value) for key, value in values.items()})
         except Exception as exc:
             self._handle.failed("store_init_configuration", exc)
 
@@ -216,20 +243,26 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         return self._handle.get(self._run_spec)
 
     def _run_spec(self) -> RunSpec:
-        tags = {
-            TAG_FRAMEWORK: "accelerate",
-            TAG_ACCELERATE_VERSION: accelerate.__version__,
-            **self.tags,
-        }
+        """As `MLflowTracker`: the environment's experiment, run id, tags and nesting win
+        over the arguments."""
+        tags = env_tags()
+        if tags is None:
+            tags = dict(self.tags)
+        if self.description:
+            tags[NOTE_TAG] = self.description
+        nested = env_flag(MLFLOW_NESTED_RUN)
         return RunSpec(
-            run_id=self._run_id,
-            experiment_name=self.experiment_name or self.project_name,
+            run_id=first_env(RUN_ID_VARIABLES) or self._run_id,
+            experiment_name=first_env(EXPERIMENT_VARIABLES)
+            or self.experiment_name
+            or self._project_name,
             run_name=self.run_name,
             tags=tags,
+            nested=self.nested_run if nested is None else nested,
         )
 
     def __repr__(self) -> str:
-        experiment = self.experiment_name or self.project_name
+        experiment = self.experiment_name or self._project_name
         return f"AIDPTracker(experiment={experiment!r}, run_id={self.run_id!r})"
 
 

@@ -19,8 +19,20 @@ What lands where:
   asynchronous callback dispatch and never converts per-batch values for any callback.
 - **`model.evaluate(..., callbacks=[cb])`** outside `fit`: the results as `eval_<name>` at
   the current step. Validation inside `fit` is logged once, as `val_*` at epoch end.
-- **Params** (once per run): optimizer class and config, `epochs` and `steps_per_epoch`
+- **Learning rate**: the optimizer's current learning rate as `learning_rate` at each
+  epoch end (schedules included), unless the epoch's logs already hold it.
+- **`watch="parameters"`**: `weight_norm/<weight path>` (2-norm) of every float weight of
+  the model wherever training points are logged (epoch end; batch points with
+  `log_every_n_steps`), on every backend, moved to the host in one transfer. Gradient
+  norms are not available: Keras hands a callback no gradients (they live inside the
+  compiled train step), so `watch="gradients"` / `"all"` is a `ValueError`.
+- **Params** (once per run): the optimizer's config as `mlflow.keras.MlflowCallback` logs
+  it (`optimizer_name`, `optimizer_learning_rate`, ...), and `epochs` and `steps_per_epoch`
   from `fit`, `steps_per_execution`, trainable parameter count, Keras backend and version.
+
+The arguments of `mlflow.keras.MlflowCallback` (`log_every_epoch`, `log_every_n_steps`,
+`model_id`) come first, with its meaning; points stay at the optimizer step, where MLflow's
+callback logs epoch metrics at `step=epoch` (notes/parity.md).
 
 Lifecycle: the run is created (or, with `AIDP_RUN_ID` / `MLFLOW_RUN_ID`, attached) at the
 first `fit` or `evaluate`, and ended FINISHED when `fit` (or a standalone `evaluate`)
@@ -54,8 +66,9 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from aidp_metrics._metric import sanitize_key
 from aidp_metrics._run.params import flatten_params
-from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics.integrations._base import INTEGRATION_TAG, RunHandle, RunSpec, parameter_names
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, Run
@@ -69,16 +82,22 @@ if int(keras.__version__.split(".", 1)[0]) < 3:  # pragma: no cover - environmen
 __all__ = ["AIDPCallback"]
 
 _BATCH_HOOK = "on_train_batch_end"
-_INTEGRATION_TAG = {"aidp_metrics.integration": "keras"}
+_INTEGRATION_TAG = {INTEGRATION_TAG: f"keras {keras.__version__}"}
+_LEARNING_RATE = "learning_rate"
 
 
 class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Log Keras training and evaluation metrics to an AIDP / MLflow run.
 
     Args:
-        log_every_n_steps: `None` (default) logs at epoch end only and leaves every batch
-            hook at Keras's default. An int N also logs the running batch metrics once per
-            N optimizer steps.
+        log_every_epoch: log the epoch's metrics (and the learning rate) at each epoch end;
+            False needs `log_every_n_steps`, as `mlflow.keras.MlflowCallback`.
+        log_every_n_steps: `None` (default) leaves every batch hook at Keras's default. An
+            int N also logs the running batch metrics once per N optimizer steps (with
+            `log_every_epoch=True` too, where MLflow's callback refuses the pair).
+        model_id: `MlflowCallback`'s MLflow 3 logged-model id; kept (`model_id`), not
+            linked to the metrics here.
+        run_id: log into this existing run instead of starting one.
         experiment_name, run_name, tags, endpoint: used when the run is created
             (`Run.from_env`: `AIDP_RUN_ID` / `MLFLOW_RUN_ID` attach to an existing run;
             experiment from `AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME`; endpoint
@@ -88,6 +107,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run: a `Run` you started, to log into instead of opening one; the callback never
             ends it (the end of `fit` flushes it). Not with `experiment_name`, `run_name`,
             `endpoint` or run options: the run has its own.
+        watch: "parameters": also log every weight's norm with the training points.
         **run_options: forwarded to the run (`transport`, `flush_interval`, ...).
 
     Attributes:
@@ -96,8 +116,11 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def __init__(
         self,
+        log_every_epoch: bool = True,
         log_every_n_steps: int | None = None,
+        model_id: str | None = None,
         *,
+        run_id: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
@@ -105,9 +128,15 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         log_params: bool = True,
         strict: bool = False,
         run: Run | None = None,
+        watch: str | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
+        if watch not in (None, "parameters"):
+            raise ValueError(
+                f"watch must be None or 'parameters', got {watch!r}: a Keras callback is "
+                "handed no gradients (they live inside the compiled train step)"
+            )
         self._handle = RunHandle(
             type(self).__name__,
             kind="callback",
@@ -115,8 +144,10 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             endpoint=endpoint,
             strict=strict,
             options=run_options,
-            given={"experiment_name": experiment_name, "run_name": run_name},
+            given={"experiment_name": experiment_name, "run_name": run_name, "run_id": run_id},
             is_main=self._is_process_zero,
+            integration=_INTEGRATION_TAG[INTEGRATION_TAG],
+            accepted=parameter_names(AIDPCallback.__init__),
         )
         if log_every_n_steps is not None and (
             isinstance(log_every_n_steps, bool)
@@ -126,7 +157,14 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             raise ValueError(
                 f"log_every_n_steps must be None or a positive int, got {log_every_n_steps!r}"
             )
+        if not log_every_epoch and log_every_n_steps is None:
+            raise ValueError("log_every_epoch=False needs log_every_n_steps (an int)")
+        self.log_every_epoch = bool(log_every_epoch)
         self.log_every_n_steps = log_every_n_steps
+        self._watch = watch is not None
+        self._watched_step: int | None = None
+        self.model_id = model_id
+        self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
         self._tags = dict(tags) if tags else None
@@ -218,7 +256,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if step // every <= self._window:
                 return
             self._window = step // every
-            run.log_metrics(self._train_metrics.convert_at(logs or {}, step), step=step)
+            metrics = self._train_metrics.convert_at(logs or {}, step)
+            self._add_weight_norms(metrics, step)
+            run.log_metrics(metrics, step=step)
         except Exception as exc:
             self._handle.failed(_BATCH_HOOK, exc)
 
@@ -229,10 +269,25 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         with self._handle.guard("on_epoch_end"):
             step = self._read_step()
             self._base_step, self._batches_since_read, self._batches_in_epoch = step, 0, 0
+            if not self.log_every_epoch:
+                return
+            logged = dict(logs or {})
+            if _LEARNING_RATE not in logged:
+                learning_rate = _learning_rate(self.model)
+                if learning_rate is not None:
+                    logged[_LEARNING_RATE] = learning_rate
             # The last batch point may already hold these running means at this step.
-            metrics = self._train_metrics.convert_at(logs or {}, step)
+            metrics = self._train_metrics.convert_at(logged, step)
             metrics["epoch"] = float(epoch + 1)
+            self._add_weight_norms(metrics, step)
             run.log_metrics(metrics, step=step)
+
+    def _add_weight_norms(self, metrics: dict[str, float], step: int) -> None:
+        """With `watch`: the weight norms, once per step (a batch point and the epoch end
+        can land on the same step)."""
+        if self._watch and step != self._watched_step:
+            self._watched_step = step
+            metrics.update(_weight_norms(self.model))
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._in_fit = False
@@ -295,8 +350,13 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return run
 
     def _run_spec(self) -> RunSpec:
-        tags = {**_INTEGRATION_TAG, **(self._tags or {})}
-        return RunSpec(experiment_name=self._experiment_name, run_name=self._run_name, tags=tags)
+        tags = dict(self._tags or {})
+        return RunSpec(
+            run_id=self._run_id,
+            experiment_name=self._experiment_name,
+            run_name=self._run_name,
+            tags=tags,
+        )
 
     def _is_process_zero(self) -> bool:
         """Decided once, at the first fit or evaluate (see `_process_index`)."""
@@ -316,7 +376,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         params: dict[str, Any] = {}
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None:
-            params["optimizer"] = {"class": type(optimizer).__name__}
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 # Keras's own numpy-2 DeprecationWarning when it reads the learning rate.
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -324,7 +383,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 if isinstance(config.get("learning_rate"), float):
                     # A float32 variable: 0.01, not 0.009999999776482582.
                     config["learning_rate"] = str(np.float32(config["learning_rate"]))
-                params["optimizer"].update(config)
+                # mlflow.keras.MlflowCallback's keys: optimizer_name, optimizer_learning_rate
+                params.update({f"optimizer_{key}": value for key, value in config.items()})
         fit = dict(self.params or {})
         if "epochs" in fit:
             params["epochs"] = fit["epochs"]
@@ -338,6 +398,29 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         params["keras_backend"] = keras.backend.backend()
         params["keras_version"] = keras.__version__
         return flatten_params(params)
+
+
+def _weight_norms(model: Any) -> dict[str, float]:
+    """`weight_norm/<path>` of every float weight, computed on the backend's device and
+    read back in one transfer."""
+    weights = [w for w in model.weights if "float" in str(w.dtype)]
+    if not weights:
+        return {}
+    ops = keras.ops
+    norms = ops.stack([ops.sqrt(ops.sum(ops.square(ops.cast(w, "float32")))) for w in weights])
+    values = ops.convert_to_numpy(norms).tolist()
+    return {sanitize_key(f"weight_norm/{w.path}"): v for w, v in zip(weights, values, strict=True)}
+
+
+def _learning_rate(model: Any) -> float | None:
+    """The optimizer's current learning rate (a schedule's value at this step), or None."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except Exception:  # an optimizer without one, or a value that is not a number
+        return None
 
 
 def _accumulation_steps(model: Any) -> int:

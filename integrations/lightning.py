@@ -48,14 +48,18 @@ Behaviour in short:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import types
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Literal
 
+from aidp_metrics._env import MLFLOW_TRACKING_URI
 from aidp_metrics._notice import notice
 from aidp_metrics._run.params import flatten_params
-from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics.integrations._base import RunHandle, RunSpec, parameter_names
+from aidp_metrics.integrations._mlflow_client import RunClient
 
 if TYPE_CHECKING:
     from aidp_metrics import Endpoint, Run
@@ -104,6 +108,18 @@ def _lightning_namespaces() -> tuple[list[type], _Decorator]:
 
 _BASES, rank_zero_experiment = _lightning_namespaces()
 
+
+def _lightning_version() -> str:
+    for package in ("lightning", "pytorch-lightning"):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+_LIGHTNING_VERSION = _lightning_version()
+
 # Imported after Lightning, which sets `rank_zero_only.rank` from the environment on import.
 # Both namespaces use this same lightning_utilities function object, so the rank a Trainer of
 # either package sets (`rank_zero_only.rank = global_rank`) is the rank read here.
@@ -113,6 +129,12 @@ from lightning_utilities.core.rank_zero import rank_zero_only  # noqa: E402
 def _global_rank() -> int:
     rank: int = getattr(rank_zero_only, "rank", 0)
     return rank
+
+
+def _global_step(model: Any) -> int:
+    """The Trainer's optimizer steps before the current one: the step Lightning logs the
+    current step's metrics at."""
+    return int(model.trainer.global_step)
 
 
 def _is_rank_zero() -> bool:
@@ -128,6 +150,7 @@ _LoggerBase: Any = types.new_class(
 # job sets it RUNNING again when it logs).
 _FINAL_STATUS = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}
 DEFAULT_EXPERIMENT = "lightning_logs"  # MLFlowLogger's default experiment name
+_FILE_URI_PREFIX = "file:"
 _STATUS_RANK = {"FINISHED": 0, "FAILED": 1}
 _CHECKPOINT_TAGS = {
     "best_model_path": "checkpoint.best_model_path",
@@ -151,54 +174,87 @@ class _NoExperiment:
 class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     """Send a Lightning Trainer's metrics, hyperparameters and checkpoint paths to a run.
 
+    Takes `MLFlowLogger`'s arguments, in its order and with its meaning (notes/parity.md
+    lists the few differences), so switching is changing the import:
+
     Args:
-        run_id: log into this existing run instead of starting one.
-        experiment_name: experiment of the new run (default: environment, else
-            "lightning_logs", as Lightning's `MLFlowLogger`).
-        run_name: name of the new run.
+        experiment_name: experiment of the new run (default: `AIDP_EXPERIMENT_NAME` /
+            `MLFLOW_EXPERIMENT_NAME`, else "lightning_logs", `MLFlowLogger`'s default).
+        run_name: name of the new run (its `mlflow.runName` tag).
+        tracking_uri: where to send (default `MLFLOW_TRACKING_URI`, or the `AIDP_*`
+            variables); passed on unchanged.
         tags: tags of the run.
-        endpoint: an `aidp_metrics.Endpoint`; default `Endpoint.from_env()`.
+        save_dir: `MLFlowLogger`'s local store directory, used by its `file:` default; kept
+            for `save_dir` (the path of a `file:` tracking URI, else None).
+        log_model: `MLFlowLogger`'s checkpoint upload setting (False, True, "all"); kept
+            (`log_model`). Checkpoint paths and the best score are always run tags.
         prefix: put before every metric key, joined with "-" (as Lightning's loggers do).
+        artifact_location: kept (`artifact_location`); the server chooses where a new
+            experiment's artifacts go.
+        run_id: log into this existing run instead of starting one.
+        synchronous: True: each log call returns once its points are delivered (or safely
+            in the spool), as `Run.flush`; False / None: delivery in the background.
+        endpoint: an `aidp_metrics.Endpoint` (instead of `tracking_uri`).
         log_hyperparams: send `save_hyperparameters()` values as run params.
         run: a `Run` you started, to log into instead of opening one; the logger never
             ends it (`finalize` flushes it). Not with `run_id`, `experiment_name`,
-            `run_name`, `endpoint` or run options: the run has its own.
+            `run_name`, `tracking_uri`, `endpoint` or run options: the run has its own.
         **run_options: forwarded to `Run` (`transport`, `flush_interval`, `max_queue`,
             `policy`, `strict`, `atexit_timeout`, ...).
+
+    `experiment` answers the `MlflowClient` calls Lightning code makes on
+    `MLFlowLogger.experiment` (run id first: `log_metric`, `log_param`, `set_tag`,
+    `log_batch`, `log_artifact`, ...); the `aidp_metrics.Run` itself is `run`.
     """
 
     LOGGER_JOIN_CHAR = "-"
 
     def __init__(
         self,
-        run_id: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
+        tracking_uri: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        endpoint: Endpoint | None = None,
+        save_dir: str | None = "./mlruns",
+        log_model: bool | Literal["all"] = False,
         prefix: str = "",
-        log_hyperparams: bool = True,
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+        synchronous: bool | None = None,
         *,
+        endpoint: Endpoint | None = None,
+        log_hyperparams: bool = True,
         run: Run | None = None,
         **run_options: Any,
     ) -> None:
         super().__init__()
+        if log_model not in (True, False, "all"):
+            raise ValueError(f"log_model must be True, False or 'all', got {log_model!r}")
+        if endpoint is not None and tracking_uri:
+            raise ValueError("AIDPLogger: pass tracking_uri= or endpoint=, not both")
         strict = bool(run_options.pop("strict", False))
         self._handle = RunHandle(
             type(self).__name__,
             kind="logger",
             run=run,
-            endpoint=endpoint,
+            endpoint=endpoint if endpoint is not None else tracking_uri or None,
             strict=strict,
             options=run_options,
             given={"run_id": run_id, "experiment_name": experiment_name, "run_name": run_name},
             is_main=_is_rank_zero,
+            integration=f"lightning {_LIGHTNING_VERSION}",
+            accepted=parameter_names(AIDPLogger.__init__),
         )
         self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
+        self._tracking_uri = tracking_uri or os.environ.get(MLFLOW_TRACKING_URI) or None
+        self._save_dir = save_dir
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._prefix = prefix
+        self._log_model = log_model
+        self._artifact_location = artifact_location
+        self._synchronous = bool(synchronous)
         self._log_hyperparams_enabled = log_hyperparams
         self._converter = self._handle.converter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
         self._last_step: int | None = None
@@ -207,11 +263,27 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
     # -- Lightning's Logger properties -------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        """The experiment name (no network call, same on every rank)."""
+    def experiment_name(self) -> str:
+        """The experiment's name (no network call, same on every rank)."""
         from aidp_metrics._env import EXPERIMENT_VARIABLES, first_env
 
         return self._experiment_name or first_env(EXPERIMENT_VARIABLES) or DEFAULT_EXPERIMENT
+
+    @property
+    def name(self) -> str | None:
+        """The experiment id, as `MLFlowLogger.name` (rank zero creates the run if needed;
+        Lightning puts checkpoints under `<default_root_dir>/<name>/<version>`); the
+        experiment name while the server has not created the run; None on other ranks."""
+        run = self._ensure_run()
+        if run is None:
+            return None
+        return run.experiment_id or self.experiment_name
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The experiment id (rank zero creates the run if needed); None elsewhere."""
+        run = self._ensure_run()
+        return None if run is None else run.experiment_id
 
     @property
     def version(self) -> str | None:
@@ -228,17 +300,38 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         return self.version
 
     @property
+    def run(self) -> Run | None:
+        """The `aidp_metrics.Run` logged into, on rank zero (created on first access)."""
+        return self._ensure_run()
+
+    @property
     def save_dir(self) -> str | None:
+        """As `MLFlowLogger.save_dir`: the path of a `file:` tracking URI, else None."""
+        uri = self._tracking_uri
+        if uri is not None and uri.startswith(_FILE_URI_PREFIX):
+            return uri[len(_FILE_URI_PREFIX) :]
         return None
 
-    def _experiment_on_rank_zero(self) -> Run | _NoExperiment:
+    @property
+    def log_model(self) -> bool | Literal["all"]:
+        """`MLFlowLogger`'s checkpoint upload setting, as given."""
+        return self._log_model
+
+    @property
+    def artifact_location(self) -> str | None:
+        return self._artifact_location
+
+    def _experiment_on_rank_zero(self) -> RunClient | _NoExperiment:
         run = self._ensure_run()
-        return run if run is not None else _NoExperiment()
+        if run is None:
+            return _NoExperiment()
+        return RunClient(run, synchronous=self._synchronous, warn=self._handle.warn_once)
 
     experiment = property(
         rank_zero_experiment(_experiment_on_rank_zero),
-        doc="The `aidp_metrics.Run` on rank zero (created on first access); on other ranks "
-        "the Lightning namespace's dummy experiment.",
+        doc="On rank zero, the `MlflowClient` calls Lightning code makes on `MLFlowLogger`'s "
+        "(`RunClient`, created with the run on first access); on other ranks the Lightning "
+        "namespace's dummy experiment.",
     )
 
     # -- logging -----------------------------------------------------------------------------
@@ -256,6 +349,18 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         run = self._ensure_run()
         if run is not None:
             run.log_metrics(converted, step=step)
+            self._delivered(run)
+
+    @rank_zero_only
+    def watch(self, model: Any, log: str = "gradients", log_freq: int = 100) -> None:
+        """Log `model`'s per-parameter gradient norms ("gradients"), weight norms
+        ("parameters") or both ("all") at every `log_freq`-th optimizer step, at the step
+        Lightning gives that step's other metrics, until `finalize` (`Run.watch`;
+        `WandbLogger.watch`'s signature). Read after the backward pass, any
+        `gradient_clip_val` clipping and AMP unscaling: what the optimizer applies."""
+        run = self._ensure_run()
+        if run is not None:
+            run.watch(model, log, log_freq, step=lambda: _global_step(model), first_step=0)
 
     @rank_zero_only
     def log_hyperparams(
@@ -273,6 +378,7 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         run = self._ensure_run()
         if run is not None:
             run.log_params(flat)
+            self._delivered(run)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
@@ -325,13 +431,19 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         """The run (on rank zero), opened on first use; see `RunHandle.get`."""
         return self._handle.get(self._run_spec)
 
+    def _delivered(self, run: Run) -> None:
+        """`synchronous=True`: return once what was just logged is delivered or spooled."""
+        if self._synchronous:
+            run.flush(run.options.end_timeout)
+
     def _run_spec(self) -> RunSpec:
         return RunSpec(
             run_id=self._run_id,
-            experiment_name=self.name,
+            experiment_name=self.experiment_name,
             run_name=self._run_name,
             tags=self._tags,
         )
 
     def __repr__(self) -> str:
-        return f"AIDPLogger(name={self.name!r}, version={self._handle.run_id or self._run_id!r})"
+        version = self._handle.run_id or self._run_id
+        return f"AIDPLogger(experiment_name={self.experiment_name!r}, version={version!r})"

@@ -18,9 +18,22 @@ What lands on the server:
   (optimizer updates), so the run and `trainer.state.log_history` agree point for point;
   a value repeated at the same step (`epoch` in a training log and the evaluation log of
   the same step) is sent once;
-- params: `TrainingArguments.to_sanitized_dict()` at the top level, the model config
-  under `config/`, hyperparameter-search trial params under `trial/`;
-- tags: `framework`, `transformers_version`, `model_class` (and `trial_name` in a search).
+- params as `MLflowCallback` logs them: the model config and `TrainingArguments.to_dict()`
+  merged at the top level (the training arguments win), nested values flattened with "."
+  only with `MLFLOW_FLATTEN_PARAMS`, at most `MLFLOW_MAX_LOG_PARAMS` of them;
+  hyperparameter-search trial params under `trial/`;
+- tags: `aidp_metrics.integration` ("transformers <version>"), `model_class` (and
+  `trial_name` in a search), `MLFLOW_TAGS` (a JSON object), then `tags`.
+- with `watch=` (or `AIDP_METRICS_WATCH`, as W&B's `WANDB_WATCH`): `grad_norm/<parameter>`,
+  `grad_norm/total` and/or `weight_norm/<parameter>` every `watch_log_freq` updates
+  (default `logging_steps`), at the same `state.global_step` (see the watch page).
+
+Every variable `MLflowCallback` reads is read with its meaning: `MLFLOW_TRACKING_URI`,
+`MLFLOW_EXPERIMENT_NAME`, `MLFLOW_RUN_ID`, `MLFLOW_TAGS`, `MLFLOW_NESTED_RUN` (with
+`run=`: a run of its own nested under that run), `MLFLOW_FLATTEN_PARAMS`,
+`MLFLOW_MAX_LOG_PARAMS`, `HF_MLFLOW_LOG_ARTIFACTS` (kept as `log_artifacts`; checkpoints
+are not uploaded by this version). With `MLflowCallback` in the same `Trainer` (say
+`report_to="mlflow"`) every point would be logged twice, into two runs: one warning says so.
 
 Run lifecycle:
 
@@ -59,36 +72,51 @@ Run lifecycle:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import transformers
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import CallbackHandler, ExportableState
+from transformers.utils.generic import flatten_dict
 
-from aidp_metrics._env import RUN_ID_VARIABLES, first_env
+from aidp_metrics._bridges.watch import check_watch_options
+from aidp_metrics._env import AIDP_METRICS_WATCH, RUN_ID_VARIABLES, first_env
 from aidp_metrics._notice import notice
-from aidp_metrics._run.params import flatten_params
-from aidp_metrics.integrations._base import RunHandle, RunSpec
+from aidp_metrics._run.params import flatten_params, param_value
+from aidp_metrics.integrations._base import (
+    PARENT_RUN_TAG,
+    RunHandle,
+    RunSpec,
+    parameter_names,
+)
 from aidp_metrics.integrations._checkpoint import (
     endpoint_from_state,
     endpoint_state,
     options_from_state,
     options_state,
 )
+from aidp_metrics.integrations._mlflow_env import (
+    HF_MLFLOW_LOG_ARTIFACTS,
+    MLFLOW_FLATTEN_PARAMS,
+    MLFLOW_MAX_LOG_PARAMS,
+    MLFLOW_NESTED_RUN,
+    env_flag,
+    env_int,
+    env_tags,
+)
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from aidp_metrics import Endpoint, MetricsClient, Run
+    from aidp_metrics import Endpoint, Run, TrackingClient
 
 __all__ = ["AIDPCallback"]
 
-TAG_FRAMEWORK = "framework"
-TAG_TRANSFORMERS_VERSION = "transformers_version"
 TAG_MODEL_CLASS = "model_class"
 TAG_TRIAL_NAME = "trial_name"
-TAG_PARENT_RUN = "mlflow.parentRunId"
 
 
 class AIDPCallback(TrainerCallback, ExportableState):
@@ -101,12 +129,16 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run_id: log into this existing run instead of starting one.
         tags: extra tags set on the run.
         log_params: log `TrainingArguments` and the model config as params.
-        endpoint, client: where to send; by default from the environment.
+        endpoint: where to send; by default from the environment.
+        client: a `MetricsClient` to send with; by default one for `endpoint`.
         strict: raise when the run cannot be created (default: warn once and log nothing;
             training never dies from logging).
         run: a `Run` you started, to log into instead of opening one; the callback never
             ends it (`on_train_end` flushes it). Not with `experiment_name`, `run_name`,
             `run_id`, `endpoint`, `client` or run options: the run has its own.
+        watch: "gradients", "parameters" or "all": log the model's per-parameter norms
+            (`Run.watch`); default `AIDP_METRICS_WATCH`, else none.
+        watch_log_freq: every how many optimizer updates (default: `logging_steps`).
         **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
     """
 
@@ -119,11 +151,16 @@ class AIDPCallback(TrainerCallback, ExportableState):
         tags: Mapping[str, str] | None = None,
         log_params: bool = True,
         endpoint: Endpoint | str | Mapping[str, Any] | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         strict: bool = False,
         run: Run | None = None,
+        watch: str | None = None,
+        watch_log_freq: int | None = None,
         **run_options: Any,
     ) -> None:
+        error = check_watch_options(watch or "all", watch_log_freq or 1)
+        if error is not None:
+            raise ValueError(f"{type(self).__name__}: watch: {error}")
         self._handle = RunHandle(
             type(self).__name__,
             kind="callback",
@@ -133,12 +170,16 @@ class AIDPCallback(TrainerCallback, ExportableState):
             strict=strict,
             options=options_from_state(run_options),
             given={"experiment_name": experiment_name, "run_name": run_name, "run_id": run_id},
+            integration=f"transformers {transformers.__version__}",
+            accepted=parameter_names(AIDPCallback.__init__),
         )
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.log_params = log_params
         self.strict = strict
+        self.watch = watch
+        self.watch_log_freq = watch_log_freq
         self._explicit_run_id = run_id
         # Set by the Trainer when it restores callback state from a checkpoint
         # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
@@ -148,6 +189,13 @@ class AIDPCallback(TrainerCallback, ExportableState):
         self._reopened = False
         self._trial_key: str | None = None
         self._trials_started = 0
+        self._twin_checked = False
+
+    @property
+    def log_artifacts(self) -> bool:
+        """`HF_MLFLOW_LOG_ARTIFACTS`, as `MLflowCallback` reads it: whether checkpoints
+        should be uploaded (kept for the artifact stage; not done by this version)."""
+        return bool(env_flag(HF_MLFLOW_LOG_ARTIFACTS))
 
     # -- public --------------------------------------------------------------------------
 
@@ -193,6 +241,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 "tags": dict(self.tags),
                 "log_params": self.log_params,
                 "strict": self.strict,
+                "watch": self.watch,
+                "watch_log_freq": self.watch_log_freq,
                 "endpoint": endpoint_state(endpoint),
                 **options_state(handle.options),
             },
@@ -211,6 +261,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
     ) -> None:
         if not state.is_world_process_zero:
             return
+        self._warn_if_mlflow_callback_too()
         trial_key = _trial_key(state)
         handle = self._handle
         run = handle.run
@@ -228,6 +279,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         self._in_train = True
         self._reopened = False
         handle.set_exit_status("FAILED")
+        self._watch(run, state, model)
 
     def on_log(
         self,
@@ -277,9 +329,21 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero:
             return
         self._in_train = False
+        run = self._handle.run
+        if run is not None:
+            run.unwatch(kwargs.get("model"))  # a run of the user's stays open
         self._handle.end("FINISHED")
 
     # -- internals -----------------------------------------------------------------------
+
+    def _watch(self, run: Run, state: TrainerState, model: Any) -> None:
+        """Watch `model` when asked; its points land on the update's `global_step` (the
+        hook runs before the Trainer counts the update)."""
+        log = self.watch or _watch_from_env()
+        if log is None or model is None:
+            return
+        freq = self.watch_log_freq or int(state.logging_steps or 0) or 100
+        run.watch(model, log, freq, step=lambda: int(state.global_step) + 1)
 
     def _open(self, args: TrainingArguments, state: TrainerState, model: Any) -> Run | None:
         """Start or attach the run for this train() call (or trial) and log params/tags."""
@@ -301,7 +365,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if state.is_hyper_param_search:
             parent = self._handle.user_run_id or self._explicit_run_id or env_run_id
             if parent:
-                tags[TAG_PARENT_RUN] = parent
+                tags[PARENT_RUN_TAG] = parent
             if state.trial_name:
                 tags[TAG_TRIAL_NAME] = str(state.trial_name)
             return RunSpec(
@@ -315,6 +379,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
             experiment_name=self.experiment_name,
             run_name=self.run_name or args.run_name,
             tags=tags,
+            nested=bool(env_flag(MLFLOW_NESTED_RUN)),
         )
 
     def _open_outside_training(
@@ -354,32 +419,69 @@ class AIDPCallback(TrainerCallback, ExportableState):
         return f"{base}-{name}" if base else name
 
     def _tags(self, model: Any) -> dict[str, str]:
-        tags = {
-            TAG_FRAMEWORK: "transformers",
-            TAG_TRANSFORMERS_VERSION: transformers.__version__,
-        }
+        tags: dict[str, str] = {}
         if model is not None:
             tags[TAG_MODEL_CLASS] = _qualified_name(type(model))
+        tags.update(env_tags() or {})
         tags.update(self.tags)
         return tags
 
     def _params(self, args: TrainingArguments, state: TrainerState, model: Any) -> dict[str, str]:
-        params: dict[str, str] = {}
-        try:
-            params.update(flatten_params(args.to_sanitized_dict()))
-        except Exception as exc:  # a custom TrainingArguments subclass that cannot be read
-            _warn_params("TrainingArguments", exc)
+        """`MLflowCallback`'s params: `{**model.config.to_dict(), **args.to_dict()}`."""
+        combined: dict[str, Any] = {}
         config = getattr(model, "config", None)
         if config is not None:
             try:
                 to_dict = getattr(config, "to_dict", None)
-                as_dict = to_dict() if callable(to_dict) else config
-                params.update(flatten_params({"config": as_dict}))
+                combined.update(to_dict() if callable(to_dict) else config)
             except Exception as exc:
                 _warn_params("the model config", exc)
+        try:
+            combined.update(args.to_dict())  # type: ignore[no-untyped-call]
+        except Exception as exc:  # a custom TrainingArguments subclass that cannot be read
+            _warn_params("TrainingArguments", exc)
+        if env_flag(MLFLOW_FLATTEN_PARAMS):
+            combined = flatten_dict(combined, delimiter=".")
+        items = list(combined.items())
+        most = env_int(MLFLOW_MAX_LOG_PARAMS)
+        if most is not None:
+            items = items[:most]
+        params = {str(key): param_value(value) for key, value in items}
         if state.trial_params:
             params.update(flatten_params({"trial": dict(state.trial_params)}))
         return params
+
+    def _warn_if_mlflow_callback_too(self) -> None:
+        """One warning when transformers' own `MLflowCallback` is in the same `Trainer`."""
+        if self._twin_checked:
+            return
+        self._twin_checked = True
+        handler = _calling_handler()
+        if handler is None:
+            return
+        from transformers.integrations.integration_utils import MLflowCallback
+
+        if any(isinstance(callback, MLflowCallback) for callback in handler.callbacks):
+            self._handle.warn_once(
+                "MLflowCallback",
+                "transformers' MLflowCallback is active in this Trainer too (report_to "
+                "includes 'mlflow' by default or by name): every point is logged twice, into "
+                "two runs. Pass report_to='none' (or remove MLflowCallback) to keep one.",
+            )
+
+
+def _calling_handler() -> CallbackHandler | None:
+    """The `CallbackHandler` calling this event: the Trainer gives callbacks no handle on
+    the other callbacks, and its `call_event` is a few frames up."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, CallbackHandler):
+            return candidate
+        frame = frame.f_back
+    return None
 
 
 def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> Mapping[str, Any]:
@@ -405,6 +507,19 @@ def _as_logged(logs: Mapping[str, Any], state: TrainerState) -> Mapping[str, Any
     if not shared or any(not _equal(entry[key], logs[key]) for key in shared):
         return logs
     return {**{k: v for k, v in entry.items() if k != "step"}, **logs}
+
+
+def _watch_from_env() -> str | None:
+    value = first_env((AIDP_METRICS_WATCH,))
+    if value is None or value.lower() in ("false", "0", "no", "off", "none"):
+        return None
+    if check_watch_options(value.lower(), 1) is not None:
+        notice(
+            f"aidp-metrics: {AIDP_METRICS_WATCH}={value!r} is not gradients, parameters, all "
+            "or false: not watching the model"
+        )
+        return None
+    return value.lower()
 
 
 def _equal(a: Any, b: Any) -> bool:

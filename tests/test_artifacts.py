@@ -36,7 +36,7 @@ FAST = {"flush_interval": 0.05}
 
 
 def _files(tmp_path: Path) -> dict[str, bytes]:
-    """A few files of distinct content (one over the gateway's 1 MiB in-memory limit)."""
+    """A few files of distinct content (the 200 MB test streams through the gateway)."""
     return {
         "model.bin": os.urandom(3 * 1024 * 1024 + 17),
         "config.json": b'{"lr": 0.001}\n',

@@ -52,6 +52,32 @@ def test_bench_core_smoke_writes_every_section(mlflow_server: MLflowServer, tmp_
 
 
 @pytest.mark.slow
+def test_bench_watch_smoke_reports_both_sections(
+    mlflow_server: MLflowServer, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    mlflow_server.start()
+    out = tmp_path / "watch.json"
+    command = ["-m", "benchmarks.bench_watch", "--smoke", "--tracking-uri", mlflow_server.url]
+    result = subprocess.run(
+        [sys.executable, *command, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert set(data["sections"]) == {"many_points", "watch", "run"}
+    assert data["sections"]["watch"]["parameter_tensors"] == 100
+    run = data["sections"]["run"]
+    # 1 + 2 calls of 300 keys, then 2 logging steps of 100 tensors + total
+    assert run["logged"] == run["delivered"] == 900 + 2 * 101
+    assert "results" in result.stdout
+
+
+@pytest.mark.slow
 def test_bench_artifacts_smoke_reports_every_figure(
     mlflow_server: MLflowServer, tmp_path: Path
 ) -> None:

@@ -405,6 +405,55 @@ def test_points_logged_from_another_thread_while_end_runs_are_all_delivered(
     assert get_run(mlflow_server.url, run.run_id)["info"]["status"] == "FINISHED"
 
 
+def test_end_settles_its_own_points_while_another_thread_keeps_logging(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """0.2: `end()` settled what other threads logged while it ran too, so a sampler logging
+    every 10 ms kept it busy until `end_timeout` (60 s). Now it settles what was logged
+    before it; what the thread logs meanwhile reopens the run, and the next end delivers it."""
+    run = Run.start(experiment_name=fresh_experiment, endpoint=mlflow_server.url, end_timeout=60.0)
+    logged: list[tuple[int, float]] = []
+    wanted = [20]  # points the sampler logs before it signals `enough`
+    enough = threading.Event()
+    stop = threading.Event()
+
+    def sampler() -> None:
+        step = 0
+        while not stop.is_set():
+            value = step + 0.25
+            run.log_metric("sampler", value, step=step)
+            logged.append((step, value))
+            step += 1
+            if len(logged) >= wanted[0]:
+                enough.set()
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    try:
+        assert enough.wait(30)
+        run.log_metric("main", 1.5, step=7)
+        started = time.monotonic()
+        run.end()
+        took = time.monotonic() - started
+        # Generous (the timeout is 60 s): without the fix it returns only at the timeout.
+        assert took < 20, f"end() took {took:.1f} s while another thread kept logging"
+        assert history(mlflow_server, run.run_id, "main") == [(7, 1.5)]
+        enough.clear()
+        wanted[0] = len(logged) + 20  # and the sampler goes on logging after end()
+        assert enough.wait(30)
+    finally:
+        stop.set()
+        thread.join()
+    stats = run.end()
+    total = len(logged) + 1
+    assert (stats.logged, stats.delivered, stats.pending, stats.failed) == (total, total, 0, 0)
+    assert sorted(history(mlflow_server, run.run_id, "sampler")) == logged
+    assert history(mlflow_server, run.run_id, "main") == [(7, 1.5)]
+    assert get_run(mlflow_server.url, run.run_id)["info"]["status"] == "FINISHED"
+    assert our_threads() == []
+
+
 # -- an ended run holds nothing --------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -65,9 +66,64 @@ def test_mlflow_endpoint() -> None:
     assert endpoint.url("runs/log-batch") == "http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch"
 
 
-def test_mlflow_file_uri_refused() -> None:
+@pytest.mark.parametrize(
+    ("uri", "opened"),
+    [
+        ("file:///tmp/mlruns", "file:///tmp/mlruns"),
+        ("/tmp/mlruns/", "file:///tmp/mlruns"),
+        ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+        ("sqlite://", "sqlite://"),
+        (
+            "postgresql+psycopg2://db.example.com/mlflow",
+            "postgresql+psycopg2://db.example.com/mlflow",
+        ),
+        ("databricks", "databricks"),
+        ("databricks://profile", "databricks://profile"),
+    ],
+)
+def test_an_mlflow_store_uri_is_a_store_endpoint(uri: str, opened: str) -> None:
+    endpoint = Endpoint.mlflow(uri)
+    assert endpoint.kind == "store"
+    assert endpoint.store_uri is not None
+    assert endpoint.store_uri.uri == opened
+    assert endpoint.run_page_url("r") is None
+    assert endpoint.describe() == f"MLflow store {opened}"
+
+
+def test_a_relative_store_path_is_resolved_against_the_working_directory_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    resolved = {
+        uri: Endpoint.mlflow(uri).store_uri.uri  # type: ignore[union-attr]
+        for uri in (
+            "sqlite:///mlflow.db",
+            "sqlite:///sub/x.db?timeout=20",
+            "file:./mlruns",
+            "mlruns",
+        )
+    }
+    assert resolved == {
+        "sqlite:///mlflow.db": f"sqlite:///{tmp_path}/mlflow.db",
+        "sqlite:///sub/x.db?timeout=20": f"sqlite:///{tmp_path}/sub/x.db?timeout=20",
+        "file:./mlruns": (tmp_path / "mlruns").as_uri(),
+        "mlruns": (tmp_path / "mlruns").as_uri(),
+    }
+
+
+def test_a_database_password_stays_out_of_everything_shown() -> None:
+    endpoint = Endpoint.mlflow("postgresql://alice:S3cretPW@db:5432/mlflow?password=S3cretPW")
+    assert endpoint.store_uri is not None
+    assert endpoint.store_uri.uri.count("S3cretPW") == 2  # what MLflow's client is given
+    shown = [repr(endpoint), str(endpoint), endpoint.describe(), endpoint.public_url()]
+    shown += [repr(endpoint.store_uri), pickle.loads(pickle.dumps(endpoint)).describe()]
+    assert all("S3cretPW" not in text for text in shown), shown
+
+
+@pytest.mark.parametrize("uri", ["localhost:5000", "127.0.0.1:5000/", "ftp://host/x"])
+def test_a_uri_that_is_neither_a_server_nor_a_store_is_refused(uri: str) -> None:
     with pytest.raises(ConfigurationError, match="http"):
-        Endpoint.mlflow("file:///tmp/mlruns")
+        Endpoint.mlflow(uri)
 
 
 def test_from_env_prefers_aidp(monkeypatch: pytest.MonkeyPatch) -> None:

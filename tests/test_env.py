@@ -1,6 +1,6 @@
-"""Environment variable names: one module owns them, and the README's table lists exactly those.
+"""Environment variable names: one module owns them, and the docs' table lists exactly those.
 
-`aidp_metrics._env.VARIABLES` against the Configuration table of README.md, both ways, and no
+`aidp_metrics._env.VARIABLES` against the table of docs/configuration.md, both ways, and no
 module of the package reading an `AIDP_*` / `MLFLOW_*` / `OCI_*` variable by a literal name.
 """
 
@@ -15,28 +15,27 @@ import pytest
 from aidp_metrics import _env as env
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "configuration.md"
 SOURCES = sorted([*(ROOT / "core").rglob("*.py"), *(ROOT / "integrations").rglob("*.py")])
 OURS = re.compile(r"^(AIDP|MLFLOW|OCI)_[A-Z0-9_]+$")
 # Calls that read one variable by name: os.environ.get(NAME), os.getenv(NAME), env.get(NAME).
 READERS = {"get", "getenv", "pop", "setdefault"}
 
 
-def readme_variables() -> list[str]:
-    """The names in the first column of the table under `## Configuration`."""
-    section = README.read_text(encoding="utf-8").split("\n## Configuration\n", 1)[1]
-    section = section.split("\n## ", 1)[0]
+def documented_variables() -> list[str]:
+    """The names in the first column of the page's first table (up to its first `## `)."""
+    section = PAGE.read_text(encoding="utf-8").split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     names = [name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])]
-    assert names, "no variable table under ## Configuration in README.md"
+    assert names, "no variable table in docs/configuration.md"
     return names
 
 
-def test_readme_lists_exactly_the_variables_of_the_env_module() -> None:
-    documented = readme_variables()
+def test_the_docs_list_exactly_the_variables_of_the_env_module() -> None:
+    documented = documented_variables()
     assert len(documented) == len(set(documented)), "a variable is listed twice"
-    assert set(documented) - set(env.VARIABLES) == set(), "in README.md, not in aidp_metrics._env"
-    assert set(env.VARIABLES) - set(documented) == set(), "in aidp_metrics._env, not in README.md"
+    assert set(documented) - set(env.VARIABLES) == set(), "on the page, not in aidp_metrics._env"
+    assert set(env.VARIABLES) - set(documented) == set(), "in aidp_metrics._env, not on the page"
 
 
 def test_every_variable_has_a_constant_of_its_own_name_and_a_meaning() -> None:

@@ -11,10 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -83,7 +83,9 @@ def test_a_circle_between_modules_of_one_stage_is_broken(package: Path) -> None:
 def test_an_import_for_the_type_checker_only_is_not_counted(package: Path) -> None:
     add_import(
         package / "_connection" / "client.py",
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from aidp_metrics._run import run",
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from aidp_metrics._run import run",
     )
     result = lint_imports(package)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,12 +14,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import tomllib
 
@@ -34,9 +36,9 @@ pytest.importorskip("mlflow")
 TIMEOUT = 300
 
 
-def run_job(job: str, experiment: str, env: dict[str, str]) -> dict[str, Any]:
+def run_job(job: str, experiment: str, env: dict[str, str], *args: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "tests.support.mlflow_client_job", job, experiment],
+        [sys.executable, "-m", "tests.support.mlflow_client_job", job, experiment, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -107,6 +109,62 @@ def test_lightning_mlflow_logger_through_the_aidp_provider(
     assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"lr": "0.1"}
     steps = [step for step, _ in points(mlflow_server, ids["run_id"], "train_loss")]
     assert steps == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_mlflow_client_uploads_and_downloads_artifacts_through_the_aidp_provider(
+    aidp_gateway: AIDPGateway,
+    oci_api_key: OCICredentials,
+    mlflow_server: MLflowServer,
+    fresh_experiment: str,
+    tmp_path: Path,
+) -> None:
+    """MLflow's own `log_artifact` (proxied `mlflow-artifacts:` URIs) through the gateway.
+    An empty file used to go out with both `Transfer-Encoding: chunked` (requests, for a
+    zero-length stream) and `Content-Length: 0` (the OCI signer): the gateway refuses that."""
+    files = {"empty.txt": b"", "weights.bin": bytes(range(256)) * 4096 + b"tail"}
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    for name, data in files.items():
+        (upload / name).write_bytes(data)
+
+    env = child_env(aidp_gateway, oci_api_key, "api_key")
+    ids = run_job("artifacts", fresh_experiment, env, str(tmp_path))
+
+    assert_every_request_signed(aidp_gateway, oci_api_key)
+    assert ids["artifact_uri"].startswith("mlflow-artifacts:/")
+    puts = {r.path.rsplit("/", 1)[-1]: r for r in aidp_gateway.requests if r.method == "PUT"}
+    assert sorted(puts) == sorted(files)
+    for name, data in files.items():
+        assert puts[name].status == 200
+        assert puts[name].body == data
+        assert "transfer-encoding" not in puts[name].headers
+        assert (tmp_path / "download" / name).read_bytes() == data  # through the gateway
+        # and straight from the server, not through the code under test
+        root = ids["artifact_uri"].removeprefix("mlflow-artifacts:")
+        stored = httpx.get(
+            f"{mlflow_server.url}/api/2.0/mlflow-artifacts/artifacts{root}/{name}", timeout=30
+        )
+        assert stored.status_code == 200
+        assert stored.content == data
+    downloads = [r for r in aidp_gateway.requests if r.method == "GET" and "artifacts/" in r.path]
+    assert downloads
+
+
+def test_the_gateway_refuses_both_content_length_and_transfer_encoding(
+    aidp_gateway: AIDPGateway,
+) -> None:
+    """As a real gateway does (RFC 9112 6.3): the body's framing would be ambiguous."""
+    head = (
+        f"PUT {aidp_gateway.tracking_uri.removeprefix(aidp_gateway.url)}"
+        "/api/2.0/mlflow-artifacts/artifacts/x HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{aidp_gateway.port}\r\n"
+        "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", aidp_gateway.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = sock.makefile("rb").readline()
+    assert answer.split()[1] == b"400"
 
 
 def test_the_provider_is_registered_and_constructing_it_imports_nothing() -> None:

@@ -23,6 +23,7 @@ PUBLIC_API = [
     "DeliveryOptions",
     "Endpoint",
     "InvalidMetric",
+    "LocalMLflowServer",
     "Metric",
     "MetricsClient",
     "NotFound",
@@ -31,13 +32,16 @@ PUBLIC_API = [
     "RunInfo",
     "RunStats",
     "ServerError",
+    "StoreClient",
     "TooManyRequests",
+    "TrackingClient",
     "TransportError",
     "Unauthorized",
     "UnexpectedResponse",
     "__version__",
     "sanitize_key",
     "validate_key",
+    "write_png",
 ]
 
 # Nothing a training script has not asked for: no framework, no SDK, no HTTP stack.

@@ -219,6 +219,90 @@ def test_end_with_a_spool_asks_to_spill() -> None:
     mark = q.mark()
     assert q.end_step(mark, out_of_time=True, reason="r") is EndStep.SPILL
     assert q.journal.take_commit_request()  # the writer fsyncs at once
-    assert q.end_after_spill(mark, out_of_time=False, reason="r")
+    q.end_after_spill(mark, reason="r")
     assert q.state is QueueState.CLOSED
     assert q.stats().pending == 2  # kept for the journal, not counted failed
+
+
+def settle_next(q: RunQueue) -> Chunk | QueuedOp:
+    """Play the delivery loop once: deliver the next chunk or op."""
+    work = q.next_work(time.monotonic(), 1000)
+    if isinstance(work, Chunk):
+        work.set_outcome(work.pending(), DELIVERED)
+        q.settle_chunk(work)
+        return work
+    assert isinstance(work, QueuedOp)
+    q.settle_op(work)
+    return work
+
+
+def test_end_settles_what_was_logged_before_it_and_logging_meanwhile_reopens() -> None:
+    q = queue()
+    q.append(points(0, 3))
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark == (3, 1)  # the three points and the status op
+    wake = q.append(points(3, 5))  # another thread logs while end() runs
+    assert wake & Wake.REOPENED
+    assert q.state is QueueState.OPEN
+    assert q.end_step(mark, out_of_time=False, reason="r") is EndStep.AGAIN  # not yet settled
+    first = settle_next(q)
+    assert isinstance(first, Chunk)
+    assert (first.start, first.end) == (0, 3)  # stops at the end
+    assert settle_next(q).op == ("status", {"status": "FINISHED"})  # type: ignore[union-attr]
+    # end()'s share is settled: it is done while the later points still wait
+    assert q.end_step(mark, out_of_time=False, reason="r") is EndStep.DONE
+    assert q.state is QueueState.OPEN  # reopened: not closed under the other thread
+    assert not q.finish_close()
+    assert q.stats().pending == 2
+    assert settle_next(q).op == ("status", {"status": "RUNNING"})  # type: ignore[union-attr]
+    later = settle_next(q)
+    assert isinstance(later, Chunk)
+    assert [m.step for m in later.records] == [3, 4]
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.pending) == (5, 5, 0)
+
+
+def test_an_op_logged_while_end_runs_reopens_the_run_after_the_end() -> None:
+    q = queue()
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark is not None
+    assert q.append_op("tags", {"items": [["a", "b"]]}) & Wake.REOPENED
+    kinds = [settle_next(q).op for _ in range(3)]  # type: ignore[union-attr]
+    assert kinds == [
+        ("status", {"status": "FINISHED"}),
+        ("status", {"status": "RUNNING"}),
+        ("tags", {"items": [["a", "b"]]}),
+    ]
+    assert q.end_step(mark, out_of_time=False, reason="r") is EndStep.DONE
+    assert q.state is QueueState.OPEN
+
+
+def test_end_out_of_time_gives_up_only_on_what_was_logged_before_it() -> None:
+    q = RunQueue(DeliveryOptions(spool="off", flush_interval=0.0), local_id="l", run_id="r")
+    q.append(points(0, 4))
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark is not None
+    q.append(points(4, 10))  # logged while end() waits on a server that does not answer
+    assert q.end_step(mark, out_of_time=True, reason="gone") is EndStep.DONE
+    stats = q.stats()
+    assert (stats.logged, stats.failed, stats.pending) == (10, 4, 6)
+    assert stats.failures == {"gone": 4}
+    assert q.state is QueueState.OPEN
+    assert settle_next(q).op == ("status", {"status": "RUNNING"})  # type: ignore[union-attr]
+    later = settle_next(q)
+    assert isinstance(later, Chunk)
+    assert [m.step for m in later.records] == list(range(4, 10))
+    stats = q.stats()
+    assert (stats.delivered, stats.failed, stats.pending) == (6, 4, 0)
+
+
+def test_end_after_a_spill_leaves_a_run_reopened_meanwhile_open() -> None:
+    q = queue(spool="on_failure")
+    q.append(points(0, 2))
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark is not None
+    assert q.end_step(mark, out_of_time=True, reason="r") is EndStep.SPILL
+    q.append(points(2, 3))  # reopens: the spill of end()'s share does not wait for it
+    q.end_after_spill(mark, reason="r")
+    assert q.state is QueueState.OPEN
+    assert q.stats().pending == 3

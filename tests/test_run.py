@@ -521,3 +521,46 @@ def test_run_name_wins_over_an_mlflow_run_name_tag(
         run.log_metric("x", 1.0, step=1)
     assert get_run(mlflow_server.url, run.run_id)["info"]["run_name"] == "mine"
     assert history(mlflow_server, run.run_id, "x") == [(1, 1.0)]
+
+
+def test_many_keys_seen_before_take_the_bulk_path_with_the_same_result(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """A call whose keys were all seen valid and whose values are plain floats/ints is
+    converted in bulk; anything else in it (a bool, a too-large int, a new bad key) sends
+    the whole call through the point-by-point check: the same points, warnings and counts."""
+    keys = [f"grad_norm/layers.{i}.weight" for i in range(300)]
+    with Run.start(endpoint=mlflow_server.url, experiment_name=fresh_experiment) as run:
+        run.log_metrics({k: float(i) for i, k in enumerate(keys)}, step=1)  # keys seen
+        run.log_metrics({k: i for i, k in enumerate(keys)}, step=2)  # ints, in bulk
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run.log_metrics({**{k: 0.5 for k in keys}, keys[0]: True}, step=3)
+            run.log_metrics({**{k: 0.25 for k in keys}, keys[1]: 10**400}, step=4)
+            run.log_metrics({**{k: 0.125 for k in keys}, "bad key!": 1.0}, step=5)
+        said = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+        assert len(said) == 3
+        assert keys[0] in said[0]
+        assert keys[1] in said[1]
+        assert "bad key!" in said[2]
+    stats = run.stats
+    assert (stats.logged, stats.rejected, stats.delivered) == (1501, 3, 1498)
+    points = {
+        int(m["step"]): float(m["value"])
+        for m in get_metric_history(mlflow_server.url, run.run_id, keys[2])
+    }
+    assert points == {1: 2.0, 2: 2.0, 3: 0.5, 4: 0.25, 5: 0.125}
+    first = sorted(
+        int(m["step"]) for m in get_metric_history(mlflow_server.url, run.run_id, keys[0])
+    )
+    assert first == [1, 2, 4, 5]  # True at step 3 refused
+
+
+def test_strict_raises_on_a_bad_value_among_keys_seen_before() -> None:
+    run = Run.start(offline=True, experiment_name="bulk", strict=True)
+    try:
+        run.log_metrics({"a": 1.0, "b": 2.0}, step=1)
+        with pytest.raises(InvalidMetric, match="'b'"):
+            run.log_metrics({"a": 1.0, "b": "2.0"}, step=2)
+    finally:
+        run.end()

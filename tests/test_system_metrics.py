@@ -26,9 +26,7 @@ from aidp_metrics import (
     DeliveryOptions,
     Run,
 )
-from aidp_metrics import (
-    _system_metrics as system_metrics,
-)
+from aidp_metrics._bridges import system_metrics
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
 from tests.support.nvml_fake import RecordedNVML
 

@@ -360,6 +360,8 @@ def endpoint_auth(
     given explicit OCI settings (`oci_mode`, `config_file`, `profile`: the CLI's flags)
     keeps OCI signing. Else OCI request signing for AIDP and `mlflow_auth` for MLflow.
     """
+    if endpoint.kind == "store":
+        return None  # MLflow's own client opens it (and signs in to `databricks` itself)
     provider = tracking_auth_name()
     explicit_oci = endpoint.kind == "aidp" and any((oci_mode, config_file, profile))
     if provider is not None and provider != AIDP_PROVIDER and not explicit_oci:
@@ -378,13 +380,16 @@ class MlflowCredentials:
     repositories of MLflow's client: `auth` names a request-auth provider (`aidp`, or the one
     `MLFLOW_TRACKING_AUTH` named), else Basic or Bearer. For `aidp`, `signer` is the run's own
     OCI signer, which our provider hands MLflow while these credentials are in scope (so a
-    run configured with `--profile` or an explicit signer uploads with the same keys)."""
+    run configured with `--profile` or an explicit signer uploads with the same keys); on an
+    AIDP workspace another provider (`provider`) goes through ours too, which adds AIDP's
+    headers before it signs, as `MetricsClient` does for our own requests."""
 
     auth: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     signer: OCIRequestSigner | None = None
+    provider: Any = None  # another provider's instance, for an AIDP workspace (AIDP headers)
     user_principal: str | None = None
 
 
@@ -398,6 +403,12 @@ def mlflow_credentials(auth: httpx.Auth | None, endpoint: Endpoint) -> MlflowCre
             auth=AIDP_PROVIDER, signer=auth, user_principal=endpoint.user_principal
         )
     if isinstance(auth, ProviderAuth):
+        if endpoint.kind == "aidp":  # through ours, which adds AIDP's headers first
+            return MlflowCredentials(
+                auth=AIDP_PROVIDER,
+                provider=auth.provider.instance,
+                user_principal=endpoint.user_principal,
+            )
         return MlflowCredentials(auth=auth.provider.name)
     if isinstance(auth, BasicAuth):
         username, password = auth._pair

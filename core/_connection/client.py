@@ -1,17 +1,23 @@
-"""`MetricsClient`: the synchronous, thread-safe client for the MLflow REST calls we use.
+"""The MLflow tracking calls we make (`TrackingClient`) and `MetricsClient`, which sends
+them over HTTP: the synchronous, thread-safe client for the MLflow REST API.
 
-One keep-alive `httpx.Client`; every write carries one `opc-retry-token` shared by all
-its attempts and every attempt a fresh `opc-request-id`.
+Every call is an MLflow REST call (path and JSON body) made by `send`, one attempt, and
+retried by `request` as the failure policy says. `MetricsClient.send` is an HTTP request;
+`StoreClient.send` (store_client.py) runs it through MLflow's own client instead.
+
+`MetricsClient` holds one keep-alive `httpx.Client`; every write carries one
+`opc-retry-token` shared by all its attempts and every attempt a fresh `opc-request-id`.
 """
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -19,6 +25,7 @@ import orjson
 from aidp_metrics._errors import (
     APIError,
     BadRequest,
+    ConfigurationError,
     Conflict,
     NotFound,
     ServerError,
@@ -54,6 +61,9 @@ _STATUS_ERRORS: dict[int, type[APIError]] = {
 }
 
 
+_Client = TypeVar("_Client", bound="TrackingClient")
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -64,76 +74,36 @@ class RunInfo:
     end_time: int | None = None
 
 
-class MetricsClient:
-    """Synchronous client; safe to share between threads.
+class TrackingClient(abc.ABC):
+    """The MLflow tracking calls the package makes, each one REST call made by `send`
+    (one attempt) and retried by `request`. Subclasses say how a call is sent."""
 
-    With no endpoint, `Endpoint.from_env()` decides; a string is taken as an MLflow
-    tracking URI. With no auth, the endpoint's kind decides: OCI request signing from the
-    environment for AIDP, `MLFLOW_TRACKING_TOKEN` / username+password (or nothing) for MLflow.
-    """
+    endpoint: Endpoint
+    retry: RetryPolicy
+    _sleep: Callable[[float], None]
 
-    def __init__(
+    @abc.abstractmethod
+    def send(
         self,
-        endpoint: Endpoint | str | None = None,
+        method: str,
+        path: str,
         *,
-        auth: httpx.Auth | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        transport: httpx.BaseTransport | None = None,
-        user_principal: str | None = None,
-    ) -> None:
-        if endpoint is None:
-            endpoint = Endpoint.from_env()
-        elif isinstance(endpoint, str):
-            endpoint = Endpoint.mlflow(endpoint)
-        self.endpoint = endpoint
-        self.retry = retry or RetryPolicy()
-        self.auth = auth if auth is not None else default_auth(endpoint)
-        headers = {"user-agent": USER_AGENT, "accept": "application/json"}
-        principal = user_principal or endpoint.user_principal
-        if principal:
-            headers["dh-user-principal"] = principal
-        self._http_options: dict[str, Any] = {
-            "auth": self.auth,
-            "timeout": timeout,
-            "headers": headers,
-            "transport": transport,
-            "follow_redirects": False,
-        }
-        self._http: httpx.Client | None = None  # opened on first use, again after close()
-        self._http_lock = threading.Lock()
-        self._sleep: Callable[[float], None] = time.sleep
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        retry_token: str | None = None,
+    ) -> dict[str, Any]:
+        """Exactly one attempt at the MLflow REST call `method path` with the JSON body
+        `content` (or the query `params`); the decoded reply, or a typed `APIError`."""
 
-    def __repr__(self) -> str:
-        auth = type(self.auth).__name__ if self.auth is not None else "none"
-        return f"MetricsClient({self.endpoint.describe()}, auth={auth})"
-
+    @abc.abstractmethod
     def close(self) -> None:
-        """Close the connections. The client stays usable: the next request reconnects."""
-        with self._http_lock:
-            http, self._http = self._http, None
-        if http is not None:
-            http.close()
+        """Let go of connections; the client stays usable."""
 
-    def copy_for_child(self) -> MetricsClient:
-        """The same endpoint and auth with connections of its own: for a forked child,
-        which must not share the parent's sockets (or a lock a parent thread held)."""
-        twin = object.__new__(MetricsClient)
-        twin.__dict__.update(self.__dict__)
-        twin._http = None
-        twin._http_lock = threading.Lock()
-        return twin
+    @abc.abstractmethod
+    def copy_for_child(self) -> TrackingClient:
+        """The same target with connections of its own, for a forked child."""
 
-    def _connection(self) -> httpx.Client:
-        http = self._http
-        if http is None:
-            with self._http_lock:
-                if self._http is None:
-                    self._http = httpx.Client(**self._http_options)
-                http = self._http
-        return http
-
-    def __enter__(self) -> MetricsClient:
+    def __enter__(self: _Client) -> _Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -341,6 +311,81 @@ class MetricsClient:
                     raise
             self._sleep(decision.delay)
 
+
+class MetricsClient(TrackingClient):
+    """Synchronous client; safe to share between threads.
+
+    With no endpoint, `Endpoint.from_env()` decides; a string is taken as an MLflow
+    tracking URI. With no auth, the endpoint's kind decides: OCI request signing from the
+    environment for AIDP, `MLFLOW_TRACKING_TOKEN` / username+password (or nothing) for MLflow.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint | str | None = None,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        user_principal: str | None = None,
+    ) -> None:
+        if endpoint is None:
+            endpoint = Endpoint.from_env()
+        elif isinstance(endpoint, str):
+            endpoint = Endpoint.mlflow(endpoint)
+        if endpoint.kind == "store":
+            raise ConfigurationError(
+                f"{endpoint.describe()} is not served over HTTP: use `StoreClient` (or pass the "
+                "tracking URI to `Run.start` / the integration, which picks the client)"
+            )
+        self.endpoint = endpoint
+        self.retry = retry or RetryPolicy()
+        self.auth = auth if auth is not None else default_auth(endpoint)
+        headers = {"user-agent": USER_AGENT, "accept": "application/json"}
+        principal = user_principal or endpoint.user_principal
+        if principal:
+            headers["dh-user-principal"] = principal
+        self._http_options: dict[str, Any] = {
+            "auth": self.auth,
+            "timeout": timeout,
+            "headers": headers,
+            "transport": transport,
+            "follow_redirects": False,
+        }
+        self._http: httpx.Client | None = None  # opened on first use, again after close()
+        self._http_lock = threading.Lock()
+        self._sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:
+        auth = type(self.auth).__name__ if self.auth is not None else "none"
+        return f"MetricsClient({self.endpoint.describe()}, auth={auth})"
+
+    def close(self) -> None:
+        """Close the connections. The client stays usable: the next request reconnects."""
+        with self._http_lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
+
+    def copy_for_child(self) -> MetricsClient:
+        """The same endpoint and auth with connections of its own: for a forked child,
+        which must not share the parent's sockets (or a lock a parent thread held)."""
+        twin = object.__new__(MetricsClient)
+        twin.__dict__.update(self.__dict__)
+        twin._http = None
+        twin._http_lock = threading.Lock()
+        return twin
+
+    def _connection(self) -> httpx.Client:
+        http = self._http
+        if http is None:
+            with self._http_lock:
+                if self._http is None:
+                    self._http = httpx.Client(**self._http_options)
+                http = self._http
+        return http
+
     def send(
         self,
         method: str,
@@ -409,38 +454,38 @@ def error_from_response(
     if not message:
         text = response.text.strip().replace("\n", " ")
         message = text[:200] if text else response.reason_phrase or "no message"
-    return error_from_status(
+    return status_error(
         response.status_code,
         message,
         code=code,
-        headers=response.headers,
+        opc_request_id=response.headers.get("opc-request-id") or request_id,
         method=method,
         path=path,
-        request_id=request_id,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
     )
 
 
-def error_from_status(
+def status_error(
     status: int,
     message: str,
     *,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    method: str = "",
-    path: str = "",
-    request_id: str | None = None,
+    code: str | None,
+    method: str,
+    path: str,
+    opc_request_id: str | None = None,
+    retry_after: float | None = None,
 ) -> APIError:
-    """The typed error for an HTTP status (`BadRequest` for 400, ... `ServerError` else)."""
-    headers = headers or {}
+    """The typed error for an HTTP status (400 `BadRequest`, 404 `NotFound`, ...; any
+    other `ServerError`)."""
     error_type = _STATUS_ERRORS.get(status, ServerError)
     return error_type(
         message,
         status=status,
         code=code,
-        opc_request_id=headers.get("opc-request-id") or request_id,
+        opc_request_id=opc_request_id,
         method=method,
         path=path,
-        retry_after=parse_retry_after(headers.get("retry-after")),
+        retry_after=retry_after,
     )
 
 

@@ -1,4 +1,5 @@
-"""Where requests go: an AIDP workspace's MLOps API or a plain MLflow tracking server."""
+"""Where requests go: an AIDP workspace's MLOps API, a plain MLflow tracking server, or an
+MLflow store that MLflow's own client opens (`file:`, `sqlite:`, `postgresql:`, `databricks`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -24,7 +26,7 @@ from aidp_metrics._redact import redact_url
 DEFAULT_API_VERSION = "20260430"
 MLFLOW_API_PREFIX = "api/2.0/mlflow"
 
-EndpointKind = Literal["aidp", "mlflow"]
+EndpointKind = Literal["aidp", "mlflow", "store"]
 
 _AIDP_USERINFO = (
     "AIDP endpoint {url!r} must not contain a user name or password: AIDP requests are "
@@ -39,6 +41,15 @@ _AIDP_WORKSPACE_PATH = re.compile(
 )
 # aidp-cli's host (`aidp.{region}...`) and the generated SDK's (`datalake.{region}...`).
 _AIDP_HOST = re.compile(r"^(?:aidp|datalake)\.(?P<region>[a-z0-9-]+)\.oci\.")
+# `localhost:5000`, `127.0.0.1:5000/`: a server address without its `http://`, which MLflow
+# would take for a scheme (or a local directory) and fail on, or log into, far from here.
+_HOST_PORT = re.compile(r"^[\w.-]+:\d+(?:/.*)?$")
+# The stores MLflow's client opens itself (its tracking store registry, `+driver` allowed for
+# the databases); a plugin's scheme is found through its `mlflow.tracking_store` entry point.
+_MLFLOW_STORE_SCHEMES = frozenset(
+    {"file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
+)
+_STORE_PLUGINS = "mlflow.tracking_store"
 
 
 class BasicCredential:
@@ -75,6 +86,35 @@ class BasicCredential:
         return hash((self._username, self._password))
 
 
+class StoreURI:
+    """The tracking URI MLflow's client opens, whole (a database URI's password included).
+
+    Only the store client reads `uri`; `repr` and `str` show it redacted.
+    """
+
+    __slots__ = ("_uri",)
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def __repr__(self) -> str:
+        return f"StoreURI({redact_url(self._uri)!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoreURI):
+            return NotImplemented
+        return self._uri == other._uri
+
+    def __hash__(self) -> int:
+        return hash(self._uri)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """The root of the MLflow REST API the client talks to.
@@ -83,6 +123,9 @@ class Endpoint:
     `.../mlops` for AIDP, the tracking URI for MLflow. It never holds credentials: a
     tracking URI's `user:password@` becomes `credential` (HTTP Basic auth) when the
     endpoint is built, so no request URL, log line, error or file can carry it.
+
+    A `store` endpoint is a tracking URI MLflow's own client opens (no REST API of ours):
+    `store_uri` holds it whole, `base_url` redacted (a database URI's password masked).
     """
 
     kind: EndpointKind
@@ -92,9 +135,15 @@ class Endpoint:
     instance_id: str | None = None
     workspace_key: str | None = None
     credential: BasicCredential | None = field(default=None, repr=False)
+    store_uri: StoreURI | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Also for endpoints built directly or with dataclasses.replace().
+        if self.kind == "store":
+            if self.store_uri is None:
+                object.__setattr__(self, "store_uri", StoreURI(self.base_url))
+                object.__setattr__(self, "base_url", redact_url(self.base_url))
+            return
         bare, userinfo = _split_userinfo(self.base_url, "base URL")
         if userinfo is None:
             return
@@ -148,18 +197,18 @@ class Endpoint:
         """The endpoint a tracking URI names: an MLflow tracking server, where
         `http://user:password@host` gives Basic auth, or an AIDP workspace's MLOps URL
         (`https://aidp.{region}.oci.oraclecloud.com/20260430/aiDataPlatforms/{id}/workspaces/
-        {key}/mlops`), which is an AIDP endpoint (OCI request signing, AIDP headers).
+        {key}/mlops`), which is an AIDP endpoint (OCI request signing, AIDP headers). Any
+        other URI (`file:`, a local path, `sqlite:`, `postgresql:`, `databricks`, ...) is a
+        store MLflow's own client opens (`kind == "store"`; see `store_endpoint`).
 
         `source` names where the URI came from (`MLFLOW_TRACKING_URI`, `--tracking-uri`),
         for doctor's "basic (from ...)" line.
         """
-        uri = tracking_uri.strip().rstrip("/")
+        uri = tracking_uri.strip()
         scheme, separator, _ = uri.partition("://")
         if not separator or scheme.lower() not in ("http", "https"):
-            raise ConfigurationError(
-                f"MLflow tracking URI {redact_url(uri)!r} is not an http(s) URL; aidp-metrics "
-                "talks to a tracking server's REST API (e.g. http://127.0.0.1:5000)"
-            )
+            return store_endpoint(uri)
+        uri = uri.rstrip("/")
         workspace = _AIDP_WORKSPACE_PATH.search(urlsplit(uri).path)
         if workspace is not None:
             return cls._aidp_workspace(uri, workspace)
@@ -232,6 +281,10 @@ class Endpoint:
 
     def url(self, path: str) -> str:
         """Absolute URL of an MLflow REST call such as `runs/log-metric`."""
+        if self.kind == "store":
+            raise ConfigurationError(
+                f"{self.describe()} has no REST API (MLflow's client opens it)"
+            )
         return f"{self.base_url}/{MLFLOW_API_PREFIX}/{path}"
 
     def run_page_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
@@ -254,12 +307,76 @@ class Endpoint:
 
     def describe(self) -> str:
         """One line for humans; holds no secret."""
+        if self.kind == "store":
+            return f"MLflow store {self.base_url}"
         if self.kind == "aidp":
             return (
                 f"AIDP instance {self.instance_id} workspace {self.workspace_key} "
                 f"at {urlsplit(self.base_url).netloc}"
             )
         return f"MLflow tracking server {self.base_url}"
+
+
+def store_endpoint(uri: str) -> Endpoint:
+    """A tracking URI that MLflow's own client opens. A local one (`file:`, a bare path,
+    `sqlite:///`) is made absolute against the working directory now, as MLflow makes its
+    default one: a later `chdir` (Hydra's) must not move the store."""
+    if not uri:
+        raise ConfigurationError("MLflow tracking URI is empty")
+    if _HOST_PORT.match(uri):
+        raise ConfigurationError(
+            f"MLflow tracking URI {redact_url(uri)!r} looks like a server address without "
+            f"its scheme: use http://{redact_url(uri)}"
+        )
+    if uri.lower() in _MLFLOW_STORE_SCHEMES:  # `databricks`: MLflow's name, not a path
+        scheme = uri.lower()
+    else:
+        scheme = urlsplit(uri).scheme.lower() if ":" in uri else ""
+    if not _is_store_scheme(scheme):
+        raise ConfigurationError(
+            f"MLflow tracking URI {redact_url(uri)!r} is neither an http(s) URL (a tracking "
+            "server, e.g. http://127.0.0.1:5000) nor a store MLflow's client opens (a local "
+            "path, file:, sqlite:, postgresql:, mysql:, mssql:, databricks)"
+        )
+    if scheme in ("", "file"):
+        uri = _local_file_uri(uri, scheme)
+    elif scheme == "sqlite":
+        uri = _absolute_sqlite_uri(uri)
+    return Endpoint(kind="store", base_url=uri)
+
+
+def _is_store_scheme(scheme: str) -> bool:
+    if scheme in ("", "http", "https"):  # here `http:` is an http URL without its `//`
+        return scheme == ""
+    if scheme.partition("+")[0] in _MLFLOW_STORE_SCHEMES:
+        return True
+    from importlib.metadata import entry_points
+
+    return any(plugin.name == scheme for plugin in entry_points(group=_STORE_PLUGINS))
+
+
+def _local_file_uri(uri: str, scheme: str) -> str:
+    """`file:./mlruns`, `file:///abs`, `./mlruns`, `/abs` as `file:///absolute/path`."""
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            return uri  # a network share: MLflow's to judge
+        path = unquote(parts.path)
+    else:
+        path = uri
+    return Path(os.path.abspath(os.path.expanduser(path))).as_uri()
+
+
+def _absolute_sqlite_uri(uri: str) -> str:
+    """`sqlite:///relative.db` as `sqlite:////absolute/relative.db` (what MLflow does with
+    its default `sqlite:///mlflow.db`); `sqlite://` (in memory) and absolute ones as given."""
+    prefix = "sqlite:///"
+    if not uri.lower().startswith(prefix):
+        return uri
+    path, question, query = uri[len(prefix) :].partition("?")
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"{prefix}{os.path.abspath(path)}{question}{query}"
 
 
 def _check_aidp_url(url: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp_metrics._connection.client import MetricsClient, dumps, expect
+from aidp_metrics._connection.client import TrackingClient, dumps, expect
 from aidp_metrics._connection.retry import RetryPolicy
 from aidp_metrics._queue.journal import DESCRIPTOR_FILE, run_id_for, save_run_id
 
@@ -44,7 +44,7 @@ class Opened:
 class RunOpener:
     """Opens runs through `client`, one attempt per call (callers own the retrying)."""
 
-    def __init__(self, client: MetricsClient, spool_root: Path | None = None) -> None:
+    def __init__(self, client: TrackingClient, spool_root: Path | None = None) -> None:
         self.client = client
         self.spool_root = spool_root
 
@@ -154,7 +154,7 @@ class RunOpener:
 
 
 def find_created(
-    client: MetricsClient,
+    client: TrackingClient,
     local_id: str,
     experiment: str | None,
     experiment_id: str | None = None,

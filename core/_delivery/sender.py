@@ -29,7 +29,7 @@ from typing import Any
 
 from aidp_metrics._connection.client import (
     MAX_BATCH_METRICS,
-    MetricsClient,
+    TrackingClient,
     batch_bodies,
     dumps,
     new_retry_token,
@@ -79,7 +79,7 @@ class StreamSender:
     def __init__(
         self,
         queue: RunQueue,
-        client: MetricsClient,
+        client: TrackingClient,
         *,
         notices: Notices | None = None,
         spool_root: Path | None = None,

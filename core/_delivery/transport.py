@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aidp_metrics._connection.client import MetricsClient, new_retry_token
+from aidp_metrics._connection.client import TrackingClient, new_retry_token
 from aidp_metrics._errors import APIError, BadRequest, NotFound, TooManyRequests
 from aidp_metrics._metric import batch_body, metric_body
 from aidp_metrics._notice import Notices
@@ -43,7 +43,7 @@ class MetricTransport:
 
     def __init__(
         self,
-        client: MetricsClient,
+        client: TrackingClient,
         notices: Notices,
         *,
         transport: str,

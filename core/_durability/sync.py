@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.retry import RetryPolicy
 from aidp_metrics._delivery.opener import RunOpener
 from aidp_metrics._delivery.sender import StreamSender
@@ -75,7 +75,7 @@ class _Recorder(Notices):
 
 def sync_directory(
     root: Path,
-    client: MetricsClient | None,
+    client: TrackingClient | None,
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
@@ -168,7 +168,7 @@ def _has_unacked_ops(journal: Journal) -> bool:
 def _replay(
     journal: Journal,
     root: Path,
-    client: MetricsClient,
+    client: TrackingClient,
     result: RunSyncResult,
     done: int,
     total: int,

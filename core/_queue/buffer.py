@@ -123,15 +123,21 @@ class MetricBuffer:
             records.extend(itertools.islice(self.memory, offset, offset + stop - index))
         return start, records
 
-    def abandon(self) -> int:
-        """Give up on every unsettled metric; returns how many (holes were counted already)."""
+    def abandon(self, upto: int) -> int:
+        """Give up on every unsettled metric below `upto`; returns how many (holes were
+        counted already). What is from `upto` on stays."""
         lost = 0
         index = self.acked
-        for start, stop in self.holes:
+        holes = self.holes
+        while holes and holes[0][0] < upto:
+            start, stop = holes.popleft()
             lost += max(0, start - index)
             index = max(index, stop)
-        lost += self.logged - index
-        self.holes.clear()
-        self.memory.clear()
-        self.acked = self.mem_start = self.logged
+        end = max(index, upto)
+        lost += max(0, upto - index)
+        memory = self.memory
+        for _ in range(min(len(memory), end - self.mem_start)):
+            memory.popleft()
+        self.mem_start = max(self.mem_start, end)
+        self.acked = max(self.acked, end)
         return lost

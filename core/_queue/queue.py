@@ -49,7 +49,7 @@ from .records import (
 )
 from .spill import Segment, Spill
 
-_CLOSED = QueueState.CLOSED
+_OPEN = QueueState.OPEN
 # `Wake` bits as plain ints for the hot path (an IntFlag costs a Python call to test).
 _SENDER, _SPOOL, _REOPENED, _FULL = (
     int(Wake.SENDER),
@@ -166,7 +166,7 @@ class RunQueue:
         Returns `Wake` bits as a plain int (0, the usual answer, costs nothing to test)."""
         count = len(metrics)
         with self._lock:
-            wake = self._reopen_locked() if self._state is _CLOSED else 0
+            wake = self._reopen_locked() if self._state is not _OPEN else 0
             if rejected:
                 self._counters.reject(rejected)
             if not count:
@@ -185,7 +185,7 @@ class RunQueue:
     def append_op(self, kind: str, payload: dict[str, Any]) -> int:
         with self._lock:
             wake: int = _SENDER
-            if self._state is QueueState.CLOSED:
+            if self._state is not _OPEN:
                 wake |= self._reopen_locked()
             self._queue_op_locked(kind, payload)
             if self._spill.touch():
@@ -210,7 +210,9 @@ class RunQueue:
         self._ops.add(self._metrics.logged, kind, payload)
 
     def _reopen_locked(self) -> int:
-        """Logging into an ended run: it is RUNNING again, before what is logged now."""
+        """Logging into an ended run, or one that is ending (after its end mark): it is
+        RUNNING again, before what is logged now. A running `end()` settles only what was
+        logged before it began and leaves the queue open."""
         self._state = QueueState.OPEN
         self._queue_op_locked("status", {"status": "RUNNING"})
         return _REOPENED | _SENDER
@@ -261,45 +263,49 @@ class RunQueue:
 
     # -- ending ---------------------------------------------------------------------------
 
-    def begin_end(self, status: dict[str, Any] | None, *, repeat: bool) -> bool:
-        """Start ending (queueing the `status` op, if any). False when already closed with
-        the same status (`repeat`): nothing to do."""
+    def begin_end(self, status: dict[str, Any] | None, *, repeat: bool) -> Mark | None:
+        """Start ending (queueing the `status` op, if any). Returns the end mark -- what
+        `end()` must settle: every record logged before it, the status op included; what is
+        logged from now on reopens the run (`append`). None when already closed with the same
+        status (`repeat`): nothing to do."""
         with self._lock:
             if self._state is QueueState.CLOSED and repeat:
-                return False
+                return None
             self._state = QueueState.CLOSING
             if status is not None:
                 self._queue_op_locked("status", status)
                 self._spill.touch()
-            return True
+            return self._metrics.logged, self._ops.logged
 
     def end_step(self, mark: Mark, *, out_of_time: bool, reason: str) -> EndStep:
-        """After delivering up to `mark`: closed, or spill the rest, or deliver again."""
+        """After delivering up to the end `mark`: closed, or spill the rest, or (time left)
+        deliver again. Records logged after `mark` are not end()'s to settle."""
         with self._lock:
-            current = (self._metrics.logged, self._ops.logged)
-            if current == mark and self.settled(mark):
-                self._state = QueueState.CLOSED
+            if self.settled(mark):
+                self._close_locked()
                 return EndStep.DONE
             if self._spill.usable:
                 self._spill.want()
                 self._spill.commit_soon()
                 return EndStep.SPILL
-            if current == mark or out_of_time:
-                self._abandon_locked(reason)
-                self._state = QueueState.CLOSED
+            if out_of_time:
+                self._abandon_locked(mark, reason)
+                self._close_locked()
                 return EndStep.DONE
             return EndStep.AGAIN
 
-    def end_after_spill(self, mark: Mark, *, out_of_time: bool, reason: str) -> bool:
-        """After waiting for the journal: True when closed (what is not on disk yet the
-        spool writer's last pass writes)."""
+    def end_after_spill(self, mark: Mark, *, reason: str) -> None:
+        """After waiting for the journal: close (what is not on disk yet the spool writer's
+        last pass writes), counting what is before `mark` failed if the spool failed."""
         with self._lock:
             if self._spill.failed:  # the spool could not take them: count them
-                self._abandon_locked(f"{reason}, and the spool failed")
-            elif (self._metrics.logged, self._ops.logged) != mark and not out_of_time:
-                return False
+                self._abandon_locked(mark, f"{reason}, and the spool failed")
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        """End's share is settled: closed -- unless logging reopened the run meanwhile."""
+        if self._state is QueueState.CLOSING:
             self._state = QueueState.CLOSED
-            return True
 
     def finish_close(self) -> bool:
         """True when the queue is still closed (nothing reopened it meanwhile): the caller
@@ -310,16 +316,17 @@ class RunQueue:
             self._metrics.rush(self._metrics.logged)
             return True
 
-    def _abandon_locked(self, reason: str) -> None:
-        """Give up on every unsettled metric (counted failed) and drop the queued ops -- but a
-        create or attach that never happened stays: logging again must still open the run."""
+    def _abandon_locked(self, mark: Mark, reason: str) -> None:
+        """Give up on every unsettled record before `mark` (metrics counted failed, ops
+        dropped) -- but a create or attach that never happened stays: logging again must
+        still open the run. What was logged after `mark` (a reopened run) stays queued."""
         chunk = self._chunk
-        if chunk is not None:
+        if chunk is not None and chunk.start < mark[0]:
             chunk.set_outcome(chunk.pending(), reason)
             self._settle_chunk_locked(chunk)
-        self._counters.fail(self._metrics.abandon(), reason)
-        self._spill.forget(self._metrics.logged)
-        self._ops.abandon()
+        self._counters.fail(self._metrics.abandon(mark[0]), reason)
+        self._spill.forget(self._metrics.acked)
+        self._ops.abandon(mark[1])
         self._after_progress_locked()
 
     # -- the delivery loop's side ---------------------------------------------------------

@@ -23,7 +23,7 @@ Mark = tuple[int, int]  # (metrics logged, ops logged): a point in the queue
 
 class QueueState(enum.Enum):
     OPEN = "open"  # logging and delivering
-    CLOSING = "closing"  # end() is settling the last records
+    CLOSING = "closing"  # end() is settling what was logged before it (an append reopens)
     CLOSED = "closed"  # ended: nothing is delivered until something is logged again
 
 
@@ -40,7 +40,7 @@ class Wake(enum.IntFlag):
 class EndStep(enum.Enum):
     DONE = "done"  # closed
     SPILL = "spill"  # wait for the journal, then `end_after_spill`
-    AGAIN = "again"  # more was logged meanwhile: deliver it
+    AGAIN = "again"  # not settled yet, and there is time left: deliver again
 
 
 class QueuedOp:
@@ -84,15 +84,19 @@ class OpLog:
             return True
         return False
 
-    def abandon(self) -> None:
-        """Settle every op but a create or attach that never happened: logging again must
-        still open the run."""
+    def abandon(self, upto: int) -> None:
+        """Settle the ops logged before op `upto` but a create or attach that never
+        happened: logging again must still open the run."""
         pending = self.pending
-        opening = pending[0] if pending and pending[0].op[0] in ("create", "attach") else None
-        self.settled += len(pending)
-        pending.clear()
+        count = min(len(pending), upto - self.settled)
+        if count <= 0:
+            return
+        opening = pending[0] if pending[0].op[0] in ("create", "attach") else None
+        for _ in range(count):
+            pending.popleft()
+        self.settled += count
         if opening is not None:
-            pending.append(opening)
+            pending.appendleft(opening)
             self.settled -= 1
 
     def unwritten(self, upto: int) -> list[QueuedOp]:

@@ -138,7 +138,7 @@ class Spill:
     def forget(self, index: int) -> None:
         """Everything below `index` is settled without the journal (abandoned)."""
         self.skip_to(index)
-        self._segments.clear()
+        self.settled_below(index)
 
     def add(self, start: int, ends: list[int], first_offset: int) -> None:
         last = self._segments[-1] if self._segments else None

@@ -8,14 +8,13 @@ same opener. Only a definite refusal (400, 401, 403, 404) raises.
 
 from __future__ import annotations
 
-import getpass
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aidp_metrics._connection.client import MAX_TAG_VALUE_LENGTH, MetricsClient
+from aidp_metrics._connection.client import MAX_TAG_VALUE_LENGTH, TrackingClient
+from aidp_metrics._connection.connect import connect
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import Opened, RunOpener
 from aidp_metrics._env import AIDP_METRICS_MODE
@@ -25,6 +24,8 @@ from aidp_metrics._notice import Notices
 from aidp_metrics._queue.journal import RunDescriptor, new_local_id, run_id_for, spool_root
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._version import __version__
+
+from .source import source_tags
 
 RUN_NAME_TAG = "mlflow.runName"
 # Answers that are definite: the run cannot be created or found, whatever we wait.
@@ -40,7 +41,7 @@ process_notices = Notices()
 class RunSetup:
     """Everything a `Run` is built from."""
 
-    client: MetricsClient | None
+    client: TrackingClient | None
     owns_client: bool
     options: DeliveryOptions
     descriptor: RunDescriptor
@@ -61,7 +62,7 @@ def start_setup(
     run_name: str | None,
     tags: Mapping[str, object] | None,
     endpoint: Endpoint | str | None,
-    client: MetricsClient | None,
+    client: TrackingClient | None,
     experiment_id: str | None,
     offline: bool,
     options: dict[str, Any],
@@ -100,7 +101,7 @@ def attach_setup(
     run_id: str,
     *,
     endpoint: Endpoint | str | None,
-    client: MetricsClient | None,
+    client: TrackingClient | None,
     skip_logged_steps: bool,
     experiment_name: str | None,
     offline: bool,
@@ -161,8 +162,8 @@ def answer_now(setup: RunSetup, action: Callable[[], _T], later: str) -> _T | No
 
 
 def client_or_offline(
-    endpoint: Endpoint | str | None, client: MetricsClient | None
-) -> tuple[MetricsClient | None, bool]:
+    endpoint: Endpoint | str | None, client: TrackingClient | None
+) -> tuple[TrackingClient | None, bool]:
     """The client to use and whether we own it; (None, False) for an offline run."""
     if client is not None:
         return client, False
@@ -178,7 +179,7 @@ def client_or_offline(
                 "with `aidp-metrics sync`.",
             )
             return None, False
-    return MetricsClient(endpoint), True
+    return connect(endpoint), True
 
 
 def string_tags(tags: Mapping[str, object]) -> dict[str, str]:
@@ -188,15 +189,8 @@ def string_tags(tags: Mapping[str, object]) -> dict[str, str]:
 
 
 def default_tags() -> dict[str, str]:
-    tags = {
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
-        "aidp_metrics.version": __version__,
-    }
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # no user name in some containers
-        pass
+    """What MLflow's client records for a new run (`source_tags`), and our version."""
+    tags = {**source_tags(), "aidp_metrics.version": __version__}
     return {k: v for k, v in tags.items() if v}
 
 
@@ -215,7 +209,7 @@ class RunConstructors:
         run_name: str | None = None,
         tags: Mapping[str, object] | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         experiment_id: str | None = None,
         offline: bool = False,
         **options: Any,
@@ -246,7 +240,7 @@ class RunConstructors:
         run_id: str,
         *,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         skip_logged_steps: bool = False,
         experiment_name: str | None = None,
         offline: bool = False,

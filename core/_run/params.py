@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,11 +83,12 @@ def _describe(value: object) -> str:
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, functools.partial):
-        return f"functools.partial({_describe(value.func)})"
+        arguments = [_describe(value.func)]
+        arguments += [_describe_item(arg) for arg in value.args]
+        arguments += [f"{key}={_describe_item(arg)}" for key, arg in value.keywords.items()]
+        return f"functools.partial({', '.join(arguments)})"
     if inspect.isclass(value) or inspect.isroutine(value):
-        module = getattr(value, "__module__", None)
-        name = getattr(value, "__qualname__", None) or getattr(value, "__name__", repr(value))
-        return f"{module}.{name}" if module and module != "builtins" else str(name)
+        return _qualified_name(value)
     scalar = _scalar(value)
     if scalar is not None:
         # numpy prints float32(0.1) as 0.1; its .item() would print 0.10000000149011612
@@ -95,7 +97,46 @@ def _describe(value: object) -> str:
         return str(tuple(_plain(v) for v in value))
     if isinstance(value, (list, set, frozenset)):
         return str([_plain(v) for v in value])
-    return str(value)
+    text = str(value)
+    if _MEMORY_ADDRESS.search(text) is None:
+        return text
+    return _describe_object(value)
+
+
+# `<foo.Bar object at 0x7f...>`: the default repr, different in every run.
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_MAX_ATTRIBUTES = 8  # an object with more public attributes is named, not spelt out
+
+
+def _describe_object(value: object) -> str:
+    """An object whose text holds a memory address: its class's qualified name, with its
+    public attributes when they are few and plain (`pkg.Scheduler(gamma=0.5)`)."""
+    name = _qualified_name(type(value))
+    try:
+        attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    except TypeError:  # no __dict__ (slots, C types)
+        return name
+    plain = (str, bool, int, float, type(None))
+    if len(attributes) > _MAX_ATTRIBUTES or not all(
+        isinstance(v, plain) for v in attributes.values()
+    ):
+        return name
+    if not attributes:
+        return name
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in attributes.items())})"
+
+
+def _describe_item(value: object) -> str:
+    """An argument inside a described call: strings quoted, everything else described."""
+    return repr(value) if isinstance(value, str) else _describe(value)
+
+
+def _qualified_name(value: object) -> str:
+    module = getattr(value, "__module__", None)
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if name is None:
+        name = type(value).__qualname__
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
 def _plain(value: object) -> object:

@@ -6,9 +6,10 @@ its uploads (created on the first `log_artifact`-like call).
                     \\--log_artifact--> UploadStage --serve--> MLflow artifact repository (uploader)
 
 The queue answers every append with what to do (`Wake`); `act` does it: wake the delivery
-loop or the spool writer, make room in a full queue. `end` settles everything it can within
-its time (delivering, else keeping it in the journal, else counting it failed), then lets go
-of the threads, the connection and the journal.
+loop or the spool writer, make room in a full queue. `end` settles what was logged before it
+within its time (delivering, else keeping it in the journal, else counting it failed), then
+lets go of the threads, the connection and the journal -- unless another thread logged
+meanwhile and so reopened the run, which then stays connected.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._delivery.sender import StreamSender, loop
 from aidp_metrics._delivery.worker import ProcessWorker
 from aidp_metrics._durability.spool import SpoolTask, writer
 from aidp_metrics._notice import Notices, notice
 from aidp_metrics._queue.journal import RunDescriptor, spool_root
 from aidp_metrics._queue.options import DeliveryOptions
-from aidp_metrics._queue.queue import EndStep, QueueState, RunQueue, Wake
+from aidp_metrics._queue.queue import EndStep, Mark, QueueState, RunQueue, Wake
 from aidp_metrics._stats import RunStats
 from aidp_metrics._uploads.stage import UploadStage
 
@@ -41,7 +42,7 @@ class RunPipeline:
 
     def __init__(
         self,
-        client: MetricsClient | None,
+        client: TrackingClient | None,
         options: DeliveryOptions,
         descriptor: RunDescriptor,
         *,
@@ -164,46 +165,49 @@ class RunPipeline:
     # -- ending ---------------------------------------------------------------------------
 
     def end(self, status: dict[str, Any] | None, *, repeat: bool, wait: float, why: str) -> bool:
-        """Queue `status` (None: a forked child ends the run), settle everything within
-        `wait` seconds and let go. False when there was nothing to do (`repeat`: already
-        ended with this status). Returns with the queue closed unless logging reopened it."""
-        if not self.queue.begin_end(status, repeat=repeat):
+        """Queue `status` (None: a forked child ends the run), settle everything logged
+        before this call within `wait` seconds and let go. False when there was nothing to
+        do (`repeat`: already ended with this status). Returns with the queue closed unless
+        logging reopened it (another thread logging meanwhile does: what it logs is not
+        this end's to wait for)."""
+        mark = self.queue.begin_end(status, repeat=repeat)
+        if mark is None:
             return False
         deadline = time.monotonic() + wait
+        uploads = self._uploads
+        files = uploads.mark() if uploads is not None else 0  # logged before end() too
         self.connect()
-        self._settle_everything(wait, f"not delivered {why}")
-        if self._uploads is not None:  # the files logged so far, in what time is left
+        self._settle(mark, wait, f"not delivered {why}")
+        if uploads is not None:  # in what time is left
             sender = self.sender
             down = lambda: sender is not None and (sender.server_down or bool(sender.stuck))  # noqa: E731
-            self._uploads.finish(max(0.0, deadline - time.monotonic()), down)
+            uploads.finish(files, max(0.0, deadline - time.monotonic()), down)
         return True
 
-    def _settle_everything(self, wait: float, reason: str) -> None:
-        """Deliver what can be delivered within `wait` seconds; keep the rest on disk (or
-        count it failed without a spool); close the queue. Points other threads log
-        meanwhile count too: the check that nothing is left and the close are one step."""
+    def _settle(self, mark: Mark, wait: float, reason: str) -> None:
+        """Deliver what was logged before the end `mark` within `wait` seconds; keep the
+        rest of it on disk (or count it failed without a spool); close the queue."""
         queue = self.queue
         deadline = time.monotonic() + wait
+        if self.client is not None:
+            queue.rush(mark)
         while True:
-            mark = queue.mark()
             if self.client is not None:
-                queue.rush(mark)
                 self._deliver_until(mark, deadline)
-            late = time.monotonic() >= deadline
+            # Offline, nothing but the journal can settle them: no point in waiting.
+            late = self.client is None or time.monotonic() >= deadline
             step = queue.end_step(mark, out_of_time=late, reason=reason)
             if step is EndStep.DONE:
                 return
-            if step is EndStep.AGAIN:
-                continue  # more was logged meanwhile, and there is time to deliver it
-            if self.spool is not None:
-                self.spool.wake()
-                on_disk = functools.partial(queue.durable_or_failed, mark)
-                self.wait(on_disk, SPOOL_WAIT, writer)
-            late = time.monotonic() >= deadline
-            if queue.end_after_spill(mark, out_of_time=late, reason=reason):
-                return
+            if step is EndStep.SPILL:
+                break
+        if self.spool is not None:
+            self.spool.wake()
+            on_disk = functools.partial(queue.durable_or_failed, mark)
+            self.wait(on_disk, SPOOL_WAIT, writer)
+        queue.end_after_spill(mark, reason=reason)
 
-    def _deliver_until(self, mark: tuple[int, int], deadline: float) -> bool:
+    def _deliver_until(self, mark: Mark, deadline: float) -> bool:
         """Wait for delivery; with a spool, stop early once the server is down and nothing
         has moved for DOWN_WAIT seconds (the journal keeps the rest)."""
         queue = self.queue

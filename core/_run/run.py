@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from types import TracebackType
 from typing import Any
 
 from aidp_metrics._bridges import system_metrics
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._bridges.watch import Watches
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import LOCAL_ID_TAG
 from aidp_metrics._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
@@ -37,23 +39,23 @@ from aidp_metrics._queue.journal import new_local_id
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import QueueState
 from aidp_metrics._stats import RunStats
-from aidp_metrics._uploads.snapshot import SnapshotMode
 from aidp_metrics._uploads.stage import UploadStage
 
 from . import lifecycle
+from .artifacts import ArtifactMethods
 from .creation import RunConstructors, RunSetup, string_tags
 from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_Path = str | os.PathLike[str]
 _FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
+_PLAIN = frozenset((float, int))  # value types converted in bulk (not bool: a subclass)
 _logger = logging.getLogger("aidp_metrics")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
 
-class Run(RunConstructors):
+class Run(ArtifactMethods, RunConstructors):
     """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
 
     `client` is None for an offline run. Until the server has created (or confirmed) the
@@ -78,6 +80,7 @@ class Run(RunConstructors):
         self._skipped_reported = 0  # stats.skipped when end() last reported it
         self._spec = setup.spec
         self._before_end: list[Callable[[], None]] = []  # what _end() calls first, once
+        self._watches = Watches()
         self._start(setup.run_id, setup.opening, setup.floors)
         self._announce()
 
@@ -171,7 +174,7 @@ class Run(RunConstructors):
         run_name: str | None = None,
         tags: Mapping[str, object] | None = None,
         endpoint: Endpoint | str | None = None,
-        client: MetricsClient | None = None,
+        client: TrackingClient | None = None,
         skip_logged_steps: bool = False,
         **options: Any,
     ) -> Run:
@@ -219,6 +222,23 @@ class Run(RunConstructors):
             self._queue.reject(len(metrics))
             self._notices.once(f"step/timestamp of {keys}", f"aidp-metrics: not logged: {exc}")
             return
+        records = _plain_records(metrics, self._keys, stamp, at)
+        problems: list[tuple[str, str]] = []
+        if records is None:
+            records, problems = self._checked_records(metrics, stamp, at)
+        if problems and self.options.strict:
+            raise InvalidMetric("; ".join(reason for _, reason in problems))
+        self.last_step = at
+        wake = self._queue.append(records, len(problems))
+        if wake:
+            self._act(wake)
+        for key, reason in problems:
+            self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
+
+    def _checked_records(
+        self, metrics: Mapping[str, object], stamp: int, at: int
+    ) -> tuple[list[MetricRecord], list[tuple[str, str]]]:
+        """Every point checked one by one: a new key, or a value other than float/int."""
         records: list[MetricRecord] = []
         known = self._keys
         problems: list[tuple[str, str]] = []
@@ -242,14 +262,7 @@ class Run(RunConstructors):
                     problems.append((key, str(exc)))
                     continue
             records.append((key, number, stamp, at))
-        if problems and self.options.strict:
-            raise InvalidMetric("; ".join(reason for _, reason in problems))
-        self.last_step = at
-        wake = self._queue.append(records, len(problems))
-        if wake:
-            self._act(wake)
-        for key, reason in problems:
-            self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
+        return records, problems
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
         """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
@@ -289,52 +302,14 @@ class Run(RunConstructors):
     def follow_tensorboard(self, logdir: str | os.PathLike[str], interval: float = 1.0) -> None:
         """Log the scalars of every TensorBoard event file under `logdir` into this run
         from a thread of its own until `end()`, which logs what is left first (needs
-        `aidp-metrics[tensorboard]`; README "TensorBoard")."""
+        `aidp-metrics[tensorboard]`; docs/tensorboard.md)."""
         from aidp_metrics._bridges.tensorboard import follow
 
         stop = follow(self, logdir, interval=interval)
         if stop is not None:
             self._before_end.append(stop)
 
-    # -- artifacts: snapshotted now, uploaded in the background (notes/artifacts.md) ------
-
-    def log_artifact(
-        self,
-        local_path: _Path,
-        artifact_path: str | None = None,
-        *,
-        snapshot: SnapshotMode = "copy",
-    ) -> None:
-        """Upload the file into the run's `artifact_path` directory as it is now.
-        `snapshot="link"`: a hard link instead of a copy, for files never rewritten in place."""
-        stage = self._uploads()
-        if stage is not None:
-            stage.log_file(local_path, artifact_path, snapshot)
-
-    def log_artifacts(
-        self, local_dir: _Path, artifact_path: str | None = None, *, snapshot: SnapshotMode = "copy"
-    ) -> None:
-        """Every file under `local_dir`, at its relative path under `artifact_path`."""
-        stage = self._uploads()
-        if stage is not None:
-            stage.log_dir(local_dir, artifact_path, snapshot)
-
-    def log_figure(self, figure: Any, artifact_file: str, **save_kwargs: Any) -> None:
-        """A matplotlib or plotly figure, saved now as `artifact_file` (e.g. "plots/loss.png")."""
-        stage = self._uploads()
-        if stage is not None:
-            stage.log_figure(figure, artifact_file, save_kwargs)
-
-    def log_dict(self, dictionary: Any, artifact_file: str) -> None:
-        """YAML for a `.yaml`/`.yml` `artifact_file`, else JSON."""
-        stage = self._uploads()
-        if stage is not None:
-            stage.log_dict(dictionary, artifact_file)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        stage = self._uploads()
-        if stage is not None:
-            stage.log_text(text, artifact_file)
+    # -- artifacts: the methods are ArtifactMethods' (artifacts.py) ------------------------
 
     def _uploads(self) -> UploadStage | None:
         if self._role.inherited:
@@ -343,6 +318,27 @@ class Run(RunConstructors):
         if wake:
             self._act(wake)
         return self._pipeline.uploads()
+
+    def watch(
+        self,
+        model: object,
+        log: str = "gradients",
+        log_freq: int = 100,
+        *,
+        step: Callable[[], int] | None = None,
+        first_step: int = 1,
+    ) -> None:
+        """Log `grad_norm/<parameter>` and `grad_norm/total` ("gradients"), and/or
+        `weight_norm/<parameter>` ("parameters", "all") of a torch `model` at every
+        `log_freq`-th optimizer update, until `unwatch` or `end()` (notes/watch.md).
+
+        Without `step`, update n (1, 2, ...) lands on step n; an integration passes its
+        framework's step for the current update, `first_step` being the first update's."""
+        self._watches.add(self, model, log, log_freq, step, first_step)
+
+    def unwatch(self, model: object = None) -> None:
+        """Stop watching `model` (every watched model when None): its hook is removed."""
+        self._watches.remove(model)
 
     # -- delivery control -----------------------------------------------------------------
 
@@ -359,7 +355,9 @@ class Run(RunConstructors):
     def end(self, status: str = "FINISHED", *, timeout: float | None = None) -> RunStats:
         """Flush (up to `timeout`, default the `end_timeout` option), then set the run's
         status and end time. Idempotent; on an ended run a different status replaces the
-        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it.
+        first (e.g. FINISHED after fit, then FAILED in test). Logging afterwards reopens it --
+        and so does what other threads log while it runs: `end()` waits only for what was
+        logged before it was called.
 
         What is still undelivered then stays in the spool (`aidp-metrics sync`), or without
         one is counted as failed; an ended run holds no thread, connection or file."""
@@ -400,6 +398,7 @@ class Run(RunConstructors):
         while self._before_end:  # e.g. a TensorBoard follower logs what is left
             self._before_end.pop()()
         system_metrics.unwatch(self)  # first: no sample may reopen the run while it ends
+        self._watches.remove()
         with self._end_lock:
             payload = (
                 None
@@ -455,6 +454,27 @@ class Run(RunConstructors):
         self.local_id = self._descriptor.local_id
         opening = None if run_id is not None or self._spec is None else ("create", self._spec)
         self._start(run_id, opening, None)
+
+
+def _plain_records(
+    metrics: Mapping[str, object], known: dict[str, str], stamp: int, at: int
+) -> list[MetricRecord] | None:
+    """The records of a call whose keys were all seen valid before and whose values are
+    all plain floats or ints, built without a Python-level loop (a few hundred points per
+    call: `watch`); None when any point needs checking one by one."""
+    keys = metrics.keys()
+    if not keys <= known.keys():
+        return None
+    values: Iterable[object] = metrics.values()
+    types = set(map(type, values))
+    if not types <= _PLAIN:  # bool, str, numpy, tensors: checked one by one
+        return None
+    if int in types:
+        try:
+            values = list(map(float, values))  # type: ignore[arg-type]
+        except OverflowError:  # an int too large for a double: said by the check
+            return None
+    return list(zip(keys, values, repeat(stamp), repeat(at)))  # type: ignore[arg-type]
 
 
 def _check_step(step: object) -> int:

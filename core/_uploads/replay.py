@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.retry import RetryPolicy, Verdict, decide
 from aidp_metrics._delivery.opener import RunOpener
 from aidp_metrics._delivery.transport import short_reason
@@ -36,7 +36,7 @@ class UploadSyncResult:
 
 
 def sync_uploads(
-    root: Path, client: MetricsClient | None, *, retry: RetryPolicy, dry_run: bool = False
+    root: Path, client: TrackingClient | None, *, retry: RetryPolicy, dry_run: bool = False
 ) -> list[UploadSyncResult]:
     """Finish every upload journal under `root`; with `dry_run` (client may be None), count."""
     results: list[UploadSyncResult] = []
@@ -74,7 +74,7 @@ def _replay(
     ledger: UploadLedger,
     pending: list[Entry],
     root: Path,
-    client: MetricsClient,
+    client: TrackingClient,
     retry: RetryPolicy,
     sent: list[Entry],
     skipped: list[str],

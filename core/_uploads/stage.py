@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-from aidp_metrics._connection.client import MetricsClient
+from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.retry import RetryPolicy, Verdict, decide
 from aidp_metrics._delivery.transport import short_reason
 from aidp_metrics._delivery.worker import ProcessWorker
@@ -81,7 +81,7 @@ class UploadStage:
 
     def __init__(
         self,
-        client: MetricsClient | None,
+        client: TrackingClient | None,
         options: DeliveryOptions,
         descriptor: RunDescriptor,
         run_id: Callable[[], str | None],
@@ -233,17 +233,18 @@ class UploadStage:
                 self._changed.wait(min(remaining, 1.0))
             return self._counts.settled >= mark
 
-    def finish(self, wait: float, server_down: Callable[[], bool] = lambda: False) -> None:
-        """For `end()`: wait up to `wait` seconds for what was logged so far (a progress bar
-        in bytes when stderr is a terminal) -- not at all for a run the server does not
-        have, and no longer once uploads fail (or the metrics found the server down) and
-        nothing moved for `DOWN_WAIT` -- then stop serving the run: what is left stays in
-        the spool for `sync` (without a spool, it counts as failed)."""
-        mark = self.mark()
+    def finish(self, mark: int, wait: float, server_down: Callable[[], bool]) -> None:
+        """For `end()`: wait up to `wait` seconds for the files logged before `mark` (a
+        progress bar in bytes when stderr is a terminal) -- not at all for a run the server
+        does not have, and no longer once uploads fail (or the metrics found the server
+        down) and nothing moved for `DOWN_WAIT` -- then stop serving the run: what is left
+        stays in the spool for `sync` (without a spool, it counts as failed)."""
         if self.can_upload and self._run_id() is not None:
             with _progress(self) as bar:
                 self._wait_settled(mark, time.monotonic() + wait, bar, server_down)
         with self._lock:
+            if self._counts.logged > mark:  # another thread logged meanwhile: not ours to
+                return  # wait for; the uploader goes on (the next end() settles them)
             self._closed = True
             self._changed.notify_all()
             if self.options.spool == "off":  # no spool to keep them: they count as failed

@@ -39,9 +39,9 @@ from aidp_metrics._connection.auth import (
     mlflow_credentials_in_scope,
     scoped_mlflow_credentials,
 )
-from aidp_metrics._connection.client import MetricsClient, error_from_status
+from aidp_metrics._connection.client import TrackingClient, status_error
 from aidp_metrics._connection.endpoint import Endpoint
-from aidp_metrics._connection.retry import RetryPolicy
+from aidp_metrics._connection.retry import RetryPolicy, parse_retry_after
 from aidp_metrics._errors import APIError, ConfigurationError, TransportError
 from aidp_metrics._notice import Notices
 
@@ -83,7 +83,8 @@ class ArtifactStore:
             )
 
             _wrap_host_creds()
-            self._repo: Any = get_artifact_repository(artifact_uri, tracking_uri=endpoint.base_url)
+            tracking_uri = endpoint.store_uri.uri if endpoint.store_uri else endpoint.base_url
+            self._repo: Any = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
         pool = getattr(self._repo, "thread_pool", None)
         if isinstance(pool, ThreadPoolExecutor):  # downloads fan out: keep the scope there
             pool.shutdown(wait=False)
@@ -92,19 +93,20 @@ class ArtifactStore:
 
     @classmethod
     def for_run(
-        cls, client: MetricsClient, run_id: str, *, retry: RetryPolicy | None = None
+        cls, client: TrackingClient, run_id: str, *, retry: RetryPolicy | None = None
     ) -> ArtifactStore:
         """The store of `run_id`, from the `artifact_uri` the server gives the run."""
         info = client.get_run(run_id, retry=retry)["info"]
         uri = info.get("artifact_uri")
         if not uri:
             raise ConfigurationError(f"the server gave run {run_id} no artifact_uri")
-        credentials = mlflow_credentials(client.auth, client.endpoint)
+        auth = getattr(client, "auth", None)  # a store URI's client has none: MLflow's own
+        credentials = mlflow_credentials(auth, client.endpoint)
         if credentials is None:
             _notices.once(
                 "own-auth",
                 f"aidp-metrics: artifact uploads cannot use the client's own auth "
-                f"({type(client.auth).__name__}); they go with MLflow's credentials from "
+                f"({type(auth).__name__}); they go with MLflow's credentials from "
                 "the environment (MLFLOW_TRACKING_AUTH, MLFLOW_TRACKING_TOKEN, ...)",
             )
         return cls(str(uri), client.endpoint, credentials)
@@ -182,20 +184,33 @@ def translate(exc: BaseException) -> APIError | None:
     response = getattr(exc, "response", None)
     if isinstance(exc, requests.HTTPError) and response is not None:
         text = (response.text or response.reason or "").strip().replace("\n", " ")[:300]
-        return error_from_status(
+        return _status_error(
             response.status_code, text, headers=response.headers, path=_path(response)
         )
     for cause in (exc, exc.__cause__, exc.__context__):
         if isinstance(cause, (requests.ConnectionError, requests.Timeout)):
             return TransportError(f"{type(cause).__name__}: {_short(cause)}")
         if isinstance(cause, requests.exceptions.RetryError):
-            return error_from_status(503, _short(cause))
+            return _status_error(503, _short(cause))
     if isinstance(exc, MlflowException):
         if "failed with exception" in str(exc):  # http_request's wrapper of a network error
             return TransportError(_short(exc))
         status: Any = exc.get_http_status_code  # untyped in MLflow
-        return error_from_status(int(status()), _short(exc))
+        return _status_error(int(status()), _short(exc))
     return None
+
+
+def _status_error(status: int, message: str, *, headers: Any = None, path: str = "") -> APIError:
+    headers = headers or {}
+    return status_error(
+        status,
+        message,
+        code=None,
+        method="",
+        path=path,
+        opc_request_id=headers.get("opc-request-id"),
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
 
 
 def _short(exc: BaseException) -> str:

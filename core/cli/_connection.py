@@ -1,7 +1,8 @@
 """Endpoint and credentials for a CLI command, resolved the same way by every command.
 
 `--tracking-uri` / `--endpoint` and the OCI flags on top of the environment, into a
-`MetricsClient`. httpx and the client load only when a client is built.
+client (`connect`: HTTP, or MLflow's own client for a store URI). httpx and the client
+load only when a client is built.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from aidp_metrics._errors import ConfigurationError
 if TYPE_CHECKING:
     import httpx
 
-    from aidp_metrics._connection.client import MetricsClient
+    from aidp_metrics._connection.client import TrackingClient
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,13 @@ def build_auth(endpoint: Endpoint, options: ConnectionOptions) -> httpx.Auth | N
     )
 
 
-def build_client(options: ConnectionOptions, **kwargs: Any) -> MetricsClient:
-    from aidp_metrics._connection.client import MetricsClient
+def build_client(options: ConnectionOptions, **kwargs: Any) -> TrackingClient:
+    from aidp_metrics._connection.connect import connect
 
     endpoint = resolve_endpoint(options)
-    return MetricsClient(endpoint, auth=build_auth(endpoint, options), **kwargs)
+    return connect(endpoint, auth=build_auth(endpoint, options), **kwargs)
 
 
-def client_for(args: argparse.Namespace) -> MetricsClient:
+def client_for(args: argparse.Namespace) -> TrackingClient:
     """The client a command's parsed arguments ask for."""
     return build_client(ConnectionOptions.from_args(args))

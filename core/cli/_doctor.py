@@ -105,6 +105,11 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
     endpoint = _endpoint(options, report)
     if endpoint is None:
         return
+    if endpoint.kind == "store":
+        from ._doctor_store import diagnose_store
+
+        diagnose_store(endpoint, report)
+        return
     try:
         auth = build_auth(endpoint, options)
     except ConfigurationError as exc:

@@ -13,7 +13,7 @@ from ._connection import client_for
 from ._parser import EXIT_OK, Subparsers, add_command, add_keys_option, add_run_id_option
 
 if TYPE_CHECKING:
-    from aidp_metrics._connection.client import MetricsClient
+    from aidp_metrics._connection.client import TrackingClient
     from aidp_metrics._metric import Metric
 
 
@@ -34,7 +34,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def histories(
-    client: MetricsClient, run_id: str, keys: list[str] | None
+    client: TrackingClient, run_id: str, keys: list[str] | None
 ) -> dict[str, list[Metric]]:
     """Every point of `keys`, or of all the run's metric keys, in the order asked for."""
     if not keys:

@@ -25,7 +25,7 @@ from ._connection import client_for
 from ._parser import EXIT_INTERRUPTED, EXIT_OK, Subparsers, add_command
 
 if TYPE_CHECKING:
-    from aidp_metrics._connection.client import MetricsClient
+    from aidp_metrics._connection.client import TrackingClient
     from aidp_metrics.cli._tensorboard_import import Importer, Progress
 
 NAME = "tensorboard"
@@ -69,7 +69,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 def command(
     args: argparse.Namespace,
-    make_client: Callable[[argparse.Namespace], MetricsClient],
+    make_client: Callable[[argparse.Namespace], TrackingClient],
     out: TextIO | None = None,
 ) -> int:
     """Run the command: `make_client(args)` builds the client from the global options."""

@@ -29,7 +29,7 @@ from aidp_metrics._notice import Notices
 
 if TYPE_CHECKING:
     from aidp_metrics._bridges.tensorboard_events import EventFile
-    from aidp_metrics._connection.client import MetricsClient
+    from aidp_metrics._connection.client import TrackingClient
     from aidp_metrics._run.run import Run
 
 SOURCE_TAG = "aidp_metrics.tensorboard.source"  # the directory's identity
@@ -189,7 +189,7 @@ class Importer:
 
     def __init__(
         self,
-        client: MetricsClient,
+        client: TrackingClient,
         logdir: Path,
         experiment_name: str,
         *,

@@ -48,7 +48,8 @@ ENV_TO_CLEAR = (
     "AIDP_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_NAME",
 )
-LOOP_PARAMS = {"lr": "0.05", "batch_size": "4", "model/features": "4", "model/layers": "1"}
+# One param per top-level key, as MLflowTracker.store_init_configuration logs them.
+LOOP_PARAMS = {"lr": "0.05", "batch_size": "4", "model": "{'features': 4, 'layers': 1}"}
 
 
 @pytest.fixture
@@ -103,9 +104,7 @@ def run_loop(
     out.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ENV_TO_CLEAR}
     env.update(
-        MLFLOW_TRACKING_URI=url,
-        # The project name of init_trackers wins: nothing may land in this one.
-        AIDP_EXPERIMENT_NAME=f"{project}-decoy",
+        MLFLOW_TRACKING_URI=url,  # no experiment variable: init_trackers's project names it
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         OMP_NUM_THREADS="1",
     )
@@ -136,7 +135,6 @@ def test_plain_loop_keys_steps_params_finished(
     run = only_run(tracking, fresh_experiment)
     run_id = run["info"]["run_id"]
     assert run_id == state["run_id"]
-    assert runs_in_experiment(tracking, f"{fresh_experiment}-decoy") == []
     assert run["info"]["status"] == "FINISHED"
     assert run["info"]["run_name"] == "accelerate-loop"
     # 48 samples, batch 4, 2 epochs: steps 0..23, each value exactly as logged
@@ -147,8 +145,7 @@ def test_plain_loop_keys_steps_params_finished(
         assert points(tracking, run_id, key) == [(step, values[key]) for step, values in logged]
     assert params_of(tracking, run_id) == LOOP_PARAMS
     tags = tags_of(tracking, run_id)
-    assert tags["framework"] == "accelerate"
-    assert tags["accelerate_version"] == accelerate.__version__
+    assert tags["aidp_metrics.integration"] == f"accelerate {accelerate.__version__}"
 
 
 @pytest.mark.slow
@@ -218,7 +215,7 @@ def test_log_with_the_registered_name(tracking: str, fresh_experiment: str) -> N
     assert found["info"]["status"] == "FINISHED"
     assert found["info"]["run_name"] == "by-name"
     assert tags_of(tracking, run_id)["team"] == "vision"
-    assert params_of(tracking, run_id) == {"lr": "0.1", "schedule/warmup": "10"}
+    assert params_of(tracking, run_id) == {"lr": "0.1", "schedule": "{'warmup': 10}"}
     assert points(tracking, run_id, "loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
 
 
@@ -371,11 +368,56 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     assert metric_keys(tracking, run.run_id) == {"loss", "group/x"}
     assert points(tracking, run.run_id, "loss") == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
     assert points(tracking, run.run_id, "group/x") == [(0, 0.0), (1, 1.0), (2, 2.0)]
-    assert params_of(tracking, run.run_id) == {"lr": "0.1", "opt/b": "2"}
+    assert params_of(tracking, run.run_id) == {"lr": "0.1", "opt": "{'b': 2}"}
     tags = tags_of(tracking, run.run_id)
-    assert (tags["framework"], tags["team"]) == ("accelerate", "vision")
+    assert tags["team"] == "vision"
+    assert tags["aidp_metrics.integration"].startswith("accelerate ")
     assert get_run(tracking, run.run_id)["info"]["run_name"] == "mine"
     assert runs_in_experiment(tracking, f"{fresh_experiment}-project") == []
     assert run.status_on_exit == "FINISHED"  # the user's, never changed by the tracker
     run.end()
     assert get_run(tracking, run.run_id)["info"]["status"] == "FINISHED"
+
+
+@pytest.mark.usefixtures("fresh_state")
+def test_watch_through_the_tracker_run_with_accumulation(
+    tracking: str, fresh_experiment: str
+) -> None:
+    """`accelerator.get_tracker("aidp", unwrap=True).watch(model)`: the k-th update of the
+    prepared optimizer (accumulation folded in) lands on step k, as in a plain loop."""
+    tracker = AIDPTracker()
+    accelerator = Accelerator(cpu=True, log_with=tracker, gradient_accumulation_steps=2)
+    accelerator.init_trackers(fresh_experiment)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.get_tracker("aidp", unwrap=True).watch(model, log="gradients", log_freq=2)
+    applied: dict[int, float] = {}
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(12):  # 6 updates
+        with accelerator.accumulate(model):
+            loss = model(torch.randn(8, 4, generator=generator)).pow(2).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grads = [p.grad for p in model.parameters()]
+                applied[len(applied) + 1] = float(
+                    torch.linalg.vector_norm(
+                        torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                    )
+                )
+            optimizer.step()
+            optimizer.zero_grad()
+    accelerator.end_training()
+    run_id = tracker.run_id
+    assert run_id is not None
+    assert metric_keys(tracking, run_id) == {
+        "grad_norm/0.weight",
+        "grad_norm/0.bias",
+        "grad_norm/1.weight",
+        "grad_norm/1.bias",
+        "grad_norm/total",
+    }
+    assert points(tracking, run_id, "grad_norm/total") == [
+        (k, pytest.approx(applied[k], rel=1e-6)) for k in (2, 4, 6)
+    ]

@@ -179,8 +179,8 @@ def test_epoch_metrics_params_evaluate_and_status(
     n_trainable = 4 * 3 + 3 + 3 * 1 + 1
     assert params["epochs"] == "3"
     assert params["steps_per_epoch"] == str(STEPS_PER_EPOCH)
-    assert params["optimizer/class"] == "Adam"
-    assert float(params["optimizer/learning_rate"]) == pytest.approx(0.01)
+    assert params["optimizer_name"] == "adam"  # mlflow.keras.MlflowCallback's keys
+    assert float(params["optimizer_learning_rate"]) == pytest.approx(0.01)
     assert params["trainable_params"] == str(n_trainable)
     assert params["keras_backend"] == BACKEND
     assert params["keras_version"] == keras.__version__
@@ -497,6 +497,7 @@ def test_a_run_you_started_is_logged_into_and_left_running(
         "val_loss",
         "val_mae",
         "epoch",
+        "learning_rate",
         "eval_loss",
         "eval_mae",
     }
@@ -505,7 +506,35 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     assert params["epochs"] == "2"
     assert {t["key"]: t["value"] for t in stored["data"]["tags"]}[
         "aidp_metrics.integration"
-    ] == "keras"
+    ] == f"keras {keras.__version__}"
     assert run.status_on_exit == "FINISHED"  # the user's, never changed by the callback
     run.end()
     assert get_run(url, run.run_id)["info"]["status"] == "FINISHED"
+
+
+def test_watch_parameters_logs_every_weight_norm_with_the_training_points(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    model = make_model()
+    callback = aidp_callback(fresh_experiment, log_every_n_steps=4, watch="parameters")
+    x, y = make_data()
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, validation_split=0.2, callbacks=[callback], verbose=0
+    )
+    run_id = callback.run_id
+    logged = {m["key"] for m in get_run(mlflow_server.url, run_id)["data"]["metrics"]}
+    paths = [w.path for w in model.weights]
+    assert {k for k in logged if k.startswith("weight_norm/")} == {
+        f"weight_norm/{p}" for p in paths
+    }
+    steps = [s for s, _ in history(mlflow_server.url, run_id, "loss")]
+    for weight in model.weights:
+        points = history(mlflow_server.url, run_id, f"weight_norm/{weight.path}")
+        assert [s for s, _ in points] == steps == [4, 8, 12, 16]
+        final = float(np.linalg.norm(keras.ops.convert_to_numpy(weight)))
+        assert points[-1][1] == pytest.approx(final, rel=1e-5)  # the last: after training
+
+
+def test_watch_gradients_is_a_value_error_that_says_why() -> None:
+    with pytest.raises(ValueError, match="no gradients"):
+        aidp_callback("x", watch="gradients")

@@ -256,7 +256,7 @@ def test_finalize_statuses_and_test_after_fit_keeps_the_run(
     assert _server_points(url, run_id)["a"] == [(0, 1.0)]
     assert _status(url, run_id) == "FINISHED"
     logger.log_metrics({"a": 1.5}, step=1)  # the requeued job resumes: RUNNING again
-    assert logger.experiment.flush(10)
+    assert logger.run.flush(10)
     assert _status(url, run_id) == "RUNNING"
     logger.finalize("success")
     logger.finalize("success")  # idempotent
@@ -349,7 +349,7 @@ def test_pickle_round_trip_keeps_name_version_and_run(
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     copy = pickle.loads(pickle.dumps(logger))
-    assert copy.name == logger.name == fresh_experiment
+    assert copy.experiment_name == logger.experiment_name == fresh_experiment
     assert copy._handle.run is None  # clients are not pickled
     assert copy.version == logger.version
 
@@ -377,7 +377,7 @@ def test_constructor_from_environment(
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("AIDP_RUN_ID", raising=False)
     logger = AIDPLogger()
-    assert logger.name == fresh_experiment
+    assert logger.experiment_name == fresh_experiment
     logger.log_metrics({"x": 1}, step=2)
     logger.finalize("success")
     runs = runs_in_experiment(url, fresh_experiment)
@@ -532,7 +532,7 @@ def test_unreachable_server_without_spool_warns_once_and_training_goes_on(
     # silently, when finalize ends the run.
     assert logger.version is not None
     assert logger.version.startswith("local-")
-    stats = logger.experiment.stats
+    stats = logger.run.stats
     assert stats.logged > 0
     assert (stats.delivered, stats.failed, stats.pending) == (0, stats.logged, 0)
 
@@ -632,7 +632,7 @@ def test_a_refused_run_keeps_its_points_in_the_spool(
     saved = [message for message in ours if "are saved in" in message]
     assert len(saved) <= 1
     assert len(ours) == len(refusals) + len(saved)
-    run = logger.experiment
+    run = logger.run
     assert run.offline
     assert run.stats.logged > 0
     assert run.stats.pending == run.stats.logged  # every point waits in the spool
@@ -655,7 +655,7 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     csv_logger = CSVLogger(str(tmp_path), name="csv")
     trainer = _trainer(tmp_path, logger=[logger, csv_logger], max_epochs=1)
     trainer.fit(TinyModule())
-    assert logger.experiment is run
+    assert logger.run is run
     assert not run.ended
     assert _status(url, run.run_id) == "RUNNING"  # finalize("success") flushed it
     server = _server_points(url, run.run_id)
@@ -684,3 +684,84 @@ def test_a_run_you_started_is_logged_into_and_left_running(
     run.end()
     assert _status(url, run.run_id) == "FINISHED"
     assert [r["info"]["run_id"] for r in runs_in_experiment(url, fresh_experiment)] == [run.run_id]
+
+
+# -- watch: per-parameter norms ------------------------------------------------------------
+
+
+class NormRecordingModule(TinyModule):
+    """Two layers; records Lightning's own `grad_norm` in `on_before_optimizer_step`."""
+
+    def __init__(self, batch_size: int = 8) -> None:
+        super().__init__(batch_size=batch_size)
+        self.hidden = nn.Linear(4, 4)
+        self.lightnings: dict[int, dict[str, float]] = {}
+
+    def forward(self, x: Any) -> Any:
+        return self.layer(torch.relu(self.hidden(x)))
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        from lightning.pytorch.utilities import grad_norm
+
+        norms = grad_norm(self, norm_type=2)
+        self.lightnings[self.trainer.global_step] = {k: float(v) for k, v in norms.items()}
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "precision"), [(1, "32-true"), (2, "bf16-mixed")], ids=["fp32", "accum-bf16"]
+)
+def test_watch_equals_lightnings_grad_norm_at_the_selected_steps(
+    tmp_path: Path,
+    endpoint: Endpoint,
+    url: str,
+    fresh_experiment: str,
+    accumulate: int,
+    precision: str,
+) -> None:
+    from torch.optim import optimizer as optimizer_module
+
+    hooks = len(optimizer_module._global_optimizer_pre_hooks)
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    model = NormRecordingModule(batch_size=4)
+    logger.watch(model, log="all", log_freq=3)
+    trainer = _trainer(
+        tmp_path,
+        logger=logger,
+        accumulate_grad_batches=accumulate,
+        precision=precision,
+        limit_val_batches=0,
+    )
+    trainer.fit(model)
+    assert len(optimizer_module._global_optimizer_pre_hooks) == hooks  # gone at finalize
+
+    server = _server_points(url, logger.version)
+    names = [name for name, _ in model.named_parameters()]
+    # the k-th optimizer step for k = 3, 6, ...; at the step Lightning logs its metrics at
+    selected = [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]
+    assert selected
+    for name in names:
+        assert [s for s, _ in server[f"weight_norm/{name}"]] == selected
+        points = server[f"grad_norm/{name}"]
+        assert [s for s, _ in points] == selected
+        for step, value in points:
+            assert value == pytest.approx(model.lightnings[step][f"grad_2.0_norm/{name}"], 1e-6)
+    for step, value in server["grad_norm/total"]:
+        assert value == pytest.approx(model.lightnings[step]["grad_2.0_norm_total"], rel=1e-6)
+    # per-parameter keys line up with the train loss of the same step
+    assert set(selected) <= {s for s, _ in server["train_loss_step"]}
+    pickle.loads(pickle.dumps(model))
+
+
+def test_watch_reads_gradients_after_lightnings_clipping(
+    tmp_path: Path, endpoint: Endpoint, url: str, fresh_experiment: str
+) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, endpoint=endpoint)
+    model = NormRecordingModule()
+    logger.watch(model, log_freq=1)
+    trainer = _trainer(tmp_path, logger=logger, gradient_clip_val=1e-3, limit_val_batches=0)
+    trainer.fit(model)
+    server = _server_points(url, logger.version)
+    assert len(server["grad_norm/total"]) == trainer.global_step
+    for step, value in server["grad_norm/total"]:
+        assert model.lightnings[step]["grad_2.0_norm_total"] > 1e-2  # before clipping
+        assert value == pytest.approx(1e-3, rel=1e-3)  # what the optimizer applied

@@ -195,7 +195,7 @@ def test_logger_initialization(tmp_path: Path, env: str, fresh_experiment: str) 
     )
     trainer.fit(BoringModel())
     assert seen["runs_at_setup"] == [logger.version]
-    assert seen["experiment"].run_id == logger.version
+    assert seen["experiment"].run.run_id == logger.version
     assert get_run(env, logger.version)["info"]["status"] == "FINISHED"
 
 
@@ -234,12 +234,12 @@ def test_logger_default_name(
 ) -> None:
     """Test that the default logger name is lightning_logs (MLFlowLogger's experiment name)
     when neither an argument nor the environment names one."""
-    assert AIDPLogger().name == fresh_experiment  # MLFLOW_EXPERIMENT_NAME
-    assert AIDPLogger(experiment_name="resnet").name == "resnet"
+    assert AIDPLogger().experiment_name == fresh_experiment  # MLFLOW_EXPERIMENT_NAME
+    assert AIDPLogger(experiment_name="resnet").experiment_name == "resnet"
 
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     logger = AIDPLogger()
-    assert logger.name == "lightning_logs"
+    assert logger.experiment_name == "lightning_logs"
     _ = logger.experiment
     logger.log_metrics({"a": 1.0}, step=0)
     logger.finalize("success")

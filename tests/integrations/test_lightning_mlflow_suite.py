@@ -10,14 +10,11 @@ test_lightning_suites_in_pytorch_lightning.py.
 
 Deliberate differences from `MLFlowLogger` the ports take into account:
 
-* Arguments are passed by keyword: `MLFlowLogger("test")` is an experiment name, while
-  AIDPLogger's first parameter is `run_id` (its experiment name defaults to the
-  environment, then "lightning_logs").
-* `name` is the experiment *name* (`MLFlowLogger.name` is the experiment id): it needs no
-  network call and is the same on every rank. The id is `logger.experiment.experiment_id`.
-* `save_dir` is None (MLFlowLogger's is the `./mlruns` file store): AIDPLogger writes
-  nothing locally but its spool. So `trainer.log_dir` is None and checkpoints go to
-  `default_root_dir/<experiment name>/<run id>/checkpoints`.
+* The experiment name defaults to the environment (`AIDP_EXPERIMENT_NAME`,
+  `MLFLOW_EXPERIMENT_NAME`), then "lightning_logs"; `logger.experiment_name` reads it.
+* `save_dir` is None without a `file:` tracking URI (MLFlowLogger's is the `./mlruns` file
+  store): AIDPLogger writes nothing locally but its spool. So `trainer.log_dir` is None and
+  checkpoints go to `default_root_dir/<experiment id>/<run id>/checkpoints`.
 * A metric key the server refuses is logged with each bad character replaced by `_` (one
   warning), where MLFlowLogger deletes them: "[some_metric]" -> "_some_metric_", not
   "some_metric" (`sanitize_key`, the one rule of every integration).
@@ -27,9 +24,9 @@ Deliberate differences from `MLFlowLogger` the ports take into account:
 Not ported:
 
 * `test_mlflow_logger_experiment_calls_with_synchronous[False/True]` and
-  `test_mlflow_logger_no_synchronous_support`: `synchronous` is an MLFlowLogger argument
-  passed to the MLflow client's `log_batch`; AIDPLogger always delivers in the background
-  and `finalize` flushes (what every test here relies on before reading back).
+  `test_mlflow_logger_no_synchronous_support`: they count MLflow client calls. AIDPLogger
+  takes `synchronous` (a log call then returns once delivered or spooled: `Run.flush`);
+  test_parity_lightning.py trains with it against MLFlowLogger.
 * The `log_model="all"`/`True`/`False` variants of `test_mlflow_log_model` and the
   `artifact_location` argument of `test_mlflow_logger_experiment_calls`: artifact upload
   and artifact stores are not AIDPLogger features. `test_mlflow_log_model` checks the
@@ -120,21 +117,21 @@ def test_mlflow_logger_exists(env: str, fresh_experiment: str) -> None:
     logger = AIDPLogger(experiment_name=fresh_experiment)
     assert logger._handle.run is None
     assert runs_in_experiment(env, fresh_experiment) == []  # nothing before it is needed
-    experiment_id = logger.experiment.experiment_id
+    experiment_id = logger.experiment_id
     assert _info(env, logger.run_id)["experiment_id"] == experiment_id
     assert _run_ids(env, fresh_experiment) == [logger.run_id]
 
     # same name leads to same experiment id, but different runs get recorded
     logger2 = AIDPLogger(experiment_name=fresh_experiment)
-    assert logger2.experiment.experiment_id == experiment_id
+    assert logger2.experiment_id == experiment_id
     assert logger2.run_id != logger.run_id
     assert _info(env, logger2.run_id)["experiment_id"] == experiment_id
     assert _run_ids(env, fresh_experiment) == sorted([logger.run_id, logger2.run_id])
 
     # logger with new experiment name causes new experiment id and new run id to be created
     logger3 = AIDPLogger(experiment_name=f"{fresh_experiment}-new")
-    assert logger3.experiment.experiment_id != experiment_id
-    assert _info(env, logger3.run_id)["experiment_id"] == logger3.experiment.experiment_id
+    assert logger3.experiment_id != experiment_id
+    assert _info(env, logger3.run_id)["experiment_id"] == logger3.experiment_id
     assert _run_ids(env, f"{fresh_experiment}-new") == [logger3.run_id]
     for each in (logger, logger2, logger3):
         each.finalize("success")
@@ -170,7 +167,7 @@ def test_mlflow_run_id_setting(tmp_path: Path, env: str, fresh_experiment: str) 
     experiment_id, run_id = _create_run(env, fresh_experiment, {"train_loss": [100.0, 101.0]})
     logger = AIDPLogger(run_id=run_id)
     _ = logger.experiment
-    assert logger.experiment.experiment_id == experiment_id
+    assert logger.experiment_id == experiment_id
     assert logger.run_id == run_id
 
     class CustomModel(BoringModel):  # type: ignore[misc,valid-type]
@@ -198,9 +195,10 @@ def test_mlflow_log_dir(tmp_path: Path, env: str, fresh_experiment: str) -> None
     """Test that the trainer saves checkpoints under the logger's name and version."""
     logger = AIDPLogger()
     assert logger.save_dir is None  # MLFlowLogger: the file store (see the module docstring)
-    assert logger.version == logger.experiment.run_id
+    assert logger.version == logger.run.run_id
     assert _info(env, logger.version)["run_id"] == logger.version
-    assert logger.name == fresh_experiment  # MLFlowLogger: the experiment id
+    assert logger.name == logger.experiment_id  # as MLFlowLogger: the experiment id
+    assert logger.experiment_name == fresh_experiment
 
     trainer = ns.trainer(
         default_root_dir=tmp_path,
@@ -211,7 +209,7 @@ def test_mlflow_log_dir(tmp_path: Path, env: str, fresh_experiment: str) -> None
     )
     assert trainer.log_dir == logger.save_dir
     trainer.fit(BoringModel())
-    dirpath = tmp_path / fresh_experiment / logger.version / "checkpoints"
+    dirpath = tmp_path / str(logger.experiment_id) / logger.version / "checkpoints"
     assert trainer.checkpoint_callback.dirpath == str(dirpath)
     assert set(os.listdir(dirpath)) == {"epoch=0-step=1.ckpt"}
     assert trainer.log_dir == logger.save_dir
@@ -228,7 +226,7 @@ def test_mlflow_logger_dirs_creation(
     monkeypatch.chdir(workdir)
     logger = AIDPLogger()
     run_id = logger.run_id
-    experiment_id = logger.experiment.experiment_id
+    experiment_id = logger.experiment_id
 
     # multiple experiment calls should not lead to new experiments or runs
     for _ in range(2):
@@ -255,7 +253,7 @@ def test_mlflow_logger_dirs_creation(
     # the epoch-end point is at the epoch's last optimizer step
     assert _history(env, run_id, "epoch") == [(limit_batches - 1, 0.0)]
     assert set(_params(env, run_id)) == set(model.hparams.keys())
-    dirpath = tmp_path / fresh_experiment / run_id / "checkpoints"
+    dirpath = tmp_path / str(logger.experiment_id) / run_id / "checkpoints"
     assert trainer.checkpoint_callback.dirpath == str(dirpath)
     assert os.listdir(dirpath) == [f"epoch=0-step={limit_batches}.ckpt"]
     assert os.listdir(workdir) == []

@@ -132,12 +132,11 @@ def test_every_logged_point_lands_once_at_its_step(tracking: str, tmp_path: Path
     assert params["learning_rate"] == "0.001"
     assert params["per_device_train_batch_size"] == "4"
     assert params["num_train_epochs"] == "2"
-    assert params["config/hidden_size"] == "32"
-    assert params["config/num_hidden_layers"] == "2"
+    assert params["hidden_size"] == "32"  # the model config, at the top level (MLflowCallback)
+    assert params["num_hidden_layers"] == "2"
     tags = tags_of(tracking, run_id)
     assert tags["model_class"].endswith("BertForSequenceClassification")
-    assert tags["transformers_version"] == transformers.__version__
-    assert tags["framework"] == "transformers"
+    assert tags["aidp_metrics.integration"] == f"transformers {transformers.__version__}"
 
 
 def test_gradient_accumulation_steps_count_optimizer_updates(tracking: str, tmp_path: Path) -> None:
@@ -907,7 +906,7 @@ def test_a_run_you_started_is_logged_into_and_left_running(tracking: str, tmp_pa
     params = params_of(tracking, run.run_id)
     assert (params["learning_rate"], params["logging_steps"]) == ("0.001", "5")
     tags = tags_of(tracking, run.run_id)
-    assert tags["framework"] == "transformers"
+    assert tags["aidp_metrics.integration"].startswith("transformers ")
     assert tags["model_class"].endswith("TinyRegressor")
     assert run.status_on_exit == "FINISHED"  # the user's, never changed by the callback
     run.end()
@@ -948,3 +947,76 @@ def test_a_callback_rebuilt_from_a_checkpoint_leaves_the_given_run_open() -> Non
         assert "_user_run_id" not in plain["attributes"]
     finally:
         run.end()
+
+
+# -- watch: per-parameter norms -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accumulation", "bf16"), [(1, False), (2, True)], ids=["plain", "accumulation-bf16"]
+)
+def test_watch_total_equals_the_trainers_own_grad_norm(
+    tracking: str, tmp_path: Path, accumulation: int, bf16: bool
+) -> None:
+    """No clipping happens (max_grad_norm far above any norm): the gradients the optimizer
+    applies are the ones the Trainer measured, so `grad_norm/total` is its `grad_norm`."""
+    from torch.optim import optimizer as optimizer_module
+
+    hooks = len(optimizer_module._global_optimizer_pre_hooks)
+    callback = AIDPCallback(watch="gradients", watch_log_freq=2)
+    trainer = make_trainer(
+        tmp_path,
+        [callback],
+        model=TinyRegressor(),
+        n_train=48,
+        max_grad_norm=1e9,
+        gradient_accumulation_steps=accumulation,
+        bf16=bf16,
+        logging_steps=1,
+        eval_strategy="no",
+    )
+    trainer.train()
+
+    run_id = callback.run_id
+    assert run_id is not None
+    updates = trainer.state.global_step
+    names = [name for name, _ in trainer.model.named_parameters()]
+    logged = {m["key"] for m in get_run(tracking, run_id)["data"]["metrics"]}
+    assert {f"grad_norm/{n}" for n in names} | {"grad_norm/total"} <= logged
+    for name in names:
+        assert steps_of(tracking, run_id, f"grad_norm/{name}") == list(range(2, updates + 1, 2))
+    trainers = {
+        int(e["step"]): e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e
+    }
+    ours = {
+        int(m["step"]): float(m["value"])
+        for m in get_metric_history(tracking, run_id, "grad_norm/total")
+    }
+    assert ours == {step: pytest.approx(trainers[step], rel=1e-5) for step in ours}
+    assert len(optimizer_module._global_optimizer_pre_hooks) == hooks  # gone at on_train_end
+
+
+def test_watch_from_the_environment_logs_weight_norms(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIDP_METRICS_WATCH", "parameters")
+    callback = AIDPCallback()
+    trainer = make_trainer(
+        tmp_path,
+        [callback],
+        model=TinyRegressor(),
+        n_train=24,
+        logging_steps=3,
+        eval_strategy="no",
+    )
+    trainer.train()
+    run_id = callback.run_id
+    assert run_id is not None
+    for name, _ in trainer.model.named_parameters():
+        assert steps_of(tracking, run_id, f"weight_norm/{name}") == [3, 6, 9, 12], name
+    assert steps_of(tracking, run_id, "loss") == [3, 6, 9, 12]
+
+
+def test_watch_with_a_bad_value_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="log must be one of"):
+        AIDPCallback(watch="histograms")

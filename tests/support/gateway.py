@@ -1,9 +1,11 @@
 """A local stand-in for the Oracle AIDP MLOps endpoint in front of a real MLflow server.
 
 It checks OCI request signatures for real, records every request, can inject faults, and
-forwards the rest to MLflow's REST API (`api/2.0/mlflow/...`) and its proxied artifact
-service (`api/2.0/mlflow-artifacts/...`), translating error bodies to AIDP's
-``{code, message}``. Large bodies stream: an upload is spooled to a temporary file while its
+forwards the rest to MLflow's REST API (``api/2.0/mlflow/...``) and its artifact proxy
+(``api/2.0/mlflow-artifacts/...``: uploads and downloads), translating error bodies to
+AIDP's ``{code, message}``. Like a real gateway it is strict about framing: a chunked body
+gets 411, and a request with both ``Content-Length`` and ``Transfer-Encoding`` (which HTTP
+forbids) gets 400. Large bodies stream: an upload is spooled to a temporary file while its
 SHA-256 is computed (the signature is verified before anything is forwarded), a download is
 relayed as it arrives.
 """
@@ -34,12 +36,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 MAX_CLOCK_SKEW = 300.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_APIS = ("mlflow", "mlflow-artifacts")  # what follows `.../mlops/api/2.0/`
-_KEPT_BODY = 1 << 20  # bodies up to this size are kept in memory (and recorded)
+_KEPT_BODY = 8 << 20  # bodies up to this size are kept in memory (and recorded)
 _CHUNK = 1 << 20
 _GENERIC_SIGNED = ("(request-target)", "host")
 _BODY_SIGNED = ("content-length", "content-type", "x-content-sha256")
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_APIS = (("api", "2.0", "mlflow"), ("api", "2.0", "mlflow-artifacts"))  # what is forwarded
 _KNOWN_SCHEMES = frozenset({"Basic", "Bearer", "Digest", "Negotiate", "AWS4-HMAC-SHA256"})
 _DEFAULT_CODES = {
     400: "InvalidParameter",
@@ -62,7 +64,7 @@ class RecordedRequest:
     path: str  # as sent, without the query string
     query: str
     headers: dict[str, str]  # lower-case names
-    body: bytes  # b"" for a body over 1 MiB (an artifact upload): see `size`
+    body: bytes  # b"" for a body over 8 MiB (a large artifact upload): see `size`
     status: int
     opc_request_id: str  # as sent, or the one the gateway generated
     injected: bool = False
@@ -104,6 +106,7 @@ class _Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
     drop: bool = False
     injected: bool = False
     stream: httpx.Response | None = None  # relayed as it arrives (an artifact download)
@@ -302,8 +305,8 @@ class AIDPGateway:
     # --- request handling --------------------------------------------------------------------
 
     def _route(self, path: str) -> str | None:
-        """What follows ``api/2.0/`` (``mlflow/runs/log-metric``,
-        ``mlflow-artifacts/artifacts/...``), or None when the prefix is wrong."""
+        """The raw MLflow path (``api/2.0/mlflow/runs/log-metric``, ``api/2.0/mlflow-artifacts
+        /artifacts/...``) or None when the prefix is wrong."""
         parts = path.split("/")
         expected = [
             "",
@@ -313,15 +316,14 @@ class AIDPGateway:
             "workspaces",
             self.workspace_key,
             "mlops",
-            "api",
-            "2.0",
         ]
         n = len(expected)
-        if len(parts) <= n + 1 or [unquote(p) for p in parts[:n]] != expected:
+        if [unquote(p) for p in parts[:n]] != expected:
             return None
-        if parts[n] not in _APIS:
+        rest = parts[n:]
+        if not any(tuple(rest[: len(api)]) == api and len(rest) > len(api) for api in _APIS):
             return None
-        return "/".join(parts[n:])
+        return "/".join(rest)
 
     def _verify_signature(
         self, method: str, target: str, headers: dict[str, str], body: _Body
@@ -393,7 +395,7 @@ class AIDPGateway:
         self, method: str, rest: str, query: str, headers: dict[str, str], body: _Body
     ) -> _Reply:
         assert self._client is not None
-        url = f"{self.upstream}/api/2.0/{rest}" + (f"?{query}" if query else "")
+        url = f"{self.upstream}/{rest}" + (f"?{query}" if query else "")
         forwarded = {}
         for name in ("content-type", "content-length"):
             if name in headers and method in _BODY_METHODS:
@@ -404,13 +406,16 @@ class AIDPGateway:
             response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
             return _error(503, f"upstream unavailable: {exc!r}")
-        if response.status_code == 200 and rest.startswith("mlflow-artifacts/") and method == "GET":
+        download = rest.startswith("api/2.0/mlflow-artifacts/") and method == "GET"
+        if response.status_code == 200 and download:
             return _Reply(200, b"", stream=response)  # a download: relayed as it comes
         try:
             response.read()
         finally:
             response.close()
         reply = _Reply(response.status_code, response.content)
+        if "content-type" in response.headers:
+            reply.content_type = response.headers["content-type"]
         if response.status_code == 200:
             reply.headers["etag"] = f'"{hashlib.sha256(response.content).hexdigest()[:32]}"'
             return reply
@@ -491,6 +496,14 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             headers = {name.lower(): value for name, value in self.headers.items()}
             request_id = headers.get("opc-request-id") or uuid.uuid4().hex.upper()
+            if "transfer-encoding" in headers and "content-length" in headers:
+                # RFC 9112 6.3: the body's framing is ambiguous (request smuggling); reject.
+                self.close_connection = True
+                self._send(
+                    _error(400, "both Content-Length and Transfer-Encoding", "InvalidParameter"),
+                    request_id,
+                )
+                return
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 self.close_connection = True
                 self._send(_error(411, "send a content-length", "LengthRequired"), request_id)
@@ -526,7 +539,7 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
                 self._relay(reply.stream, request_id)
                 return
             self.send_response(reply.status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", reply.content_type)
             self.send_header("content-length", str(len(reply.body)))
             self.send_header("opc-request-id", request_id)
             for name, value in reply.headers.items():

@@ -1,9 +1,11 @@
 """MLflow's own client against the tracking URI in the environment, in a child process.
 
-    python -m tests.support.mlflow_client_job fluent|lightning EXPERIMENT
+    python -m tests.support.mlflow_client_job fluent|lightning|artifacts EXPERIMENT [DIR]
 
 `fluent`: `set_experiment` (of a new name), `start_run`, `log_param`, `log_metric`,
 `log_metrics`. `lightning`: a tiny model trained for 4 steps with Lightning's `MLFlowLogger`.
+`artifacts`: `MlflowClient.log_artifact` of every file in `DIR/upload` (one run), then
+`download_artifacts` of the run's root into `DIR/download`.
 Prints one JSON line: the run id and experiment id.
 """
 
@@ -66,6 +68,29 @@ def lightning(experiment: str) -> dict[str, str]:
     return {"run_id": str(logger.run_id), "experiment_id": str(logger.experiment_id)}
 
 
+def artifacts(experiment: str) -> dict[str, str]:
+    import mlflow
+
+    directory = sys.argv[3]
+    upload = os.path.join(directory, "upload")
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name="artifacts")
+    run_id = run.info.run_id
+    for name in sorted(os.listdir(upload)):
+        client.log_artifact(run_id, os.path.join(upload, name))
+    client.set_terminated(run_id)
+    download = os.path.join(directory, "download")
+    os.makedirs(download)
+    client.download_artifacts(run_id, "", download)
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "artifact_uri": str(run.info.artifact_uri),
+    }
+
+
 if __name__ == "__main__":
     job, name = sys.argv[1], sys.argv[2]
-    print(json.dumps({"fluent": fluent, "lightning": lightning}[job](name)))
+    jobs = {"fluent": fluent, "lightning": lightning, "artifacts": artifacts}
+    print(json.dumps(jobs[job](name)))
