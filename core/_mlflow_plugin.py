@@ -13,7 +13,9 @@ MLflow (see `aidp_metrics._connection.oci_requests_auth`).
 MLflow instantiates every registered provider when its registry module is imported, so
 constructing the provider does nothing: no import of MLflow, `oci`, `requests` or httpx,
 no file read. The signer is built on the first `get_auth()` and kept until the
-configuration it was built from changes.
+configuration it was built from changes. While aidp-metrics uploads a run's artifacts through
+MLflow's client, that thread's requests are signed with the run's own signer instead
+(`aidp_metrics._connection.auth.mlflow_credentials_in_scope`).
 """
 
 from __future__ import annotations
@@ -59,11 +61,18 @@ class AIDPRequestAuthProvider:
     def get_auth(self) -> Any:
         """A `requests` auth object (`OCIRequestsAuth`); raises `ConfigurationError` with
         what to set when the OCI configuration cannot be loaded."""
+        from aidp_metrics._connection.auth import scoped_mlflow_credentials
+        from aidp_metrics._connection.oci_requests_auth import AIDPHeaders, OCIRequestsAuth
+
+        scoped = scoped_mlflow_credentials()
+        if scoped is not None and scoped.signer is not None:
+            return OCIRequestsAuth(scoped.signer, user_principal=scoped.user_principal)
+        if scoped is not None and scoped.provider is not None:
+            inner = scoped.provider.get_auth()
+            return AIDPHeaders(inner, user_principal=scoped.user_principal)
         config = tuple(os.environ.get(name) for name in _CONFIG_VARIABLES)
         with self._lock:
             if self._auth is None or config != self._config:
-                from aidp_metrics._connection.oci_requests_auth import OCIRequestsAuth
-
                 self._auth = OCIRequestsAuth.from_env()
                 self._config = config
             return self._auth

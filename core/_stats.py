@@ -20,6 +20,12 @@ class RunStats:
     at or below the last one the run held for that key). pending: not settled yet, in memory
     or in the spool; `spooled` of all logged points were written to the on-disk journal.
     retried / requests / bytes: metric requests sent again, in all, and their body bytes.
+
+    Artifacts (`log_artifact(s)`, `log_figure`, `log_dict`, `log_text`) are counted by file:
+    every file logged is in `artifacts` once and, at every moment, in exactly one of
+    `artifacts_uploaded`, `artifacts_failed` or `artifacts_pending` (in the spool: being
+    uploaded, waiting, or left for `aidp-metrics sync`); the `artifact_bytes*` fields count
+    their sizes the same way.
     """
 
     logged: int
@@ -33,11 +39,25 @@ class RunStats:
     spooled: int = 0
     skipped: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    artifacts: int = 0
+    artifacts_uploaded: int = 0
+    artifacts_failed: int = 0
+    artifact_bytes: int = 0
+    artifact_bytes_uploaded: int = 0
+    artifact_bytes_failed: int = 0
 
     @property
     def pending(self) -> int:
         settled = self.delivered + self.failed + self.dropped + self.rejected + self.skipped
         return self.logged - settled
+
+    @property
+    def artifacts_pending(self) -> int:
+        return self.artifacts - self.artifacts_uploaded - self.artifacts_failed
+
+    @property
+    def artifact_bytes_pending(self) -> int:
+        return self.artifact_bytes - self.artifact_bytes_uploaded - self.artifact_bytes_failed
 
     @property
     def undelivered(self) -> int:

@@ -7,6 +7,7 @@ No timing assertions: the benchmark's numbers are informational.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,4 +74,32 @@ def test_bench_watch_smoke_reports_both_sections(
     run = data["sections"]["run"]
     # 1 + 2 calls of 300 keys, then 2 logging steps of 100 tensors + total
     assert run["logged"] == run["delivered"] == 900 + 2 * 101
+    assert "results" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_artifacts_smoke_reports_every_figure(
+    mlflow_server: MLflowServer, tmp_path: Path
+) -> None:
+    mlflow_server.start()  # no-op unless an earlier test left it stopped
+    out = tmp_path / "bench.json"
+    command = ["-m", "benchmarks.bench_artifacts", "--smoke", "--tracking-uri", mlflow_server.url]
+    result = subprocess.run(
+        [sys.executable, *command, "--json", str(out)],
+        cwd=tmp_path,  # its scratch files (a 16 MB checkpoint, the spool) go here
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["size"] == "smoke"
+    returns = data["result"]["returns"]
+    assert set(returns) == {"copy", "link"}
+    assert all(mode["complete"] for mode in returns.values())
+    assert data["result"]["training"]["complete"] is True
+    assert {s["how"] for s in data["result"]["snapshots"]} >= {"link"}
+    assert len(data["rows"]) == 6
     assert "results" in result.stdout

@@ -131,10 +131,17 @@ def test_doctor_ok_against_aidp(
     assert "✓ auth: accepted" in out
     assert "✗" not in out
     assert_no_secret(result, creds)
-    # Exactly one signed read request reached the gateway, and it passed verification.
-    (seen,) = aidp_gateway.requests
+    # One signed read request to the API first, and it passed verification.
+    seen, *probe = aidp_gateway.requests
     assert (seen.method, seen.status) == ("GET", 200)
     assert seen.path.endswith("/experiments/get-by-name")
+    # Then the artifact check, through MLflow's client signed by our provider: a probe file
+    # written, listed and deleted in the workspace's proxied artifact store.
+    assert "✓ artifacts: mlflow-artifacts:/" in out
+    artifacts = [(r.method, r.status) for r in probe if "/mlflow-artifacts/" in r.path]
+    assert ("PUT", 200) in artifacts
+    assert ("DELETE", 200) in artifacts
+    assert all(status == 200 for _, status in artifacts), artifacts
     assert aidp_gateway.auth_failures == []
 
 

@@ -7,9 +7,12 @@ never include keys, pass phrases or tokens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +32,7 @@ from .oci_config import AUTH_MODES, read_profile, resolve_location
 from .request_auth import (
     AIDP_PROVIDER,
     STALE_HEADERS,
+    ProviderAuth,
     provider_auth,
     tracking_auth_name,
 )
@@ -311,6 +315,7 @@ class BasicAuth(httpx.BasicAuth):
     def __init__(self, username: str, password: str, *, source: str) -> None:
         super().__init__(username, password)
         self.source = source
+        self._pair = (username, password)
 
     def __repr__(self) -> str:
         return f"BasicAuth(source={self.source!r})"
@@ -364,3 +369,68 @@ def endpoint_auth(
     if endpoint.kind == "aidp" or provider == AIDP_PROVIDER:
         return oci_signer_auth(oci_mode, config_file=config_file, profile=profile)
     return mlflow_auth(endpoint.credential)
+
+
+# -- the same credentials for MLflow's own client (artifact uploads) ------------------------
+
+
+@dataclass(frozen=True)
+class MlflowCredentials:
+    """A client's auth as the fields of MLflow's `MlflowHostCreds`, for the artifact
+    repositories of MLflow's client: `auth` names a request-auth provider (`aidp`, or the one
+    `MLFLOW_TRACKING_AUTH` named), else Basic or Bearer. For `aidp`, `signer` is the run's own
+    OCI signer, which our provider hands MLflow while these credentials are in scope (so a
+    run configured with `--profile` or an explicit signer uploads with the same keys); on an
+    AIDP workspace another provider (`provider`) goes through ours too, which adds AIDP's
+    headers before it signs, as `MetricsClient` does for our own requests."""
+
+    auth: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    signer: OCIRequestSigner | None = None
+    provider: Any = None  # another provider's instance, for an AIDP workspace (AIDP headers)
+    user_principal: str | None = None
+
+
+def mlflow_credentials(auth: httpx.Auth | None, endpoint: Endpoint) -> MlflowCredentials | None:
+    """The credentials MLflow's client needs to send what `auth` sends; None for an auth
+    object of the caller's own that has no MLflow equivalent."""
+    if auth is None:
+        return MlflowCredentials()
+    if isinstance(auth, OCIRequestSigner):
+        return MlflowCredentials(
+            auth=AIDP_PROVIDER, signer=auth, user_principal=endpoint.user_principal
+        )
+    if isinstance(auth, ProviderAuth):
+        if endpoint.kind == "aidp":  # through ours, which adds AIDP's headers first
+            return MlflowCredentials(
+                auth=AIDP_PROVIDER,
+                provider=auth.provider.instance,
+                user_principal=endpoint.user_principal,
+            )
+        return MlflowCredentials(auth=auth.provider.name)
+    if isinstance(auth, BasicAuth):
+        username, password = auth._pair
+        return MlflowCredentials(username=username, password=password)
+    if isinstance(auth, BearerToken):
+        return MlflowCredentials(token=auth._token)
+    return None
+
+
+_scoped: ContextVar[MlflowCredentials | None] = ContextVar("aidp_metrics_mlflow", default=None)
+
+
+@contextlib.contextmanager
+def mlflow_credentials_in_scope(credentials: MlflowCredentials) -> Iterator[None]:
+    """Within the block, and only in this thread (context), MLflow's client sends with
+    `credentials` (see `aidp_metrics._uploads.store`); other threads keep their own."""
+    token = _scoped.set(credentials)
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def scoped_mlflow_credentials() -> MlflowCredentials | None:
+    return _scoped.get()

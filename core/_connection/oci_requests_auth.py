@@ -53,12 +53,7 @@ class OCIRequestsAuth(AuthBase):
         return f"OCIRequestsAuth(mode={self.signer.mode!r}, profile={self.signer.profile!r})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        headers = request.headers
-        headers.setdefault("opc-request-id", _request_id())
-        if request.method in _WRITE_METHODS:
-            headers.setdefault("opc-retry-token", uuid.uuid4().hex)
-        if self.user_principal:
-            headers.setdefault("dh-user-principal", self.user_principal)
+        add_aidp_headers(request, self.user_principal)
         generation = self._sign(request)
         request.register_hook("response", functools.partial(self._on_response, generation))
         return request
@@ -96,6 +91,31 @@ class OCIRequestsAuth(AuthBase):
         second.history.append(response)
         second.request = again
         return second
+
+
+class AIDPHeaders(AuthBase):
+    """AIDP's headers, then another `requests` auth object (an MLflow request-auth provider
+    other than ours, whose requests to an AIDP workspace must carry them too)."""
+
+    def __init__(self, inner: Any, *, user_principal: str | None = None) -> None:
+        self.inner = inner
+        self.user_principal = user_principal or None
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        add_aidp_headers(request, self.user_principal)
+        signed = self.inner(request) if self.inner is not None else request
+        return signed if signed is not None else request
+
+
+def add_aidp_headers(request: requests.PreparedRequest, user_principal: str | None) -> None:
+    """`opc-request-id`; on a write an `opc-retry-token` (urllib3's retries of the same
+    request keep it); `dh-user-principal` when given. Headers already there are kept."""
+    headers = request.headers
+    headers.setdefault("opc-request-id", _request_id())
+    if request.method in _WRITE_METHODS:
+        headers.setdefault("opc-retry-token", uuid.uuid4().hex)
+    if user_principal:
+        headers.setdefault("dh-user-principal", user_principal)
 
 
 def make_error_readable(response: requests.Response) -> None:

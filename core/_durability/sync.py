@@ -1,5 +1,8 @@
 """`aidp-metrics sync`: deliver what the spool holds, in order, resumably, without duplicates.
 
+Metric journals first (they create the runs that exist only locally), then the runs'
+upload journals (`aidp_metrics._uploads.replay`): every artifact not uploaded yet.
+
 Each journal is replayed from its `acked` offset through the same `StreamSender` (and so the
 same `RunOpener` and failure policy) the delivery loop uses, told to keep retrying, a group
 of records at a time: create or attach, metrics, params, tags and status reach the server
@@ -13,6 +16,7 @@ an earlier attempt created instead of creating another.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from aidp_metrics._notice import Notices
 from aidp_metrics._queue.journal import Journal, Line, Op, find_journals, save_run_id
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import RunQueue
+from aidp_metrics._uploads.replay import UploadSyncResult, sync_uploads
 
 Progress = Callable[[int, int], None]
 _GROUP = 1000  # metrics replayed (and acknowledged) together, with the ops among them
@@ -45,6 +50,8 @@ class RunSyncResult:
     sent: int = 0
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
+    artifacts: int = 0  # files the upload journal held that were not uploaded yet
+    artifacts_sent: int = 0
 
 
 class _Recorder(Notices):
@@ -99,6 +106,35 @@ def sync_directory(
             result.error = str(exc)
         finally:
             journal.close()
+    uploads = sync_uploads(root, client, retry=SYNC_RETRY, dry_run=dry_run or client is None)
+    return _with_uploads(results, uploads)
+
+
+def _with_uploads(
+    results: list[RunSyncResult], uploads: list[UploadSyncResult]
+) -> list[RunSyncResult]:
+    """Each run's artifacts on its metric journal's result (or a result of their own)."""
+    index = {result.local_id: n for n, result in enumerate(results)}
+    for done in uploads:
+        n = index.get(done.local_id)
+        base = (
+            results[n]
+            if n is not None
+            else RunSyncResult(done.local_id, done.run_id, done.experiment, points=0)
+        )
+        errors = [error for error in (base.error, done.error) if error]
+        merged = dataclasses.replace(
+            base,
+            run_id=base.run_id or done.run_id,
+            artifacts=done.files,
+            artifacts_sent=done.sent,
+            skipped=[*base.skipped, *done.skipped],
+            error="; ".join(errors) or None,
+        )
+        if n is None:
+            results.append(merged)
+        else:
+            results[n] = merged
     return results
 
 

@@ -6,6 +6,8 @@ Layout under the spool directory (`AIDP_METRICS_DIR`, default `./aidp-metrics`):
                                  endpoint, experiment and name (never a credential)
     runs/<local id>/records.log  one record per line: "<crc32 hex> <json>\\n"
     runs/<local id>/acked        byte offset in records.log before which every record is settled
+    runs/<local id>/uploads/     the run's artifact uploads: their own run.json, uploads.log
+                                 and the snapshots (`aidp_metrics._uploads.ledger`)
     ids/<local id>               the server run id a local id became (kept after the journal)
 
 A metric line is the metric's one JSON encoding (`metric.metric_json`, the same the wire
@@ -96,16 +98,26 @@ def encode_metric(metric: MetricRecord) -> bytes:
 
 def encode_op(op: Op) -> bytes:
     kind, body = op
-    payload = json.dumps({"op": kind, **body}, separators=(",", ":"), ensure_ascii=False).encode()
+    return encode_record({"op": kind, **body})
+
+
+def encode_record(data: dict[str, Any]) -> bytes:
+    """A JSON object as one checksummed line (the format of every journal line)."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def decode_record(line: bytes) -> Any:
+    """The JSON of one line without its newline; raises ValueError when torn or corrupt."""
+    crc_text, _, payload = line.partition(b" ")
+    if len(crc_text) != 8 or int(crc_text, 16) != zlib.crc32(payload):
+        raise ValueError("checksum mismatch")
+    return json.loads(payload)
 
 
 def decode_line(line: bytes) -> Record:
     """One journal line without its newline; raises ValueError when torn or corrupt."""
-    crc_text, _, payload = line.partition(b" ")
-    if len(crc_text) != 8 or int(crc_text, 16) != zlib.crc32(payload):
-        raise ValueError("checksum mismatch")
-    data = json.loads(payload)
+    data = decode_record(line)
     if isinstance(data, list):  # a 0.2 journal
         key, value, timestamp, step = data
         return Metric(str(key), decode_value(value), int(timestamp), int(step))
@@ -172,7 +184,7 @@ class Journal:
     @classmethod
     def open(cls, directory: Path) -> Journal:
         """An existing journal, as `sync` finds it."""
-        data = json.loads((directory / DESCRIPTOR_FILE).read_text(encoding="utf-8"))
+        data = read_descriptor(directory)
         legacy = data if int(data.get("format", 1)) < 2 else None
         return cls(directory, RunDescriptor.from_json(data), legacy_fields=legacy)
 
@@ -204,9 +216,7 @@ class Journal:
             self._saved_acked = self.acked
 
     def save_descriptor(self) -> None:
-        _atomic_write(
-            self.directory / DESCRIPTOR_FILE, json.dumps(self.descriptor.to_json(), indent=1)
-        )
+        write_descriptor(self.directory, self.descriptor)
 
     def close(self) -> None:
         if self._file is not None:
@@ -283,6 +293,16 @@ def read_metrics(directory: str | os.PathLike[str], offset: int, count: int) -> 
     return metrics
 
 
+def write_descriptor(directory: Path, descriptor: RunDescriptor) -> None:
+    """`run.json`, replaced atomically (and durably)."""
+    _atomic_write(directory / DESCRIPTOR_FILE, json.dumps(descriptor.to_json(), indent=1))
+
+
+def read_descriptor(directory: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((directory / DESCRIPTOR_FILE).read_text(encoding="utf-8"))
+    return data
+
+
 def find_journals(root: Path) -> list[Path]:
     runs = root / "runs"
     if not runs.is_dir():
@@ -331,12 +351,16 @@ __all__ = [
     "Record",
     "RunDescriptor",
     "decode_line",
+    "decode_record",
     "encode_metric",
     "encode_op",
+    "encode_record",
     "find_journals",
     "new_local_id",
+    "read_descriptor",
     "read_metrics",
     "run_id_for",
     "save_run_id",
     "spool_root",
+    "write_descriptor",
 ]

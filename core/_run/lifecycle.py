@@ -1,6 +1,6 @@
 """Process-level hooks: exit, uncaught exceptions and fork, for every open run and every
-thread we start (the delivery loop, the spool writer, the system-metrics sampler) -- the
-one place that installs them.
+thread we start (the delivery loop, the spool writer, the uploader, the system-metrics
+sampler) -- the one place that installs them.
 
 - Open runs are held here until they end (a run nobody references still delivers and is
   ended at exit); `end()` lets go, so an ended run can be garbage-collected.
@@ -27,6 +27,7 @@ from aidp_metrics._bridges import system_metrics
 from aidp_metrics._delivery.sender import loop
 from aidp_metrics._durability.spool import writer
 from aidp_metrics._notice import notice
+from aidp_metrics._uploads.stage import uploader
 
 
 class _Lifecycle(Protocol):
@@ -128,6 +129,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()  # the parent's may have been held by another thread
     loop.reset_after_fork()
     writer.reset_after_fork()
+    uploader.reset_after_fork()
     system_metrics.forget_in_child()
     for run in list(_open.values()):
         run._on_fork_child()

@@ -1,7 +1,9 @@
-"""The stages behind one `Run` in this process: its queue, its sender, its spool task.
+"""The stages behind one `Run` in this process: its queue, its sender, its spool task, and
+its uploads (created on the first `log_artifact`-like call).
 
     training thread --append--> RunQueue --next_work--> StreamSender (delivery loop)
-                                    \\--unwritten--> SpoolTask (spool writer) --> journal
+                    |               \\--unwritten--> SpoolTask (spool writer) --> journal
+                    \\--log_artifact--> UploadStage --serve--> MLflow artifact repository (uploader)
 
 The queue answers every append with what to do (`Wake`); `act` does it: wake the delivery
 loop or the spool writer, make room in a full queue. `end` settles what was logged before it
@@ -12,7 +14,9 @@ meanwhile and so reopened the run, which then stays connected.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +30,7 @@ from aidp_metrics._queue.journal import RunDescriptor, spool_root
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import EndStep, Mark, QueueState, RunQueue, Wake
 from aidp_metrics._stats import RunStats
+from aidp_metrics._uploads.stage import UploadStage
 
 DOWN_WAIT = 2.0  # how long end() waits on a server known to be down before spooling
 SPOOL_WAIT = 10.0  # how long end() waits for the journal to be on disk
@@ -50,7 +55,10 @@ class RunPipeline:
         self.client = client
         self.options = options
         self.notices = notices
+        self.descriptor = descriptor
         self._owns_client = owns_client
+        self._uploads: UploadStage | None = None
+        self._uploads_lock = threading.Lock()
         self.queue = RunQueue(
             options, local_id=descriptor.local_id, run_id=run_id, offline=client is None
         )
@@ -96,7 +104,23 @@ class RunPipeline:
         return bool(wake & Wake.REOPENED)
 
     def stats(self) -> RunStats:
-        return self.queue.stats()
+        stats = self.queue.stats()
+        stage = self._uploads
+        return stats if stage is None else dataclasses.replace(stats, **stage.counts())
+
+    def uploads(self) -> UploadStage:
+        """The run's upload stage, made on first use (a run without artifacts has none)."""
+        with self._uploads_lock:
+            if self._uploads is None:
+                queue = self.queue
+                self._uploads = UploadStage(
+                    self.client,
+                    self.options,
+                    self.descriptor,
+                    lambda: queue.run_id,
+                    self.notices,
+                )
+            return self._uploads
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -105,6 +129,9 @@ class RunPipeline:
         says so (throttled) when `timeout` passed first."""
         queue = self.queue
         mark = queue.mark()
+        stage = self._uploads
+        uploads = stage.mark() if stage is not None else 0
+        started = time.monotonic()
         if self.client is None:
             queue.commit_soon()
             if self.spool is not None:
@@ -114,6 +141,9 @@ class RunPipeline:
             queue.rush(mark)
             loop.wake()
             done = self.wait(lambda: queue.settled(mark), timeout, loop)
+        if done and stage is not None:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            done = stage.wait(uploads, left)
         if not done:
             self.notices.throttled(
                 "flush-timeout",
@@ -143,8 +173,15 @@ class RunPipeline:
         mark = self.queue.begin_end(status, repeat=repeat)
         if mark is None:
             return False
+        deadline = time.monotonic() + wait
+        uploads = self._uploads
+        files = uploads.mark() if uploads is not None else 0  # logged before end() too
         self.connect()
         self._settle(mark, wait, f"not delivered {why}")
+        if uploads is not None:  # in what time is left
+            sender = self.sender
+            down = lambda: sender is not None and (sender.server_down or bool(sender.stuck))  # noqa: E731
+            uploads.finish(files, max(0.0, deadline - time.monotonic()), down)
         return True
 
     def _settle(self, mark: Mark, wait: float, reason: str) -> None:
@@ -227,6 +264,8 @@ class RunPipeline:
             )
         elif stats.failed or stats.dropped:
             notice(summary(run_id, stats))
+        if self._uploads is not None:
+            self._uploads.report_end(run_id)
         if stats.skipped > skipped_before:
             notice(
                 f"aidp-metrics: {stats.skipped} metric(s) not sent again: run {run_id} "

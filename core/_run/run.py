@@ -39,8 +39,10 @@ from aidp_metrics._queue.journal import new_local_id
 from aidp_metrics._queue.options import DeliveryOptions
 from aidp_metrics._queue.queue import QueueState
 from aidp_metrics._stats import RunStats
+from aidp_metrics._uploads.stage import UploadStage
 
 from . import lifecycle
+from .artifacts import ArtifactMethods
 from .creation import RunConstructors, RunSetup, string_tags
 from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
@@ -53,7 +55,7 @@ _logger = logging.getLogger("aidp_metrics")
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
 
-class Run(RunConstructors):
+class Run(ArtifactMethods, RunConstructors):
     """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
 
     `client` is None for an offline run. Until the server has created (or confirmed) the
@@ -306,6 +308,16 @@ class Run(RunConstructors):
         stop = follow(self, logdir, interval=interval)
         if stop is not None:
             self._before_end.append(stop)
+
+    # -- artifacts: the methods are ArtifactMethods' (artifacts.py) ------------------------
+
+    def _uploads(self) -> UploadStage | None:
+        if self._role.inherited:
+            return None
+        wake = self._queue.append([])  # logging into an ended run reopens it, as a metric does
+        if wake:
+            self._act(wake)
+        return self._pipeline.uploads()
 
     def watch(
         self,

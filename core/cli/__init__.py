@@ -1,4 +1,5 @@
-"""The `aidp-metrics` command: doctor, log, history, plot, local-server, sync, tensorboard.
+"""The `aidp-metrics` command: doctor, log, history, artifacts, plot, local-server, sync,
+tensorboard.
 
 Importing this package loads only argparse and the light part of the library; httpx, oci,
 mlflow and matplotlib are imported by the commands that need them. Errors are printed as
@@ -22,7 +23,17 @@ from aidp_metrics._env import OCI_CLI_AUTH, OCI_CLI_CONFIG_FILE, OCI_CLI_PROFILE
 from aidp_metrics._errors import AIDPError
 from aidp_metrics._redact import redact
 
-from . import _doctor, _history, _local_server, _log, _parser, _plot, _sync, _tensorboard
+from . import (
+    _artifacts,
+    _doctor,
+    _history,
+    _local_server,
+    _log,
+    _parser,
+    _plot,
+    _sync,
+    _tensorboard,
+)
 from ._parser import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, PROG, Handler, Registrar
 
 __all__ = ["main"]
@@ -32,6 +43,7 @@ COMMANDS: tuple[Registrar, ...] = (
     _doctor.register,
     _log.register,
     _history.register,
+    _artifacts.register,
     _plot.register,
     _local_server.register,
     _sync.register,

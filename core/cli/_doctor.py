@@ -2,8 +2,9 @@
 
 Doctor resolves the endpoint and credentials exactly as the other commands do, sends one
 signed read request (`GET experiments/get-by-name?experiment_name=Default`: even a 404
-`RESOURCE_DOES_NOT_EXIST` proves the server is reachable and accepted the credentials) and
-prints a checklist with a fix for each failure. It never prints a secret: no header, token,
+`RESOURCE_DOES_NOT_EXIST` proves the server is reachable and accepted the credentials),
+checks that the artifact store takes a file (`_doctor_artifacts`), and prints a checklist
+with a fix for each failure. It never prints a secret: no header, token,
 password, key content or pass phrase (credentials are named by where they came from), and
 every line goes through `aidp_metrics._redact`.
 """
@@ -26,6 +27,7 @@ from aidp_metrics._version import __version__
 
 from . import _doctor_advice as advice
 from ._connection import ConnectionOptions, build_auth, resolve_endpoint
+from ._doctor_artifacts import check_artifacts
 from ._doctor_probe import MAX_CLOCK_SKEW, Exchange, recording_auth
 from ._parser import Subparsers, add_command
 from ._terminal import check_marks
@@ -129,6 +131,8 @@ def _diagnose(options: ConnectionOptions, report: Report) -> None:
     report.out.write("\n")
     report.check(True, "configuration: endpoint and credentials resolved")
     _judge_answer(report, endpoint, auth, options, answer)
+    if report.ok:
+        check_artifacts(report, endpoint, auth, answer.reply)
 
 
 def _endpoint(options: ConnectionOptions, report: Report) -> Endpoint | None:

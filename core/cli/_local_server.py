@@ -49,6 +49,10 @@ def port_accepts(port: int) -> bool:
 class LocalMLflowServer:
     """`mlflow server` with a sqlite store in `directory`, one worker, on 127.0.0.1.
 
+    Artifacts are proxied (`--artifacts-destination <directory>/artifacts`): runs get
+    `mlflow-artifacts:/...` URIs, and uploads go through the server's REST API, as a
+    remote server (and AIDP) takes them.
+
     One worker because several uvicorn workers cost ~40 ms per kept-alive request here.
     `stop()` then `start()` keeps the port and the database (tests use it as an outage).
     """

@@ -24,8 +24,9 @@ def register(subparsers: Subparsers) -> None:
         "sync",
         _sync,
         "upload the on-disk spool of runs not yet delivered",
-        "Deliver what the spool holds: creates runs that exist only locally and sends the\n"
-        "points the server has not acknowledged. Resumable; safe to run again.\n"
+        "Deliver what the spool holds: creates runs that exist only locally, sends the\n"
+        "points the server has not acknowledged and uploads the artifacts not uploaded yet.\n"
+        "Resumable; safe to run again.\n"
         "Exit status non-zero when any run could not be fully delivered.",
     )
     parser.add_argument(
@@ -121,8 +122,12 @@ def _print_result(result: RunSyncResult, dry_run: bool) -> bool:
         target += f" (experiment {result.experiment})"
     if dry_run:
         done = f"{result.points} point{'s' if result.points != 1 else ''} to send"
+        if result.artifacts:
+            done += f", {result.artifacts} artifact(s) to upload"
     else:
         done = f"{result.sent}/{result.points} points sent"
+        if result.artifacts:
+            done += f", {result.artifacts_sent}/{result.artifacts} artifact(s) uploaded"
     if result.skipped:
         done += f", {len(result.skipped)} record(s) skipped"
     line = f"{result.local_id} {symbols(sys.stdout)['arrow']} {target}: {done}"

@@ -5,7 +5,9 @@ forwards the rest to MLflow's REST API (``api/2.0/mlflow/...``) and its artifact
 (``api/2.0/mlflow-artifacts/...``: uploads and downloads), translating error bodies to
 AIDP's ``{code, message}``. Like a real gateway it is strict about framing: a chunked body
 gets 411, and a request with both ``Content-Length`` and ``Transfer-Encoding`` (which HTTP
-forbids) gets 400.
+forbids) gets 400. Large bodies stream: an upload is spooled to a temporary file while its
+SHA-256 is computed (the signature is verified before anything is forwarded), a download is
+relayed as it arrives.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import hashlib
 import json
 import re
 import socket
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import IO
 from urllib.parse import unquote
 
 import httpx
@@ -31,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 MAX_CLOCK_SKEW = 300.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_KEPT_BODY = 8 << 20  # bodies up to this size are kept in memory (and recorded)
+_CHUNK = 1 << 20
 _GENERIC_SIGNED = ("(request-target)", "host")
 _BODY_SIGNED = ("content-length", "content-type", "x-content-sha256")
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -57,10 +64,11 @@ class RecordedRequest:
     path: str  # as sent, without the query string
     query: str
     headers: dict[str, str]  # lower-case names
-    body: bytes
+    body: bytes  # b"" for a body over 8 MiB (a large artifact upload): see `size`
     status: int
     opc_request_id: str  # as sent, or the one the gateway generated
     injected: bool = False
+    size: int = 0  # the body's length
 
     @property
     def retry_token(self) -> str | None:
@@ -101,6 +109,47 @@ class _Reply:
     content_type: str = "application/json"
     drop: bool = False
     injected: bool = False
+    stream: httpx.Response | None = None  # relayed as it arrives (an artifact download)
+
+
+class _Body:
+    """A request body read off the socket: in memory when small, else in a temporary file;
+    its SHA-256 computed on the way."""
+
+    def __init__(self, source: IO[bytes], length: int) -> None:
+        self.data = b""
+        self._file: IO[bytes] | None = None
+        digest = hashlib.sha256()
+        if length <= _KEPT_BODY:
+            self.data = source.read(length)
+            digest.update(self.data)
+            self.received = len(self.data)
+        else:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            self.received = 0
+            while self.received < length:
+                chunk = source.read(min(_CHUNK, length - self.received))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                self._file.write(chunk)
+                self.received += len(chunk)
+        self.sha256 = base64.b64encode(digest.digest()).decode()
+
+    def content(self) -> bytes | Iterator[bytes]:
+        if self._file is None:
+            return self.data
+        return self._chunks(self._file)
+
+    @staticmethod
+    def _chunks(file: IO[bytes]) -> Iterator[bytes]:
+        file.seek(0)
+        while chunk := file.read(_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _error(status: int, message: str, code: str | None = None) -> _Reply:
@@ -277,7 +326,7 @@ class AIDPGateway:
         return "/".join(rest)
 
     def _verify_signature(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
+        self, method: str, target: str, headers: dict[str, str], body: _Body
     ) -> None:
         auth = headers.get("authorization")
         if auth is None:
@@ -322,11 +371,9 @@ class AIDPGateway:
         except (InvalidSignature, ValueError) as exc:
             raise _AuthError("signature does not verify") from exc
 
-        if "x-content-sha256" in signed:
-            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-            if headers["x-content-sha256"] != digest:
-                raise _AuthError("x-content-sha256 does not match the body")
-        if "content-length" in signed and headers["content-length"] != str(len(body)):
+        if "x-content-sha256" in signed and headers["x-content-sha256"] != body.sha256:
+            raise _AuthError("x-content-sha256 does not match the body")
+        if "content-length" in signed and headers["content-length"] != str(body.received):
             raise _AuthError("content-length does not match the body")
         date_header = "x-date" if "x-date" in signed else "date"
         try:
@@ -345,19 +392,27 @@ class AIDPGateway:
         return None
 
     def _forward(
-        self, method: str, rest: str, query: str, headers: dict[str, str], body: bytes
+        self, method: str, rest: str, query: str, headers: dict[str, str], body: _Body
     ) -> _Reply:
         assert self._client is not None
         url = f"{self.upstream}/{rest}" + (f"?{query}" if query else "")
         forwarded = {}
-        if "content-type" in headers:
-            forwarded["content-type"] = headers["content-type"]
+        for name in ("content-type", "content-length"):
+            if name in headers and method in _BODY_METHODS:
+                forwarded[name] = headers[name]
+        content = body.content() if method in _BODY_METHODS else None
         try:
-            response = self._client.request(
-                method, url, content=body if method in _BODY_METHODS else None, headers=forwarded
-            )
+            request = self._client.build_request(method, url, content=content, headers=forwarded)
+            response = self._client.send(request, stream=True)
         except httpx.TransportError as exc:
             return _error(503, f"upstream unavailable: {exc!r}")
+        download = rest.startswith("api/2.0/mlflow-artifacts/") and method == "GET"
+        if response.status_code == 200 and download:
+            return _Reply(200, b"", stream=response)  # a download: relayed as it comes
+        try:
+            response.read()
+        finally:
+            response.close()
         reply = _Reply(response.status_code, response.content)
         if "content-type" in response.headers:
             reply.content_type = response.headers["content-type"]
@@ -373,7 +428,7 @@ class AIDPGateway:
             return _error(response.status_code, message, code)
         return reply
 
-    def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Reply:
+    def _handle(self, method: str, target: str, headers: dict[str, str], body: _Body) -> _Reply:
         path, _, query = target.partition("?")
         rest = self._route(path)
         if rest is None:
@@ -435,6 +490,9 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
         def do_PUT(self) -> None:
             self._serve()
 
+        def do_DELETE(self) -> None:
+            self._serve()
+
         def _serve(self) -> None:
             headers = {name.lower(): value for name, value in self.headers.items()}
             request_id = headers.get("opc-request-id") or uuid.uuid4().hex.upper()
@@ -450,13 +508,24 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._send(_error(411, "send a content-length", "LengthRequired"), request_id)
                 return
-            body = self.rfile.read(int(headers.get("content-length") or 0))
-            reply = gateway._handle(self.command, self.path, headers, body)
+            body = _Body(self.rfile, int(headers.get("content-length") or 0))
+            try:
+                reply = gateway._handle(self.command, self.path, headers, body)
+            finally:
+                body.close()
             path, _, query = self.path.partition("?")
             status = 0 if reply.drop else reply.status
             gateway._record(
                 RecordedRequest(
-                    self.command, path, query, headers, body, status, request_id, reply.injected
+                    self.command,
+                    path,
+                    query,
+                    headers,
+                    body.data,
+                    status,
+                    request_id,
+                    reply.injected,
+                    body.received,
                 )
             )
             if reply.drop:
@@ -466,6 +535,9 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
             self._send(reply, request_id)
 
         def _send(self, reply: _Reply, request_id: str) -> None:
+            if reply.stream is not None:
+                self._relay(reply.stream, request_id)
+                return
             self.send_response(reply.status)
             self.send_header("content-type", reply.content_type)
             self.send_header("content-length", str(len(reply.body)))
@@ -474,5 +546,21 @@ def _make_handler(gateway: AIDPGateway) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(reply.body)
+
+        def _relay(self, response: httpx.Response, request_id: str) -> None:
+            try:
+                self.send_response(response.status_code)
+                for name in ("content-type", "content-length", "content-encoding"):
+                    if name in response.headers:
+                        self.send_header(name, response.headers[name])
+                if "content-length" not in response.headers:
+                    self.send_header("connection", "close")
+                    self.close_connection = True
+                self.send_header("opc-request-id", request_id)
+                self.end_headers()
+                for chunk in response.iter_raw(_CHUNK):
+                    self.wfile.write(chunk)
+            finally:
+                response.close()
 
     return Handler

@@ -10,7 +10,16 @@ import httpx
 from aidp_metrics.cli._local_server import LocalMLflowServer as MLflowServer
 from aidp_metrics.cli._local_server import free_port
 
-__all__ = ["MLflowServer", "free_port", "get_metric_history", "get_run", "runs_in_experiment"]
+__all__ = [
+    "MLflowServer",
+    "artifact_bytes",
+    "artifact_files",
+    "artifact_sha256",
+    "free_port",
+    "get_metric_history",
+    "get_run",
+    "runs_in_experiment",
+]
 
 
 def get_run(url: str, run_id: str) -> dict[str, Any]:
@@ -58,3 +67,45 @@ def runs_in_experiment(url: str, experiment_name: str) -> list[dict[str, Any]]:
     found.raise_for_status()
     runs: list[dict[str, Any]] = found.json().get("runs", [])
     return runs
+
+
+def artifact_files(url: str, run_id: str, path: str = "") -> dict[str, int]:
+    """Every file of a run's artifacts and its size, straight from the MLflow server
+    (`artifacts/list`, recursively)."""
+    found: dict[str, int] = {}
+    params = {"run_id": run_id, "path": path}
+    response = httpx.get(f"{url}/api/2.0/mlflow/artifacts/list", params=params, timeout=30)
+    response.raise_for_status()
+    for entry in response.json().get("files", []):
+        if entry["is_dir"]:
+            found.update(artifact_files(url, run_id, entry["path"]))
+        else:
+            found[entry["path"]] = int(entry["file_size"])
+    return found
+
+
+def artifact_url(url: str, run_id: str, path: str) -> str:
+    """Where the MLflow server serves one of a run's proxied artifacts."""
+    uri = get_run(url, run_id)["info"]["artifact_uri"]
+    assert uri.startswith("mlflow-artifacts:"), uri
+    root = uri.removeprefix("mlflow-artifacts:").lstrip("/")
+    return f"{url}/api/2.0/mlflow-artifacts/artifacts/{root}/{path}"
+
+
+def artifact_bytes(url: str, run_id: str, path: str) -> bytes:
+    """One artifact's content, straight from the MLflow server."""
+    response = httpx.get(artifact_url(url, run_id, path), timeout=120)
+    response.raise_for_status()
+    return response.content
+
+
+def artifact_sha256(url: str, run_id: str, path: str) -> str:
+    """The SHA-256 of one (large) artifact, streamed from the MLflow server."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with httpx.stream("GET", artifact_url(url, run_id, path), timeout=120) as response:
+        response.raise_for_status()
+        for chunk in response.iter_bytes(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
