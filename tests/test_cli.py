@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -490,9 +491,13 @@ def test_auth_modes_match_the_library() -> None:
     assert _parser.AUTH_MODES == auth.AUTH_MODES
 
 
-def test_progress_bar_shows_count_rate_and_eta() -> None:
+def test_progress_bar_shows_count_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidp_metrics.cli import _sync
     from aidp_metrics.cli._sync import ProgressBar
 
+    # the bar's clock, frozen: under load a real one moves between the two reads
+    clock = types.SimpleNamespace(monotonic=lambda: 100.0)
+    monkeypatch.setattr(_sync, "time", clock)
     stream = io.StringIO()
     bar = ProgressBar(stream, width=10)
     bar.started -= 2.0  # two seconds in

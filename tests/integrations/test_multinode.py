@@ -145,9 +145,10 @@ def check_transformers(points: dict[str, list[tuple[int, float]]], ranks: Any) -
 
 
 def check_keras(points: dict[str, list[tuple[int, float]]], ranks: Any) -> None:
-    assert set(points) == {"loss", "epoch"}
+    assert set(points) == {"loss", "epoch", "learning_rate"}
     assert steps_once(points["loss"]) == list(range(1, 9))
     assert points["epoch"] == [(4, 1.0), (8, 2.0)]
+    assert [step for step, _ in points["learning_rate"]] == [4, 8]  # the optimizer's, each epoch
 
 
 def check_accelerate(points: dict[str, list[tuple[int, float]]], ranks: Any) -> None:
