@@ -1,4 +1,4 @@
-"""`Run`'s artifact methods (notes/artifacts.md): each call snapshots the file (or writes the
+"""`Run`'s artifact methods (docs/artifacts.md): each call snapshots the file (or writes the
 figure, dict or text) into the run's spool and journals it before it returns; the run's upload
 stage (`aidp_metrics._uploads`) uploads it in the background."""
 

@@ -1,6 +1,6 @@
 """Taking a file as it is now, so that it is uploaded as it was when it was logged.
 
-Three ways, each measured in notes/artifacts.md:
+Three ways, each measured in docs/artifacts.md:
 
 - a reflink (`FICLONE`): a copy-on-write clone that shares the blocks until either side is
   written; constant time, and it survives deletion, replacement by rename and rewrites in
