@@ -89,10 +89,12 @@ class RunClient:
         self._done(synchronous)
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        self._artifact(run_id, "log_artifact", local_path, artifact_path)
+        if self._ours(run_id, "log_artifact"):
+            self._run.log_artifact(local_path, artifact_path)
 
     def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
-        self._artifact(run_id, "log_artifacts", local_dir, artifact_path)
+        if self._ours(run_id, "log_artifacts"):
+            self._run.log_artifacts(local_dir, artifact_path)
 
     def log_figure(
         self,
@@ -102,14 +104,16 @@ class RunClient:
         *,
         save_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        extra = {} if save_kwargs is None else {"save_kwargs": save_kwargs}
-        self._artifact(run_id, "log_figure", figure, artifact_file, **extra)
+        if self._ours(run_id, "log_figure"):
+            self._run.log_figure(figure, artifact_file, **(save_kwargs or {}))
 
     def log_dict(self, run_id: str, dictionary: Any, artifact_file: str) -> None:
-        self._artifact(run_id, "log_dict", dictionary, artifact_file)
+        if self._ours(run_id, "log_dict"):
+            self._run.log_dict(dictionary, artifact_file)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._artifact(run_id, "log_text", text, artifact_file)
+        if self._ours(run_id, "log_text"):
+            self._run.log_text(text, artifact_file)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -123,19 +127,6 @@ class RunClient:
             "to log into another run)",
         )
         return False
-
-    def _artifact(self, run_id: str, call: str, *arguments: Any, **keywords: Any) -> None:
-        if not self._ours(run_id, call):
-            return
-        method = getattr(self._run, call, None)
-        if method is None:
-            self._warn(
-                "artifacts",
-                f"experiment.{call} is not supported by this aidp-metrics version: "
-                "artifacts are not uploaded",
-            )
-            return
-        method(*arguments, **keywords)
 
     def _done(self, synchronous: bool | None) -> None:
         if self._synchronous if synchronous is None else synchronous:

@@ -5,8 +5,8 @@ client and compared. Every difference left is listed in docs/frameworks/lightnin
 from __future__ import annotations
 
 import functools
+import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,22 +139,34 @@ def test_other_run_ids_are_not_logged(mlflow_server: Any, fresh_experiment: str)
     assert read_run(mlflow_server.url, logger.run_id).steps == {"acc": [2]}
 
 
-def test_artifact_calls_without_the_artifact_stage_warn_once(
+def test_experiment_artifact_calls_upload_into_the_run(
     mlflow_server: Any, fresh_experiment: str, tmp_path: Path
 ) -> None:
-    from aidp_metrics import AIDPMetricsWarning, Run
+    """The Lightning habit `logger.experiment.log_artifact(logger.run_id, path)` (and the
+    other artifact calls of `MlflowClient`) uploads into the logger's run."""
+    import matplotlib
 
-    if hasattr(Run, "log_artifact"):
-        pytest.skip("Run uploads artifacts: its own tests cover experiment.log_artifact")
-    path = tmp_path / "notes.txt"
-    path.write_text("hello")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    path = tmp_path / "confusion.csv"
+    path.write_bytes(b"1,0\n0,1\n")
     logger = AIDPLogger(fresh_experiment, tracking_uri=mlflow_server.url)
     experiment, run_id = logger.experiment, logger.run_id
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        experiment.log_artifact(run_id, str(path))
-        experiment.log_text(run_id, "hello", "notes.txt")
-    said = [w for w in caught if issubclass(w.category, AIDPMetricsWarning)]
-    assert len(said) == 1
-    assert "artifacts are not uploaded" in str(said[0].message)
+    experiment.log_artifact(run_id, str(path), "eval")
+    experiment.log_text(run_id, "hello", "notes/hello.txt")
+    experiment.log_dict(run_id, {"lr": 0.1}, "config.json")
+    figure = plt.figure()
+    experiment.log_figure(run_id, figure, "plots/fig.png", save_kwargs={"dpi": 20})
+    plt.close(figure)
+    path.write_bytes(b"rewritten after logging")  # the logged bytes are what arrives
     logger.finalize("success")
+
+    client = MlflowClient(mlflow_server.url)
+    out = Path(client.download_artifacts(run_id, "", str(tmp_path / "out")))
+    assert (out / "eval" / "confusion.csv").read_bytes() == b"1,0\n0,1\n"
+    assert (out / "notes" / "hello.txt").read_text() == "hello"
+    assert json.loads((out / "config.json").read_text()) == {"lr": 0.1}
+    assert (out / "plots" / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert logger.run.stats.artifacts_uploaded == 4
