@@ -98,10 +98,12 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         model_id: `MlflowCallback`'s MLflow 3 logged-model id; kept (`model_id`), not
             linked to the metrics here.
         run_id: log into this existing run instead of starting one.
-        experiment_name, run_name, tags, endpoint: used when the run is created
-            (`Run.from_env`: `AIDP_RUN_ID` / `MLFLOW_RUN_ID` attach to an existing run;
-            experiment from `AIDP_EXPERIMENT_NAME` / `MLFLOW_EXPERIMENT_NAME`; endpoint
-            from the environment when `None`).
+        experiment_name: experiment of a new run (`Run.from_env`: `AIDP_RUN_ID` /
+            `MLFLOW_RUN_ID` attach to an existing run; else `AIDP_EXPERIMENT_NAME` /
+            `MLFLOW_EXPERIMENT_NAME`).
+        run_name: name of a new run.
+        tags: extra tags set on the run.
+        endpoint: where to send; from the environment when `None`.
         log_params: log the optimizer / fit / model parameters once per run.
         strict: raise logging errors instead of warning (forwarded to the run as well).
         run: a `Run` you started, to log into instead of opening one; the callback never
