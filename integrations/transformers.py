@@ -346,7 +346,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
             return
         with self._handle.guard("on_save"):
             name = f"checkpoint-{state.global_step}"
-            folder = os.path.join(args.output_dir, name)
+            folder = os.path.join(args.output_dir or "", name)
             if os.path.isdir(folder):
                 run.log_artifacts(folder, name, snapshot="link")
 
