@@ -118,6 +118,10 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         run_id: the run's id once it exists (first `fit`/`evaluate`), else `None`.
     """
 
+    # log_model: a ModelCheckpoint in the fit in progress; its files' (mtime_ns, size) seen
+    _saw_checkpoint = False
+    _checkpoint_files: dict[str, tuple[int, int]]
+
     def __init__(
         self,
         log_every_epoch: bool = True,
@@ -170,8 +174,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._watched_step: int | None = None
         self.model_id = model_id
         self.log_model = bool(log_model)
-        self._checkpoint_files: dict[str, tuple[int, int]] = {}  # path: (mtime_ns, size) seen
-        self._saw_checkpoint = False  # a ModelCheckpoint in the fit in progress
         self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
@@ -189,7 +191,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._fit_params: object = None
         self._in_eval = False
         self._eval_run: Run | None = None
-
         # batch logging state (all in optimizer steps except `_batches_*`)
         self._base_step = 0  # last step read from the optimizer
         self._batches_since_read = 0  # batches run since then
@@ -197,7 +198,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._window = 0  # step // N of the last logged batch point (or of train begin)
         self._accumulation = 1
         self._step_variable: Any = None  # torch: the optimizer's `iterations`, for fit
-
         if log_every_n_steps is not None:
             # An instance attribute, so the class keeps Keras's default batch hooks and
             # epoch-only callbacks do not turn off Keras's async dispatch.
@@ -296,6 +296,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         """`log_model`: after each save of a `ModelCheckpoint` in this `fit` (found in the
         `CallbackList` calling us), upload the files it wrote or rewrote."""
         self._saw_checkpoint = False
+        self._checkpoint_files = {}
         for checkpoint in _model_checkpoints_of_fit():
             self._saw_checkpoint = True
             folder = os.path.dirname(os.path.abspath(str(checkpoint.filepath)))
