@@ -62,6 +62,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -531,14 +532,14 @@ def _tf_task_index(task_type: str, task_id: object, cluster: Mapping[str, Any]) 
 def _model_checkpoints_of_fit() -> list[Any]:
     """The `keras.callbacks.ModelCheckpoint`s of the `CallbackList` whose `on_train_begin`
     is calling us (Keras hands a callback the model, not the list)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(_MAX_FRAMES):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
         if isinstance(owner, keras.callbacks.CallbackList):
             return [c for c in owner.callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return []
 
 
