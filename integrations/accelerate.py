@@ -38,6 +38,11 @@ nested_run, run_name, description`), and as there the environment wins over the 
   with a step count too), so un-stepped curves do not pile up at step 0. A value that is
   not a number (a string, an image) is skipped with one warning per key.
 
+- **Artifacts**: `tracker.log_artifact(local_path, artifact_path=None)`,
+  `log_artifacts(local_dir, artifact_path=None)` and `log_figure(figure, artifact_file,
+  **save_kwargs)`, `MLflowTracker`'s, on the main process: the run's, snapshotted when
+  called and uploaded in the background.
+
 Lifecycle: the run is created by `init_trackers` (Accelerate >= 1.8 calls `start()`; before
 that, at the first `store_init_configuration` or `log`), on the main process only
 (`main_process_only = True`: Accelerate's global process index 0, so on a multi-node job
@@ -219,6 +224,34 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
                 run.log_metrics(metrics, step=at)
         except Exception as exc:
             self._handle.failed("log", exc)
+
+    @_on_main_process
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """`MLflowTracker.log_artifact`: the file, as it is now, into `artifact_path`."""
+        run = self._main_process_run("log_artifact")
+        if run is not None:
+            with self._handle.guard("log_artifact"):
+                run.log_artifact(local_path, artifact_path)
+
+    @_on_main_process
+    def log_artifacts(
+        self, local_dir: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """`MLflowTracker.log_artifacts`: every file under `local_dir`, as it is now."""
+        run = self._main_process_run("log_artifacts")
+        if run is not None:
+            with self._handle.guard("log_artifacts"):
+                run.log_artifacts(local_dir, artifact_path)
+
+    @_on_main_process
+    def log_figure(self, figure: Any, artifact_file: str, **save_kwargs: Any) -> None:
+        """`MLflowTracker.log_figure`: a matplotlib or plotly figure saved as `artifact_file`."""
+        run = self._main_process_run("log_figure")
+        if run is not None:
+            with self._handle.guard("log_figure"):
+                run.log_figure(figure, artifact_file, **save_kwargs)
 
     @_on_main_process
     def finish(self) -> None:

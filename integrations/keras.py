@@ -59,8 +59,10 @@ import json
 import math
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -110,11 +112,18 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             ends it (the end of `fit` flushes it). Not with `experiment_name`, `run_name`,
             `endpoint` or run options: the run has its own.
         watch: "parameters": also log every weight's norm with the training points.
+        log_model: upload, as written, the files a `keras.callbacks.ModelCheckpoint` of the
+            same `fit` saves (under `checkpoints/`); without one, the model saved at the end
+            of `fit` (`model.keras`).
         **run_options: forwarded to the run (`transport`, `flush_interval`, ...).
 
     Attributes:
         run_id: the run's id once it exists (first `fit`/`evaluate`), else `None`.
     """
+
+    # log_model: a ModelCheckpoint in the fit in progress; its files' (mtime_ns, size) seen
+    _saw_checkpoint = False
+    _checkpoint_files: dict[str, tuple[int, int]]
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         strict: bool = False,
         run: Run | None = None,
         watch: str | None = None,
+        log_model: bool = False,
         **run_options: Any,
     ) -> None:
         super().__init__()
@@ -166,6 +176,7 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._watch = watch is not None
         self._watched_step: int | None = None
         self.model_id = model_id
+        self.log_model = bool(log_model)
         self._run_id = run_id
         self._experiment_name = experiment_name
         self._run_name = run_name
@@ -183,7 +194,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._fit_params: object = None
         self._in_eval = False
         self._eval_run: Run | None = None
-
         # batch logging state (all in optimizer steps except `_batches_*`)
         self._base_step = 0  # last step read from the optimizer
         self._batches_since_read = 0  # batches run since then
@@ -191,7 +201,6 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._window = 0  # step // N of the last logged batch point (or of train begin)
         self._accumulation = 1
         self._step_variable: Any = None  # torch: the optimizer's `iterations`, for fit
-
         if log_every_n_steps is not None:
             # An instance attribute, so the class keeps Keras's default batch hooks and
             # epoch-only callbacks do not turn off Keras's async dispatch.
@@ -223,6 +232,8 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if run is None:
                 return
             self._active = run
+            if self.log_model:
+                self._follow_model_checkpoints()
             # Until on_train_end says otherwise: an exception escaping fit() skips it.
             self._handle.set_exit_status("FAILED")
             if self._log_params and not self._params_logged:
@@ -284,6 +295,43 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self._add_weight_norms(metrics, step)
             run.log_metrics(metrics, step=step)
 
+    def _follow_model_checkpoints(self) -> None:
+        """`log_model`: after each save of a `ModelCheckpoint` in this `fit` (found in the
+        `CallbackList` calling us), upload the files it wrote or rewrote."""
+        self._saw_checkpoint = False
+        self._checkpoint_files = {}
+        for checkpoint in _model_checkpoints_of_fit():
+            self._saw_checkpoint = True
+            folder = os.path.dirname(os.path.abspath(str(checkpoint.filepath)))
+            self._scan_checkpoint_folder(folder, upload=False)  # files already there: not ours
+            if getattr(checkpoint, "_aidp_wrapped", False):
+                continue
+            save = checkpoint._save_model
+
+            def saved(*args: Any, _save: Any = save, _folder: str = folder, **kwargs: Any) -> Any:
+                result = _save(*args, **kwargs)
+                if self.log_model and self._active is not None:
+                    with self._handle.guard("log_model"):
+                        self._scan_checkpoint_folder(_folder, upload=True)
+                return result
+
+            checkpoint._save_model = saved
+            checkpoint._aidp_wrapped = True
+
+    def _scan_checkpoint_folder(self, folder: str, *, upload: bool) -> None:
+        if not os.path.isdir(folder):
+            return
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not entry.is_file():
+                continue
+            stat = entry.stat()
+            signature = (stat.st_mtime_ns, stat.st_size)
+            if self._checkpoint_files.get(entry.path) == signature:
+                continue
+            self._checkpoint_files[entry.path] = signature
+            if upload and self._active is not None:
+                self._active.log_artifact(entry.path, "checkpoints")  # a copy: rewritten later
+
     def _add_weight_norms(self, metrics: dict[str, float], step: int) -> None:
         """With `watch`: the weight norms, once per step (a batch point and the epoch end
         can land on the same step)."""
@@ -299,6 +347,11 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if run is None:
             return
         with self._handle.guard("on_train_end"):
+            if self.log_model and not self._saw_checkpoint:
+                with self._handle.guard("log_model"), tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "model.keras")
+                    self.model.save(path)
+                    run.log_artifact(path)  # a copy: the folder goes away next
             self._handle.end("FINISHED")
 
     # ------------------------------------------------------------------ evaluate
@@ -476,3 +529,20 @@ def _tf_task_index(task_type: str, task_id: object, cluster: Mapping[str, Any]) 
         has_chief = bool(cluster.get("chief") or cluster.get("master"))
         return int(str(task_id)) + (1 if has_chief else 0)
     return 1 << 20  # ps / evaluator: never the logging process
+
+
+def _model_checkpoints_of_fit() -> list[Any]:
+    """The `keras.callbacks.ModelCheckpoint`s of the `CallbackList` whose `on_train_begin`
+    is calling us (Keras hands a callback the model, not the list)."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList):
+            return [c for c in owner.callbacks if isinstance(c, keras.callbacks.ModelCheckpoint)]
+        frame = frame.f_back
+    return []
+
+
+_MAX_FRAMES = 8

@@ -53,6 +53,7 @@ import sys
 import types
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aidp_metrics._env import MLFLOW_TRACKING_URI
@@ -125,6 +126,50 @@ _LIGHTNING_VERSION = _lightning_version()
 # either package sets (`rank_zero_only.rank = global_rank`) is the rank read here.
 from lightning_utilities.core.rank_zero import rank_zero_only  # noqa: E402
 
+_CHECKPOINT_SETTINGS = (
+    "monitor",
+    "mode",
+    "save_last",
+    "save_top_k",
+    "save_weights_only",
+    "_every_n_train_steps",
+    "_every_n_val_epochs",
+)
+
+
+def _scan_checkpoints(checkpoint_callback: Any) -> list[tuple[float, str, Any]]:
+    """Lightning's `_scan_checkpoints`: the last, best and top-k files that exist, with
+    their score, oldest first."""
+    found: dict[str, Any] = {}
+    if hasattr(checkpoint_callback, "last_model_path") and hasattr(
+        checkpoint_callback, "current_score"
+    ):
+        found[checkpoint_callback.last_model_path] = checkpoint_callback.current_score
+    if hasattr(checkpoint_callback, "best_model_path") and hasattr(
+        checkpoint_callback, "best_model_score"
+    ):
+        found[checkpoint_callback.best_model_path] = checkpoint_callback.best_model_score
+    for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
+        found[path] = score
+    return sorted(
+        (Path(path).stat().st_mtime, path, score)
+        for path, score in found.items()
+        if path and Path(path).is_file()
+    )
+
+
+def _checkpoint_metadata(checkpoint_callback: Any, path: str, score: Any) -> dict[str, Any]:
+    """`MLFlowLogger`'s `metadata.yaml`."""
+    return {
+        "score": score.item() if hasattr(score, "item") else score,
+        "original_filename": Path(path).name,
+        "Checkpoint": {
+            name: getattr(checkpoint_callback, name)
+            for name in _CHECKPOINT_SETTINGS
+            if hasattr(checkpoint_callback, name)
+        },
+    }
+
 
 def _global_rank() -> int:
     rank: int = getattr(rank_zero_only, "rank", 0)
@@ -187,8 +232,9 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         tags: tags of the run.
         save_dir: `MLFlowLogger`'s local store directory, used by its `file:` default; kept
             for `save_dir` (the path of a `file:` tracking URI, else None).
-        log_model: `MLFlowLogger`'s checkpoint upload setting (False, True, "all"); kept
-            (`log_model`). Checkpoint paths and the best score are always run tags.
+        log_model: `MLFlowLogger`'s checkpoint upload, in its layout: True the checkpoints
+            kept at `finalize` (each as saved with `save_top_k=-1`), "all" each as saved.
+            Checkpoint paths and the best score are always run tags.
         prefix: put before every metric key, joined with "-" (as Lightning's loggers do).
         artifact_location: kept (`artifact_location`); the server chooses where a new
             experiment's artifacts go.
@@ -260,6 +306,9 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         self._converter = self._handle.converter(prefix=prefix, separator=self.LOGGER_JOIN_CHAR)
         self._last_step: int | None = None
         self._sent_tags: dict[str, str] = {}
+        # log_model: the checkpoint callback to scan at finalize, and each path's mtime logged
+        self._checkpoint_callback: Any = None
+        self._logged_model_time: dict[str, float] = {}
 
     # -- Lightning's Logger properties -------------------------------------------------------
 
@@ -396,12 +445,18 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
             except (TypeError, ValueError):
                 pass
         changed = {k: v for k, v in tags.items() if self._sent_tags.get(k) != v}
-        if not changed:
-            return
-        run = self._ensure_run()
-        if run is not None:
-            run.set_tags(changed)
-            self._sent_tags.update(changed)
+        if changed:
+            run = self._ensure_run()
+            if run is not None:
+                run.set_tags(changed)
+                self._sent_tags.update(changed)
+        # log_model, as MLFlowLogger: "all" (or True keeping every checkpoint) uploads each
+        # as it is saved; True uploads the ones kept, at finalize.
+        save_top_k = getattr(checkpoint_callback, "save_top_k", None)
+        if self._log_model == "all" or (self._log_model is True and save_top_k == -1):
+            self._log_checkpoints(checkpoint_callback)
+        elif self._log_model is True:
+            self._checkpoint_callback = checkpoint_callback
 
     @rank_zero_only
     def save(self) -> None:
@@ -416,6 +471,8 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         goes into the same run, which the `Run` marks RUNNING again until the next finalize.
         A run given as `run=` is only flushed: it stays open for its owner.
         """
+        if self._checkpoint_callback is not None:
+            self._log_checkpoints(self._checkpoint_callback)
         final = _FINAL_STATUS.get(status)
         if final is None:  # anything unknown: deliver, keep open
             self._handle.flush()
@@ -425,6 +482,28 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
             final = previous  # FAILED is sticky: a later successful test() does not undo it
         # Also when the run ended FINISHED and the phase after it failed before logging.
         self._handle.end(final)
+
+    def _log_checkpoints(self, checkpoint_callback: Any) -> None:
+        """Upload the checkpoints not logged yet (or rewritten since) in `MLFlowLogger`'s
+        layout: `<stem>/<file>.ckpt`, `<stem>/metadata.yaml`, `<stem>/aliases.txt`. Each file
+        is copied when logged (Lightning rewrites `last.ckpt` in place)."""
+        with self._handle.guard("log_model"):
+            run = self._ensure_run()
+            if run is None:
+                return
+            best = getattr(checkpoint_callback, "best_model_path", None)
+            for mtime, path, score in _scan_checkpoints(checkpoint_callback):
+                if self._logged_model_time.get(path, -1.0) >= mtime:
+                    continue
+                artifact_path = Path(path).stem
+                run.log_artifact(path, artifact_path)
+                run.log_dict(
+                    _checkpoint_metadata(checkpoint_callback, path, score),
+                    f"{artifact_path}/metadata.yaml",
+                )
+                aliases = ["latest", "best"] if path == best else ["latest"]
+                run.log_text(str(aliases), f"{artifact_path}/aliases.txt")
+                self._logged_model_time[path] = mtime
 
     # -- the run -----------------------------------------------------------------------------
 

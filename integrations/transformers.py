@@ -31,9 +31,11 @@ What lands on the server:
 Every variable `MLflowCallback` reads is read with its meaning: `MLFLOW_TRACKING_URI`,
 `MLFLOW_EXPERIMENT_NAME`, `MLFLOW_RUN_ID`, `MLFLOW_TAGS`, `MLFLOW_NESTED_RUN` (with
 `run=`: a run of its own nested under that run), `MLFLOW_FLATTEN_PARAMS`,
-`MLFLOW_MAX_LOG_PARAMS`, `HF_MLFLOW_LOG_ARTIFACTS` (kept as `log_artifacts`; checkpoints
-are not uploaded by this version). With `MLflowCallback` in the same `Trainer` (say
-`report_to="mlflow"`) every point would be logged twice, into two runs: one warning says so.
+`MLFLOW_MAX_LOG_PARAMS`, `HF_MLFLOW_LOG_ARTIFACTS` (`log_artifacts`: at each `on_save`, on
+world process zero, the saved `checkpoint-N/` folder, snapshotted in the call and uploaded
+under `checkpoint-N/`, so the Trainer's rotation may delete it afterwards). With
+`MLflowCallback` in the same `Trainer` (say `report_to="mlflow"`) every point would be
+logged twice, into two runs: one warning says so.
 
 Run lifecycle:
 
@@ -72,6 +74,7 @@ Run lifecycle:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from types import FrameType
@@ -139,6 +142,8 @@ class AIDPCallback(TrainerCallback, ExportableState):
         watch: "gradients", "parameters" or "all": log the model's per-parameter norms
             (`Run.watch`); default `AIDP_METRICS_WATCH`, else none.
         watch_log_freq: every how many optimizer updates (default: `logging_steps`).
+        log_artifacts: upload each saved `checkpoint-N/` folder under `checkpoint-N/`
+            (default: `HF_MLFLOW_LOG_ARTIFACTS`, as `MLflowCallback`).
         **run_options: forwarded to `aidp_metrics.Run` (`transport`, `flush_interval`, ...).
     """
 
@@ -156,6 +161,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run: Run | None = None,
         watch: str | None = None,
         watch_log_freq: int | None = None,
+        log_artifacts: bool | None = None,
         **run_options: Any,
     ) -> None:
         error = check_watch_options(watch or "all", watch_log_freq or 1)
@@ -180,6 +186,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
         self.strict = strict
         self.watch = watch
         self.watch_log_freq = watch_log_freq
+        self._log_artifacts = log_artifacts
         self._explicit_run_id = run_id
         # Set by the Trainer when it restores callback state from a checkpoint
         # (`restore_callback_states_from_checkpoint=True`); otherwise read from `state`.
@@ -193,8 +200,10 @@ class AIDPCallback(TrainerCallback, ExportableState):
 
     @property
     def log_artifacts(self) -> bool:
-        """`HF_MLFLOW_LOG_ARTIFACTS`, as `MLflowCallback` reads it: whether checkpoints
-        should be uploaded (kept for the artifact stage; not done by this version)."""
+        """Whether each saved `checkpoint-N/` is uploaded: `log_artifacts=` if given, else
+        `HF_MLFLOW_LOG_ARTIFACTS`, as `MLflowCallback` reads it."""
+        if self._log_artifacts is not None:
+            return self._log_artifacts
         return bool(env_flag(HF_MLFLOW_LOG_ARTIFACTS))
 
     # -- public --------------------------------------------------------------------------
@@ -243,6 +252,7 @@ class AIDPCallback(TrainerCallback, ExportableState):
                 "strict": self.strict,
                 "watch": self.watch,
                 "watch_log_freq": self.watch_log_freq,
+                "log_artifacts": self._log_artifacts,
                 "endpoint": endpoint_state(endpoint),
                 **options_state(handle.options),
             },
@@ -318,6 +328,27 @@ class AIDPCallback(TrainerCallback, ExportableState):
         run = self._handle.run
         if run is not None and not run.ended:
             self._handle.end("FINISHED")
+
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """`log_artifacts`: the `checkpoint-N/` folder just saved, under `checkpoint-N/`. Its
+        files are linked into the spool now (never rewritten: the next save is another
+        folder), so the Trainer's rotation deleting it later loses nothing."""
+        if not state.is_world_process_zero or not self.log_artifacts:
+            return
+        run = self._handle.run
+        if run is None or run.ended:
+            return
+        with self._handle.guard("on_save"):
+            name = f"checkpoint-{state.global_step}"
+            folder = os.path.join(args.output_dir or "", name)
+            if os.path.isdir(folder):
+                run.log_artifacts(folder, name, snapshot="link")
 
     def on_train_end(
         self,

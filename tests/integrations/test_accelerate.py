@@ -29,6 +29,8 @@ from aidp_metrics import AIDPError, MetricsClient, Run  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.accelerate import AIDPTracker  # noqa: E402
 from tests.support.mlflow_server import (  # noqa: E402
+    artifact_bytes,
+    artifact_files,
     free_port,
     get_metric_history,
     get_run,
@@ -421,3 +423,53 @@ def test_watch_through_the_tracker_run_with_accumulation(
     assert points(tracking, run_id, "grad_norm/total") == [
         (k, pytest.approx(applied[k], rel=1e-6)) for k in (2, 4, 6)
     ]
+
+
+@pytest.mark.usefixtures("fresh_state")
+def test_artifacts_files_a_directory_and_a_figure_arrive_byte_for_byte(
+    tracking: str, fresh_experiment: str, tmp_path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source = tmp_path / "source"
+    (source / "tree" / "deeper").mkdir(parents=True)
+    files = {
+        "model.bin": bytes(range(256)) * 64,
+        "tree/a.txt": b"alpha\n",
+        "tree/deeper/b.bin": b"\x00\x01" * 1000,
+    }
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    tracker = AIDPTracker(flush_interval=0.05)
+    accelerator = Accelerator(cpu=True, log_with=tracker)
+    accelerator.init_trackers(fresh_experiment)
+    tracker.log_artifact(str(source / "model.bin"))
+    tracker.log_artifact(source / "model.bin", "weights")
+    tracker.log_artifacts(str(source / "tree"), "tree")
+    figure, axes = plt.subplots()
+    axes.plot([0, 1, 2], [3, 1, 2])
+    tracker.log_figure(figure, "plots/curve.png", dpi=50)
+    local = tmp_path / "curve.png"
+    figure.savefig(local, dpi=50)
+    plt.close(figure)
+    (source / "model.bin").write_bytes(b"rewritten after logging")  # the snapshot was taken
+    with pytest.warns(AIDPMetricsWarning, match="missing.bin not logged"):
+        tracker.log_artifact(str(tmp_path / "missing.bin"))  # never raises into training
+    accelerator.end_training()
+
+    run_id = tracker.run_id
+    assert run_id is not None
+    expected = {
+        "model.bin": files["model.bin"],
+        "weights/model.bin": files["model.bin"],
+        "tree/a.txt": files["tree/a.txt"],
+        "tree/deeper/b.bin": files["tree/deeper/b.bin"],
+        "plots/curve.png": local.read_bytes(),
+    }
+    assert artifact_files(tracking, run_id) == {path: len(data) for path, data in expected.items()}
+    for path, data in expected.items():
+        assert artifact_bytes(tracking, run_id, path) == data, path
+    assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"

@@ -24,6 +24,8 @@ np = pytest.importorskip("numpy")
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from tests.support.mlflow_server import (  # noqa: E402
     MLflowServer,
+    artifact_bytes,
+    artifact_files,
     free_port,
     get_metric_history,
     get_run,
@@ -538,3 +540,81 @@ def test_watch_parameters_logs_every_weight_norm_with_the_training_points(
 def test_watch_gradients_is_a_value_error_that_says_why() -> None:
     with pytest.raises(ValueError, match="no gradients"):
         aidp_callback("x", watch="gradients")
+
+
+class FolderRecorder(keras.callbacks.Callback):  # type: ignore[misc]
+    """After the ModelCheckpoints (later in the list): each file of `folder` as last written."""
+
+    def __init__(self, folder: Any) -> None:
+        super().__init__()
+        self.folder = folder
+        self.files: dict[str, bytes] = {}
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        for path in self.folder.iterdir():
+            self.files[path.name] = path.read_bytes()
+
+
+def test_log_model_uploads_each_model_checkpoint_file_as_written(
+    mlflow_server: MLflowServer, fresh_experiment: str, tmp_path: Any
+) -> None:
+    x, y = make_data()
+    model = make_model()
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "old.txt").write_bytes(b"there before fit: not uploaded")
+    every = keras.callbacks.ModelCheckpoint(str(folder / "e{epoch}.keras"))
+    best = keras.callbacks.ModelCheckpoint(
+        str(folder / "best.weights.h5"), save_best_only=True, save_weights_only=True
+    )
+    recorder = FolderRecorder(folder)
+    cb = aidp_callback(fresh_experiment, log_model=True, flush_interval=0.05)
+    model.fit(
+        x,
+        y,
+        epochs=3,
+        batch_size=BATCH,
+        validation_split=0.2,
+        callbacks=[cb, every, best, recorder],
+        verbose=0,
+    )
+    run_id = cb.run_id
+    assert run_id is not None
+    url = mlflow_server.url
+    expected = {f"checkpoints/{name}": data for name, data in recorder.files.items()}
+    del expected["checkpoints/old.txt"]
+    assert set(expected) >= {f"checkpoints/e{e}.keras" for e in (1, 2, 3)}
+    assert "checkpoints/best.weights.h5" in expected
+    assert artifact_files(url, run_id) == {p: len(d) for p, d in expected.items()}
+    for path, data in expected.items():
+        assert artifact_bytes(url, run_id, path) == data, path
+
+
+def test_log_model_without_a_checkpoint_uploads_the_final_model(
+    mlflow_server: MLflowServer, fresh_experiment: str, tmp_path: Any
+) -> None:
+    x, y = make_data()
+    model = make_model()
+    cb = aidp_callback(fresh_experiment, log_model=True, flush_interval=0.05)
+    model.fit(x, y, epochs=2, batch_size=BATCH, callbacks=[cb], verbose=0)
+    run_id = cb.run_id
+    assert run_id is not None
+    url = mlflow_server.url
+    assert list(artifact_files(url, run_id)) == ["model.keras"]
+    local = tmp_path / "back.keras"
+    local.write_bytes(artifact_bytes(url, run_id, "model.keras"))
+    loaded = keras.models.load_model(local)
+    for ours, theirs in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_without_log_model_nothing_is_uploaded(
+    mlflow_server: MLflowServer, fresh_experiment: str, tmp_path: Any
+) -> None:
+    x, y = make_data()
+    model = make_model()
+    cb = aidp_callback(fresh_experiment)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.keras"))
+    model.fit(x, y, epochs=1, batch_size=BATCH, callbacks=[cb, checkpoint], verbose=0)
+    assert cb.run_id is not None
+    assert artifact_files(mlflow_server.url, cb.run_id) == {}

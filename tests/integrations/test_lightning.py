@@ -28,6 +28,8 @@ from aidp_metrics import Endpoint  # noqa: E402
 from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.lightning import AIDPLogger  # noqa: E402
 from tests.support.mlflow_server import (  # noqa: E402
+    artifact_bytes,
+    artifact_files,
     get_metric_history,
     get_run,
     runs_in_experiment,
@@ -765,3 +767,95 @@ def test_watch_reads_gradients_after_lightnings_clipping(
     for step, value in server["grad_norm/total"]:
         assert model.lightnings[step]["grad_2.0_norm_total"] > 1e-2  # before clipping
         assert value == pytest.approx(1e-3, rel=1e-3)  # what the optimizer applied
+
+
+# -- log_model: checkpoints as artifacts, in MLFlowLogger's layout -------------------------
+
+
+def _fit_with_checkpoints(tmp_path: Path, logger: Any) -> tuple[Any, dict[str, bytes]]:
+    """Three epochs, top 2 by val_loss_epoch and last.ckpt; what each checkpoint held when
+    the logger was told of its save (by artifact directory: the stem)."""
+    L.seed_everything(0)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="val_loss_epoch", save_top_k=2, save_last=True
+    )
+    seen: dict[str, bytes] = {}
+    told = logger.after_save_checkpoint
+
+    def after_save_checkpoint(callback: Any) -> None:
+        for path in (tmp_path / "ckpt").glob("*.ckpt"):
+            seen[path.stem] = path.read_bytes()
+        told(callback)
+
+    logger.after_save_checkpoint = after_save_checkpoint
+    trainer = _trainer(
+        tmp_path, logger=logger, max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint]
+    )
+    trainer.fit(TinyModule())
+    return checkpoint, seen
+
+
+@pytest.mark.parametrize("log_model", [True, "all"])
+def test_log_model_uploads_checkpoints_in_mlflowloggers_layout(
+    url: str, fresh_experiment: str, tmp_path: Path, log_model: Any
+) -> None:
+    import yaml
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    theirs = MLFlowLogger(experiment_name=fresh_experiment, tracking_uri=url, log_model=log_model)
+    _fit_with_checkpoints(tmp_path / "mlflow", theirs)
+    logger = AIDPLogger(experiment_name=fresh_experiment, tracking_uri=url, log_model=log_model)
+    checkpoint, seen = _fit_with_checkpoints(tmp_path / "aidp", logger)
+    run_id = logger.run_id
+    assert run_id is not None
+
+    ours = artifact_files(url, run_id)
+    assert sorted(ours) == sorted(artifact_files(url, theirs.run_id))
+    kept = {Path(p).stem for p in checkpoint.best_k_models} | {"last"}
+    if log_model is True:  # the checkpoints kept at the end
+        stems = kept
+    else:  # each as it was saved: also the one the top 2 dropped
+        stems = {p.split("/")[0] for p in ours}
+        assert stems > kept
+        assert stems == set(seen)
+    assert sorted(ours) == sorted(
+        f"{stem}/{name}"
+        for stem in stems
+        for name in (f"{stem}.ckpt", "metadata.yaml", "aliases.txt")
+    )
+    for stem in stems:
+        assert artifact_bytes(url, run_id, f"{stem}/{stem}.ckpt") == seen[stem], stem
+        if log_model is True:  # "all": the aliases when it was saved (compared below)
+            aliases = artifact_bytes(url, run_id, f"{stem}/aliases.txt").decode()
+            best = stem == Path(checkpoint.best_model_path).stem
+            assert aliases == ("['latest', 'best']" if best else "['latest']"), stem
+        metadata = yaml.safe_load(artifact_bytes(url, run_id, f"{stem}/metadata.yaml"))
+        assert metadata["original_filename"] == f"{stem}.ckpt"
+        settings = {
+            "monitor": "val_loss_epoch",
+            "mode": "min",
+            "save_last": True,
+            "save_top_k": 2,
+            "save_weights_only": False,
+            "_every_n_train_steps": 0,
+            "_every_n_val_epochs": 1,
+        }
+        # the ones this Lightning has (`_every_n_val_epochs` is gone from newer ones)
+        assert metadata["Checkpoint"] == {
+            k: v for k, v in settings.items() if hasattr(checkpoint, k)
+        }
+        path = str(tmp_path / "aidp" / "ckpt" / f"{stem}.ckpt")
+        if path in checkpoint.best_k_models:
+            assert metadata["score"] == pytest.approx(float(checkpoint.best_k_models[path]))
+    # the metadata as MLFlowLogger writes it, byte for byte
+    for stem in stems:
+        for name in ("metadata.yaml", "aliases.txt"):
+            mine = artifact_bytes(url, run_id, f"{stem}/{name}")
+            assert mine == artifact_bytes(url, theirs.run_id, f"{stem}/{name}"), (stem, name)
+
+
+def test_log_model_false_uploads_nothing(url: str, fresh_experiment: str, tmp_path: Path) -> None:
+    logger = AIDPLogger(experiment_name=fresh_experiment, tracking_uri=url)
+    _fit_with_checkpoints(tmp_path, logger)
+    assert logger.run_id is not None
+    assert artifact_files(url, logger.run_id) == {}

@@ -14,8 +14,8 @@ Not ported:
   any attribute (`log_text`); nothing of AIDPLogger is involved. (The `DummyLogger` that
   `fast_dev_run` puts in AIDPLogger's place is checked in `test_dummylogger_noop_method_calls`.)
 * `test_scan_checkpoints`: checks Lightning's `_scan_checkpoints`, which loggers that upload
-  checkpoint files use (`MLFlowLogger(log_model=...)`); AIDPLogger records checkpoint paths
-  as tags and uploads no file (see test_lightning_mlflow_suite.py, `test_mlflow_log_model`).
+  checkpoint files use (`MLFlowLogger(log_model=...)`); AIDPLogger has its own copy, whose
+  uploads test_lightning.py compares with `MLFlowLogger`'s (`test_log_model_...`).
 """
 
 from __future__ import annotations

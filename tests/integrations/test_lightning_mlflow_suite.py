@@ -19,7 +19,7 @@ Deliberate differences from `MLFlowLogger` the ports take into account:
   warning), where MLFlowLogger deletes them: "[some_metric]" -> "_some_metric_", not
   "some_metric" (`sanitize_key`, the one rule of every integration).
 * Param values are cut at the server's limit, 6000 characters (MLFlowLogger cuts at 250).
-* Checkpoints are not uploaded (`log_model`): their paths and the best score are run tags.
+* With the default `log_model=False` no checkpoint is uploaded: paths and best score are tags.
 
 Not ported:
 
@@ -27,10 +27,11 @@ Not ported:
   `test_mlflow_logger_no_synchronous_support`: they count MLflow client calls. AIDPLogger
   takes `synchronous` (a log call then returns once delivered or spooled: `Run.flush`);
   test_parity_lightning.py trains with it against MLFlowLogger.
-* The `log_model="all"`/`True`/`False` variants of `test_mlflow_log_model` and the
-  `artifact_location` argument of `test_mlflow_logger_experiment_calls`: artifact upload
-  and artifact stores are not AIDPLogger features. `test_mlflow_log_model` checks the
-  checkpoint tags instead, and that no artifact was uploaded.
+* The `log_model="all"`/`True` variants of `test_mlflow_log_model` (they count client
+  calls; test_lightning.py checks the uploaded layout against `MLFlowLogger`'s on a real
+  server) and the `artifact_location` argument of `test_mlflow_logger_experiment_calls`.
+  `test_mlflow_log_model` checks the checkpoint tags, and that `log_model=False` uploads
+  nothing.
 * The file-store half of `test_mlflow_logger_dirs_creation` (the `mlruns` folder layout:
   `.trash`, `meta.yaml`, `metrics/`, `params/`): there is no local store; the port checks the
   same facts (one experiment, one run, the `epoch` metric, the params) on the server, and

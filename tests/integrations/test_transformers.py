@@ -29,6 +29,8 @@ from aidp_metrics.integrations._convert import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.transformers import AIDPCallback  # noqa: E402
 from tests.support.chaos_proxy import ChaosProxy  # noqa: E402
 from tests.support.mlflow_server import (  # noqa: E402
+    artifact_bytes,
+    artifact_files,
     get_metric_history,
     get_run,
     runs_in_experiment,
@@ -1020,3 +1022,55 @@ def test_watch_from_the_environment_logs_weight_norms(
 def test_watch_with_a_bad_value_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="log must be one of"):
         AIDPCallback(watch="histograms")
+
+
+class RecordCheckpoints(TrainerCallback):  # type: ignore[misc]
+    """What each `checkpoint-N/` held when `on_save` announced it."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, bytes] = {}
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        name = f"checkpoint-{state.global_step}"
+        folder = Path(args.output_dir) / name
+        for path in folder.rglob("*"):
+            if path.is_file():
+                self.saved[f"{name}/{path.relative_to(folder).as_posix()}"] = path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_log_artifacts_uploads_every_checkpoint_before_rotation_deletes_it(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "environment":
+        monkeypatch.setenv("HF_MLFLOW_LOG_ARTIFACTS", "TRUE")
+        callback = AIDPCallback()
+    else:
+        monkeypatch.delenv("HF_MLFLOW_LOG_ARTIFACTS", raising=False)
+        callback = AIDPCallback(log_artifacts=True)
+    assert callback.log_artifacts is True
+    recorder = RecordCheckpoints()
+    trainer = make_trainer(
+        tmp_path, [callback, recorder], save_strategy="steps", save_steps=20, save_total_limit=1
+    )
+    trainer.train()
+    run_id = callback.run_id
+    assert run_id is not None
+    checkpoints = {path.split("/")[0] for path in recorder.saved}
+    assert checkpoints == {"checkpoint-20", "checkpoint-40", "checkpoint-60"}
+    # rotation kept only the last on disk; every one arrived
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-60"]
+    assert artifact_files(tracking, run_id) == {p: len(b) for p, b in recorder.saved.items()}
+    for path, data in recorder.saved.items():
+        assert artifact_bytes(tracking, run_id, path) == data, path
+
+
+def test_without_log_artifacts_no_checkpoint_is_uploaded(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_MLFLOW_LOG_ARTIFACTS", "TRUE")
+    callback = AIDPCallback(log_artifacts=False)  # the option wins over the environment
+    trainer = make_trainer(tmp_path, [callback], save_strategy="steps", save_steps=30)
+    trainer.train()
+    assert callback.run_id is not None
+    assert artifact_files(tracking, callback.run_id) == {}
