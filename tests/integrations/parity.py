@@ -29,6 +29,22 @@ GIT_DIFFERENCES = (
 )
 
 
+def run_as_script(monkeypatch: Any, path: str) -> None:
+    """Make `path` the running script (`sys.argv[0]`), for MLflow's source and git tags and
+    ours. MLflow reads git once per process and keeps it (`GitRunContext._cache`): a run
+    an earlier test made in this worker (argv[0] "-c", no repository) would leave it
+    without git tags, so the cache is emptied here, for this test only."""
+    import sys
+
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import _run_context_provider_registry
+
+    monkeypatch.setattr(sys, "argv", [path])
+    for provider in _run_context_provider_registry:
+        if isinstance(provider, GitRunContext):
+            monkeypatch.setattr(provider, "_cache", {})
+
+
 @dataclass
 class RunView:
     experiment: str

@@ -5,7 +5,6 @@ what differs."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.integrations.parity import (  # noqa: E402
     changed,
     differences,
     read_run,
+    run_as_script,
 )
 
 torch.set_num_threads(1)
@@ -50,7 +50,7 @@ def environment(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", fresh_experiment)  # wins over the argument
     monkeypatch.setenv("MLFLOW_TAGS", '{"team": "from-env"}')  # replaces the tags argument
-    monkeypatch.setattr(sys, "argv", [__file__])  # a source file inside this git checkout
+    run_as_script(monkeypatch, __file__)  # a source file inside this git checkout
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield mlflow_server.url

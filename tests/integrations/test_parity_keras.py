@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from tests.integrations.parity import (  # noqa: E402
     changed,
     differences,
     read_run,
+    run_as_script,
 )
 
 pytestmark = pytest.mark.keras
@@ -76,7 +76,7 @@ def test_same_fit_same_run(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", fresh_experiment)
-    monkeypatch.setattr(sys, "argv", [__file__])  # a source file inside this git checkout
+    run_as_script(monkeypatch, __file__)  # a source file inside this git checkout
     with mlflow.start_run(run_name="parity") as active:
         _fit(MlflowCallback())
     theirs = read_run(mlflow_server.url, active.info.run_id)

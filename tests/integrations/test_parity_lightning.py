@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.integrations.parity import (  # noqa: E402
     changed,
     differences,
     read_run,
+    run_as_script,
 )
 
 pytestmark = pytest.mark.lightning
@@ -96,7 +96,7 @@ def _train(logger: Any, root: Path) -> str:
 def test_same_script_same_run(
     mlflow_server: Any, fresh_experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "argv", [__file__])  # a source file inside this git checkout
+    run_as_script(monkeypatch, __file__)  # a source file inside this git checkout
     runs = {}
     for name, logger_class in (("mlflow", MLFlowLogger), ("ours", AIDPLogger)):
         logger = logger_class(

@@ -5,7 +5,6 @@ differs."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,12 @@ from transformers.integrations import MLflowCallback  # noqa: E402
 
 from aidp_metrics import AIDPMetricsWarning  # noqa: E402
 from aidp_metrics.integrations.transformers import AIDPCallback  # noqa: E402
-from tests.integrations.parity import GIT_DIFFERENCES, differences, read_run  # noqa: E402
+from tests.integrations.parity import (  # noqa: E402
+    GIT_DIFFERENCES,
+    differences,
+    read_run,
+    run_as_script,
+)
 
 from .test_transformers_support import make_trainer  # noqa: E402
 
@@ -40,7 +44,7 @@ def environment(monkeypatch: pytest.MonkeyPatch, mlflow_server: Any, fresh_exper
     monkeypatch.setenv("MLFLOW_TAGS", '{"team": "nlp", "release": "rc1"}')
     monkeypatch.setenv("MLFLOW_FLATTEN_PARAMS", "1")
     monkeypatch.setenv("MLFLOW_MAX_LOG_PARAMS", "60")
-    monkeypatch.setattr(sys, "argv", [__file__])  # a source file inside this git checkout
+    run_as_script(monkeypatch, __file__)  # a source file inside this git checkout
     url: str = mlflow_server.url
     return url
 
