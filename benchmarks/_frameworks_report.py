@@ -17,10 +17,16 @@ CONFIG_LABELS = {
     "e": "MLflow async+buf 1s",
 }
 CLOCKS = {"wall": "step_seconds", "cpu": "step_cpu_seconds"}
-IN_RUN = ("hook_cpu_seconds", "hook_share", "other_threads_cpu_seconds")
+IN_RUN = (
+    "hook_cpu_seconds",
+    "hook_timer_cpu_seconds",
+    "hook_share",
+    "other_threads_cpu_seconds",
+)
 
 # Goals (printed next to the figures, never enforced).
 GOAL_OVERHEAD_SHARE = 0.02
+GOAL_HOOK_SHARE = 0.015  # the logging hooks' CPU against the un-logged step (issue #31)
 GOAL_VS_C = 100.0
 GOAL_VS_E = 5.0
 GOAL_TAIL_SECONDS = 0.5
@@ -281,22 +287,24 @@ def _overhead_row(prefix: str, cells: dict[str, Any], server: str, clock: str) -
 
 
 def _hooks_row(prefix: str, cells: dict[str, Any], server: str) -> Row | None:
-    """(b)'s training-thread CPU inside its own hooks against the same 2 % budget, as a
-    share of the rest of the same run's step (which stands in for (a)'s): both are
-    measured within one run, so the interval is narrow where the paired difference's is
-    not."""
+    """(b)'s training-thread CPU inside its own hooks (less the timer's own cost) against
+    the 1.5 % budget, as a share of the rest of the same run's step (which stands in for
+    (a)'s): both are measured within one run, so the interval is narrow where the paired
+    difference's is not."""
     ours: dict[str, Any] = cells.get(f"b/{server}", {})
     hooks: Spread | None = ours.get("hook_cpu_seconds")
+    timer: Spread | None = ours.get("hook_timer_cpu_seconds")
     share: Spread | None = ours.get("hook_share")
     if hooks is None or share is None:
         return None
-    met = _verdict(share, GOAL_OVERHEAD_SHARE)
+    met = _verdict(share, GOAL_HOOK_SHARE)
+    timer_text = "" if timer is None else f" less the timer's {fmt_seconds(timer.median)}"
     return Row(
         f"{prefix}: (b) CPU in its hooks / step",
-        f"{fmt_seconds(hooks.median)}: {share.median:.2%} of the rest of the step "
-        f"({share.coverage:.0%} interval {share.ci_low:.2%} .. {share.ci_high:.2%})",
-        f"≤ {GOAL_OVERHEAD_SHARE:.0%}",
-        _budget_text(share.median / GOAL_OVERHEAD_SHARE, met),
+        f"{fmt_seconds(hooks.median)}{timer_text}: {share.median:.2%} of the rest of the "
+        f"step ({share.coverage:.0%} interval {share.ci_low:.2%} .. {share.ci_high:.2%})",
+        f"≤ {GOAL_HOOK_SHARE:.1%}",
+        _budget_text(share.median / GOAL_HOOK_SHARE, met),
         met,
     )
 

@@ -345,7 +345,8 @@ def print_report(summary: dict[str, Any], plan: Plan) -> list[Any]:
         in_run_grid(summary),
         "steady state, split within each run: the training thread's CPU inside the "
         "integration's hooks, and the other threads' CPU (delivery, MLflow's async queue), "
-        "per step; share = hooks / (the run's CPU per step - hooks)",
+        "per step; share = (hooks - timer) / (the run's CPU per step - hooks - timer), where "
+        "timer is the probe's own cost, an empty call timed the same way after each hook",
     )
     print_grid(
         STARTUP_HEADERS,

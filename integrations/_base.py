@@ -195,9 +195,11 @@ class RunHandle:
         """The `Run` options a run the handle opens gets (a copy)."""
         return dict(self._options)
 
-    def converter(self, prefix: str = "", separator: str = "-") -> MetricConverter:
+    def converter(
+        self, prefix: str = "", separator: str = "-", *, nested: bool = False
+    ) -> MetricConverter:
         """A converter whose repeat rule starts over with every new run."""
-        converter = MetricConverter(prefix=prefix, separator=separator)
+        converter = MetricConverter(prefix=prefix, separator=separator, nested=nested)
         self._converters.append(converter)
         return converter
 

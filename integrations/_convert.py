@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from aidp_metrics._errors import AIDPMetricsWarning, InvalidMetric
 from aidp_metrics._metric import sanitize_key, to_float
@@ -20,32 +21,63 @@ __all__ = ["AIDPMetricsWarning", "MetricConverter"]
 
 
 class MetricConverter:
-    """Map `{framework key: framework value}` to `{valid key: float}`.
+    """Map `{framework key: framework value}` to valid keys and float values.
 
-    The key mapping is cached, so the per-step cost after the first step is a dict lookup
-    and a float conversion per metric.
+    The key mapping is cached. A call with the keys (in the same order) of the last call
+    that needed no conversion, plain float values and a step above every step seen so far
+    cannot hold a repeat: it is answered without a Python-level loop (the usual training
+    step), and its points become the keys' previous points only when a later call needs
+    them (`_settle_recent`).
     """
 
-    def __init__(self, prefix: str = "", separator: str = "-") -> None:
+    def __init__(self, prefix: str = "", separator: str = "-", *, nested: bool = False) -> None:
         self.prefix = prefix
         self.separator = separator
+        # `nested`: a value that is a mapping holds grouped scalars (TensorBoard style):
+        # `{"loss": {"train": x}}` is `loss/train`.
+        self.nested = nested
         self._keys: dict[str, str] = {}
         self._dropped: set[str] = set()
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent
+        self._highest = _BEFORE_ANY_STEP  # the highest step a point was sent at
+        self._plain: tuple[tuple[str, ...], list[str]] = ((), [])  # raw keys -> keys
+        self._recent: tuple[int, list[str], list[float]] | None = None  # not in _last yet
 
-    def convert_at(self, metrics: Mapping[str, object], step: int) -> dict[str, float]:
-        """The metrics logged at `step`, converted, without the points identical to their
-        key's previous one. One loop: it runs inside every logging hook."""
-        fresh: dict[str, float] = {}
-        keys = self._keys
+    def points_at(self, metrics: Mapping[str, object], step: int) -> tuple[list[str], list[float]]:
+        """The keys and values logged at `step`, converted, without the points identical to
+        their key's previous one: what `Run.log_valid` takes (new lists, the caller's)."""
+        if step > self._highest:
+            raw, keys = self._plain
+            if tuple(metrics) == raw:
+                values: list[Any] = list(metrics.values())
+                if set(map(type, values)) == _FLOAT_ONLY:
+                    self._highest = step
+                    self._recent = (step, keys, list(values))  # the caller may add to its lists
+                    return list(keys), values
+        return self._convert(metrics, step)
+
+    def _convert(self, metrics: Mapping[str, object], step: int) -> tuple[list[str], list[float]]:
+        """`points_at` point by point."""
+        self._settle_recent()
+        keys: list[str] = []
+        values: list[float] = []
+        known = self._keys
         last = self._last
+        plain = True  # every value a float, every point sent
         for raw_key, value in metrics.items():
-            key = keys.get(raw_key)
+            key = known.get(raw_key)
             if key is None:
                 key = self._key_for(raw_key)
             if type(value) is float:
                 number: float = value
             else:
+                plain = False
+                if self.nested and isinstance(value, Mapping):
+                    inner = {f"{raw_key}/{name}": each for name, each in value.items()}
+                    inner_keys, inner_values = self._convert(inner, step)
+                    keys += inner_keys
+                    values += inner_values
+                    continue
                 try:
                     number = to_float(value, raw_key)
                 except InvalidMetric as exc:
@@ -53,14 +85,30 @@ class MetricConverter:
                     continue
             previous = last.get(key)
             if previous is not None and previous[0] == step and _same(previous[1], number):
+                plain = False
                 continue
             last[key] = (step, number)
-            fresh[key] = number
-        return fresh
+            keys.append(key)
+            values.append(number)
+        self._highest = max(self._highest, step)
+        if plain:
+            self._plain = (tuple(metrics), list(keys))
+        return keys, values
+
+    def _settle_recent(self) -> None:
+        """The last fast call's points are their keys' previous points."""
+        recent = self._recent
+        if recent is not None:
+            self._recent = None
+            step, keys, values = recent
+            for key, value in zip(keys, values, strict=True):
+                self._last[key] = (step, value)
 
     def forget_repeats(self) -> None:
         """A new run: nothing was sent to it yet."""
         self._last.clear()
+        self._recent = None
+        self._highest = _BEFORE_ANY_STEP
 
     def _key_for(self, raw_key: str) -> str:
         full = f"{self.prefix}{self.separator}{raw_key}" if self.prefix else str(raw_key)
@@ -79,6 +127,10 @@ class MetricConverter:
             return
         self._dropped.add(raw_key)
         notice(f"aidp-metrics: not logging {raw_key!r}: {reason}", stacklevel=4)
+
+
+_BEFORE_ANY_STEP = -(2**64)  # below every int64 step
+_FLOAT_ONLY = {float}
 
 
 def _same(a: float, b: float) -> bool:

@@ -167,7 +167,7 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         self._run_id = run_id
         self._project_name: str | None = None  # of the init_trackers call that started it
         self._calls = 0  # `log` calls so far: the step of a point logged without one
-        self._converter = self._handle.converter()
+        self._converter = self._handle.converter(nested=True)  # grouped scalars
 
     # -- Accelerate's tracker API ------------------------------------------------------------
 
@@ -219,9 +219,9 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         try:
             if kwargs:
                 self._handle.warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
-            metrics = self._converter.convert_at(_flat(values), int(at))
-            if metrics:
-                run.log_metrics(metrics, step=at)
+            keys, numbers = self._converter.points_at(values, int(at))
+            if keys:
+                run.log_valid(keys, numbers, int(at))
         except Exception as exc:
             self._handle.failed("log", exc)
 
@@ -297,23 +297,6 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
     def __repr__(self) -> str:
         experiment = self.experiment_name or self._project_name
         return f"AIDPTracker(experiment={experiment!r}, run_id={self.run_id!r})"
-
-
-def _flat(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`{"loss": {"train": x}}` -> `{"loss/train": x}` (TensorBoard-style grouped scalars)."""
-    for value in values.values():
-        if type(value) is not float and isinstance(value, Mapping):  # `is float`: no ABC check
-            break
-    else:
-        return values
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            for inner, number in _flat(value).items():
-                flat[f"{key}/{inner}"] = number
-        else:
-            flat[key] = value
-    return flat
 
 
 def _project_name_of_init_trackers() -> str | None:

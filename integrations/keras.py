@@ -269,9 +269,10 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if step // every <= self._window:
                 return
             self._window = step // every
-            metrics = self._train_metrics.convert_at(logs or {}, step)
-            self._add_weight_norms(metrics, step)
-            run.log_metrics(metrics, step=step)
+            keys, values = self._train_metrics.points_at(logs or {}, step)
+            self._add_weight_norms(keys, values, step)
+            if keys:
+                run.log_valid(keys, values, step)
         except Exception as exc:
             self._handle.failed(_BATCH_HOOK, exc)
 
@@ -290,10 +291,11 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 if learning_rate is not None:
                     logged[_LEARNING_RATE] = learning_rate
             # The last batch point may already hold these running means at this step.
-            metrics = self._train_metrics.convert_at(logged, step)
-            metrics["epoch"] = float(epoch + 1)
-            self._add_weight_norms(metrics, step)
-            run.log_metrics(metrics, step=step)
+            keys, values = self._train_metrics.points_at(logged, step)
+            keys.append("epoch")
+            values.append(float(epoch + 1))
+            self._add_weight_norms(keys, values, step)
+            run.log_valid(keys, values, step)
 
     def _follow_model_checkpoints(self) -> None:
         """`log_model`: after each save of a `ModelCheckpoint` in this `fit` (found in the
@@ -332,12 +334,14 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if upload and self._active is not None:
                 self._active.log_artifact(entry.path, "checkpoints")  # a copy: rewritten later
 
-    def _add_weight_norms(self, metrics: dict[str, float], step: int) -> None:
+    def _add_weight_norms(self, keys: list[str], values: list[float], step: int) -> None:
         """With `watch`: the weight norms, once per step (a batch point and the epoch end
         can land on the same step)."""
         if self._watch and step != self._watched_step:
             self._watched_step = step
-            metrics.update(_weight_norms(self.model))
+            norms = _weight_norms(self.model)
+            keys.extend(norms)
+            values.extend(norms.values())
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._in_fit = False
@@ -377,7 +381,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
             return
         with self._handle.guard("on_test_end"):
             step = self._read_step()
-            run.log_metrics(self._eval_metrics.convert_at(logs or {}, step), step=step)
+            keys, values = self._eval_metrics.points_at(logs or {}, step)
+            if keys:
+                run.log_valid(keys, values, step)
             if self._in_fit:
                 # evaluate() called from inside fit (e.g. by another callback), or after a
                 # fit that died: the fit's status decides, not this evaluation.

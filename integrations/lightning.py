@@ -393,12 +393,12 @@ class AIDPLogger(_LoggerBase):  # type: ignore[misc]
         else:
             step = int(step)
             self._last_step = step
-        converted = self._converter.convert_at(metrics, step)
-        if not converted:
+        keys, values = self._converter.points_at(metrics, step)
+        if not keys:
             return
         run = self._ensure_run()
         if run is not None:
-            run.log_metrics(converted, step=step)
+            run.log_valid(keys, values, step)
             self._delivered(run)
 
     @rank_zero_only

@@ -309,9 +309,10 @@ class AIDPCallback(TrainerCallback, ExportableState):
         if run is None:
             return
         step = int(state.global_step)
-        points = self._converter.convert_at(logs, step)  # `epoch` in train and eval logs: once
-        if points:
-            run.log_metrics(points, step=step)
+        # `epoch` is in the train and the eval logs of a step: logged once.
+        keys, values = self._converter.points_at(logs, step)
+        if keys:
+            run.log_valid(keys, values, step)
 
     def on_evaluate(
         self,

@@ -18,9 +18,6 @@ as part of the README. `test_the_harness_*` show each check failing on a broken 
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,24 +27,12 @@ from pytest_examples import CodeExample, find_examples
 
 from aidp_metrics import MetricsClient
 from tests.support.mlflow_server import MLflowServer
+from tests.support.scripts import child_env, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = (ROOT / "README.md", ROOT / "docs")
 COMPLETE = "python"
 FRAGMENT = "{.python .fragment}"
-TIMEOUT = 300
-# Inherited variables that would point a block elsewhere or into another run.
-_SCRUBBED = (
-    "AIDP_INSTANCE_ID",
-    "AIDP_WORKSPACE_KEY",
-    "AIDP_ENDPOINT",
-    "AIDP_RUN_ID",
-    "AIDP_EXPERIMENT_NAME",
-    "AIDP_METRICS_MODE",
-    "MLFLOW_RUN_ID",
-    "MLFLOW_EXPERIMENT_NAME",
-    "MLFLOW_TRACKING_URI",
-)
 
 
 def blocks(*sources: Path) -> list[CodeExample]:
@@ -71,17 +56,6 @@ def finished_runs_since(url: str, start_ms: int) -> set[str]:
     return {str(run["info"]["run_id"]) for run in runs if run.get("data", {}).get("metrics")}
 
 
-def block_env(server: MLflowServer, workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    env.update(
-        MLFLOW_TRACKING_URI=server.url,
-        AIDP_METRICS_DIR=str(workdir / "spool"),
-        KERAS_BACKEND=env.get("KERAS_BACKEND", "torch"),
-        OMP_NUM_THREADS="1",
-    )
-    return env
-
-
 def check_block(example: CodeExample, server: MLflowServer, workdir: Path) -> None:
     """Fail (AssertionError) unless the block is a fragment that parses or a complete program
     that runs and logs."""
@@ -99,19 +73,7 @@ def check_block(example: CodeExample, server: MLflowServer, workdir: Path) -> No
     script = workdir / "block.py"
     script.write_text(example.source, encoding="utf-8")
     start_ms = int(time.time() * 1000)  # the server runs on this machine: one clock
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=workdir,
-        env=block_env(server, workdir),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"{where}: exit {result.returncode}\n--- stdout\n{result.stdout[-3000:]}"
-        f"\n--- stderr\n{result.stderr[-3000:]}"
-    )
+    run_script([str(script)], child_env(server.url, workdir), workdir, label=where)
     assert finished_runs_since(server.url, start_ms), f"{where}: no FINISHED run with metrics"
 
 

@@ -9,10 +9,7 @@ in that module's SparkSession (one JVM for all the Spark tests).
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,58 +17,14 @@ import pytest
 
 from aidp_metrics import MetricsClient
 from tests.support.mlflow_server import MLflowServer
+from tests.support.scripts import child_env, run_script
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-TIMEOUT = 300
 QUICKSTART_EXPERIMENT = "aidp-metrics-quickstart"
 FRAMEWORKS = ("lightning", "transformers", "accelerate", "keras")
-# Inherited variables that would point a child process elsewhere or into another run.
-_SCRUBBED = (
-    "AIDP_INSTANCE_ID",
-    "AIDP_WORKSPACE_KEY",
-    "AIDP_ENDPOINT",
-    "AIDP_RUN_ID",
-    "AIDP_EXPERIMENT_NAME",
-    "AIDP_METRICS_MODE",
-    "MLFLOW_RUN_ID",
-    "MLFLOW_EXPERIMENT_NAME",
-    "MLFLOW_TRACKING_URI",
-)
-
-
-def child_env(server: MLflowServer, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    env.update(
-        MLFLOW_TRACKING_URI=server.url,
-        AIDP_METRICS_DIR=str(tmp_path / "spool"),
-        KERAS_BACKEND=env.get("KERAS_BACKEND", "torch"),
-        OMP_NUM_THREADS="1",  # tests share the machine; tiny models gain nothing from more
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-        **extra,
-    )
-    return env
-
-
-def run_script(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
-        f"\n--- stderr\n{result.stderr[-4000:]}"
-    )
-    return result
 
 
 def finished_runs_with_metrics(url: str, experiment: str) -> list[dict[str, object]]:
@@ -90,7 +43,7 @@ def test_quickstart_fast(mlflow_server: MLflowServer, tmp_path: Path) -> None:
     png = tmp_path / "q.png"
     result = run_script(
         [str(EXAMPLES / "quickstart.py"), "--fast", "--output", str(png)],
-        child_env(mlflow_server, tmp_path),
+        child_env(mlflow_server.url, tmp_path, with_checkout=True),
         cwd=tmp_path,
     )
     assert "starting a local MLflow server" not in result.stdout  # used the configured one
@@ -124,8 +77,9 @@ def test_example_runs(mlflow_server: MLflowServer, tmp_path: Path, framework: st
         pytest.skip(f"{framework} is not installed")
     experiment = f"example-{framework}-{uuid.uuid4().hex[:12]}"
     env = child_env(
-        mlflow_server,
+        mlflow_server.url,
         tmp_path,
+        with_checkout=True,
         MLFLOW_EXPERIMENT_NAME=experiment,
         AIDP_EXPERIMENT_NAME=experiment,
         EPOCHS="1",

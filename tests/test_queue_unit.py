@@ -306,3 +306,70 @@ def test_end_after_a_spill_leaves_a_run_reopened_meanwhile_open() -> None:
     q.end_after_spill(mark, reason="r")
     assert q.state is QueueState.OPEN
     assert q.stats().pending == 3
+
+
+def calls(start: int, stop: int, width: int = 3) -> list[tuple[list[str], list[float], int, int]]:
+    """`log_metrics` calls of `width` points each, as `Run.log_metrics` queues them unbuilt:
+    call i holds keys k0..k{width-1} at step i."""
+    return [
+        (
+            [f"k{j}" for j in range(width)],
+            [i + j / 10 for j in range(width)],
+            1_700_000_000_000 + i,
+            i,
+        )
+        for i in range(start, stop)
+    ]
+
+
+def built(start: int, stop: int, width: int = 3) -> list[tuple[str, float, int, int]]:
+    return [
+        (k, v, stamp, at)
+        for keys, values, stamp, at in calls(start, stop, width)
+        for k, v in zip(keys, values, strict=True)
+    ]
+
+
+def test_calls_are_built_in_order_between_records_and_across_chunks() -> None:
+    q = queue()
+    for each in calls(0, 2):
+        q.append_call(each)
+    q.append([Metric("loss", 9.0, 1, 2)])  # a checked record between calls
+    for each in calls(2, 400):
+        q.append_call(each)
+    assert q.sizes() == (1201, 0)
+    sent = [deliver(q) for _ in range(2)]
+    assert [(c.start, c.end) for c in sent] == [(0, 1000), (1000, 1201)]
+    expected = [*built(0, 2), ("loss", 9.0, 1, 2), *built(2, 400)]
+    assert [tuple(m) for c in sent for m in c.records] == expected
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.pending) == (1201, 1201, 0)
+
+
+def test_a_full_queue_drops_the_oldest_points_of_unbuilt_calls_and_counts_them() -> None:
+    q = queue(max_queue=10)
+    wake = 0
+    for each in calls(0, 5):
+        wake |= q.append_call(each)
+    assert wake & Wake.FULL
+    assert q.make_room() == 5
+    chunk = deliver(q)
+    assert [tuple(m) for m in chunk.records] == built(0, 5)[5:]
+    stats = q.stats()
+    assert (stats.logged, stats.dropped, stats.delivered) == (15, 5, 10)
+
+
+def test_the_journal_and_an_out_of_time_end_see_unbuilt_calls() -> None:
+    q = queue(spool="on_failure")
+    for each in calls(0, 4):
+        q.append_call(each)
+    start, records, _ = q.journal.unwritten(100)
+    assert (start, [tuple(m) for m in records]) == (0, built(0, 4))
+    q = RunQueue(DeliveryOptions(spool="off", flush_interval=0.0), local_id="l", run_id="r")
+    for each in calls(0, 4):
+        q.append_call(each)
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark is not None
+    assert q.end_step(mark, out_of_time=True, reason="gone") is EndStep.DONE
+    stats = q.stats()
+    assert (stats.logged, stats.failed, stats.pending) == (12, 12, 0)

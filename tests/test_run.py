@@ -564,3 +564,42 @@ def test_strict_raises_on_a_bad_value_among_keys_seen_before() -> None:
             run.log_metrics({"a": 1.0, "b": "2.0"}, step=2)
     finally:
         run.end()
+
+
+def test_a_call_is_kept_as_it_was_though_its_records_are_built_later(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    """The fast path queues a call unbuilt (the delivery loop makes the records): changing
+    the dict after the call, as a loop reusing one dict does, changes nothing logged."""
+    with Run.start(endpoint=mlflow_server.url, experiment_name=fresh_experiment) as run:
+        metrics = {"loss": 1.0, "acc": 0.5}
+        run.log_metrics(metrics, step=1)  # keys now seen: the next calls take the fast path
+        for step in range(2, 6):
+            metrics["loss"] = float(step)
+            run.log_metrics(metrics, step=step)
+            metrics["loss"] = -1.0  # after the call: never logged
+            metrics["acc"] = -1.0
+            metrics["acc"] = 0.5
+    assert history(mlflow_server, run.run_id, "loss") == [
+        (1, 1.0),
+        *((s, float(s)) for s in range(2, 6)),
+    ]
+    assert history(mlflow_server, run.run_id, "acc") == [(s, 0.5) for s in range(1, 6)]
+
+
+def test_log_valid_queues_an_integrations_points_and_checks_only_the_step(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    with Run.start(endpoint=mlflow_server.url, experiment_name=fresh_experiment) as run:
+        run.log_valid(["train/loss", "epoch"], [0.25, 1.0], 3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run.log_valid(["train/loss"], [0.5], 2**63)  # beyond int64: refused, said once
+        said = [str(w.message) for w in caught if issubclass(w.category, AIDPMetricsWarning)]
+        assert len(said) == 1
+        assert "step" in said[0]
+        assert run.last_step == 3
+    assert history(mlflow_server, run.run_id, "train/loss") == [(3, 0.25)]
+    assert history(mlflow_server, run.run_id, "epoch") == [(3, 1.0)]
+    stats = run.stats
+    assert (stats.logged, stats.rejected, stats.delivered) == (3, 1, 2)

@@ -393,16 +393,18 @@ def test_cli_follow_imports_new_directories_until_ctrl_c(
 
 @pytest.mark.slow
 def test_example_runs(mlflow_server: MLflowServer, fresh_experiment: str, tmp_path: Path) -> None:
-    from tests.test_examples import EXAMPLES, child_env, run_script
+    from tests.support.scripts import ROOT, child_env, run_script
 
     env = child_env(
-        mlflow_server,
+        mlflow_server.url,
         tmp_path,
+        with_checkout=True,
         MLFLOW_EXPERIMENT_NAME=fresh_experiment,
         EPOCHS="2",
         OUTPUT_DIR=str(tmp_path / "output"),
     )
-    result = run_script([str(EXAMPLES / "tensorboard_example.py")], env, cwd=tmp_path)
+    example = ROOT / "examples" / "tensorboard_example.py"
+    result = run_script([str(example)], env, cwd=tmp_path)
     assert result.stdout.count("points imported") == 2  # offline and offline/eval
     assert result.stdout.count("up to date") == 2  # the second import: nothing new
     runs = runs_by_name(mlflow_server.url, fresh_experiment)

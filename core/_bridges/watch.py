@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aidp_metrics._metric import sanitize_key
@@ -50,9 +50,7 @@ class NormSink(Protocol):
     @property
     def options(self) -> _Options: ...
 
-    def log_metrics(
-        self, metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None
-    ) -> None: ...
+    def log_valid(self, keys: list[str], values: list[float], step: int) -> None: ...
 
 
 def check_watch_options(log: object, log_freq: object) -> str | None:
@@ -221,15 +219,16 @@ class _Watch:
 
     def _log(self, step: int) -> None:
         try:
-            metrics = self._norms()
+            keys, values = self._norms()
         except Exception as exc:  # a backend without a fused norm, a broken tensor, ...
             if self._run.options.strict:
                 raise
             self._notices.once("norms", f"aidp-metrics: watch: norms not logged: {exc!r}")
             return
-        self._run.log_metrics(metrics, step)
+        if keys:
+            self._run.log_valid(keys, values, step)
 
-    def _norms(self) -> dict[str, float]:
+    def _norms(self) -> tuple[list[str], list[float]]:
         """Every norm of this update, moved to the host in one transfer."""
         torch = self._torch
         keys: list[str] = []
@@ -245,39 +244,31 @@ class _Watch:
                 keys += self._weight_keys
                 parts.append(_fused_norms(torch, [p.detach() for p in self._params]))
             if not parts:
-                return {}
-            values = torch.cat([p.to(parts[0].device) for p in parts]).tolist()
-        return dict(zip(keys, values, strict=True))
+                return [], []
+            values: list[float] = torch.cat([p.to(parts[0].device) for p in parts]).tolist()
+        return keys, values
 
     def _present_gradients(self) -> tuple[list[str], list[torch.Tensor]]:
         names: list[str] = []
         grads: list[torch.Tensor] = []
-        for name, p in zip(self._names, self._params, strict=True):
-            grad = p.grad
+        for name, grad in zip(self._names, [p.grad for p in self._params], strict=True):
             if grad is None:
                 continue  # frozen, or not used in this update
-            if grad.is_sparse:
-                grad = grad.coalesce()._values()
             names.append(name)
-            grads.append(grad)
+            grads.append(grad.coalesce()._values() if grad.is_sparse else grad)
         return names, grads
 
 
 def _fused_norms(torch: Any, tensors: list[Any]) -> Any:
     """The 2-norm of each tensor, in float32, as one tensor on the first one's device:
-    one fused kernel per device (as `clip_grad_norm_`)."""
-    by_device: dict[Any, list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    if len(by_device) == 1:
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-    first = tensors[0].device
-    out = torch.empty(len(tensors), dtype=torch.float32, device=first)
-    for indices in by_device.values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=torch.float32)
-        stacked = torch.stack(norms).to(first)
-        out[torch.tensor(indices, device=first)] = stacked
-    return out
+    one fused kernel per device (as `clip_grad_norm_`). Tensors on several devices (model
+    parallel) are the exception: found by `stack` refusing them, not looked for each step."""
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    try:
+        return torch.stack(norms)
+    except RuntimeError:  # on more than one device
+        first = tensors[0].device
+        return torch.stack([norm.to(first) for norm in norms])
 
 
 def _unwrapped(model: Any) -> Any:

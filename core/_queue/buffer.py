@@ -12,16 +12,26 @@ Owned by one `RunQueue` and used only under its lock.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
+from collections.abc import Sequence
+from itertools import islice, repeat
 
 from aidp_metrics._metric import MetricRecord
 
+# One `log_metrics` call's points, not yet made records: (keys, values, timestamp, step).
+Call = tuple[Sequence[str], Sequence[float], int, int]
+
 
 class MetricBuffer:
+    """`memory` holds built records; calls appended with `extend_call` wait after them,
+    unbuilt, until something reads memory (the delivery loop, on its own thread), so the
+    training thread never builds a record (`watch` logs hundreds of points a call)."""
+
     def __init__(self) -> None:
         self.memory: deque[MetricRecord] = deque()
+        self._unbuilt: list[Call] = []
+        self._unbuilt_count = 0
         self.mem_start = 0
         self.logged = 0
         self.acked = 0
@@ -29,21 +39,47 @@ class MetricBuffer:
         self.oldest_at = 0.0  # monotonic time the oldest unsent metric in memory was logged
         self.urgent = 0  # metrics below this index are sent without waiting (flush, end)
 
+    @property
+    def size(self) -> int:
+        """How many metrics are in memory, built or not."""
+        return len(self.memory) + self._unbuilt_count
+
     def extend(self, metrics: list[MetricRecord]) -> int:
         """Add `metrics`; returns how many are in memory now."""
-        memory = self.memory
-        memory.extend(metrics)
-        self.logged += len(metrics)
-        size = len(memory)
-        if size == len(metrics):
+        if self._unbuilt:
+            self._build()
+        self.memory.extend(metrics)
+        return self._added(len(metrics))
+
+    def extend_call(self, call: Call) -> int:
+        """Add one call's points, to be built into records later; returns how many are in
+        memory now."""
+        self._unbuilt.append(call)
+        count = len(call[0])
+        self._unbuilt_count += count
+        return self._added(count)
+
+    def _added(self, count: int) -> int:
+        self.logged += count
+        size = len(self.memory) + self._unbuilt_count
+        if size == count:
             self.oldest_at = time.monotonic()
         return size
+
+    def _build(self) -> None:
+        memory = self.memory
+        for keys, values, stamp, at in self._unbuilt:
+            memory.extend(zip(keys, values, repeat(stamp), repeat(at)))
+        self._unbuilt.clear()
+        self._unbuilt_count = 0
 
     def rush(self, upto: int) -> None:
         self.urgent = max(self.urgent, upto)
 
     def drop_oldest(self, count: int) -> None:
         """Drop `count` metrics from memory with nowhere to keep them (a hole)."""
+        if self._unbuilt:
+            self._build()
         for _ in range(count):
             self.memory.popleft()
         start = self.mem_start
@@ -57,6 +93,8 @@ class MetricBuffer:
     def trim(self, limit: int, written: int) -> bool:
         """Keep at most `limit` in memory by letting go of what is on disk (below
         `written`); True when any was let go."""
+        if self._unbuilt:
+            self._build()
         movable = min(len(self.memory) - limit, written - self.mem_start)
         for _ in range(movable):
             self.memory.popleft()
@@ -92,6 +130,8 @@ class MetricBuffer:
 
     def take(self, count: int, interval: float) -> list[MetricRecord]:
         """The oldest `count` metrics out of memory, into flight."""
+        if self._unbuilt:
+            self._build()
         memory = self.memory
         records = [memory.popleft() for _ in range(count)]
         self.mem_start += count
@@ -111,6 +151,8 @@ class MetricBuffer:
         stop = min(self.logged, start + limit)
         if self.holes and self.holes[0][0] > start:
             stop = min(stop, self.holes[0][0])
+        if self._unbuilt:
+            self._build()
         records: list[MetricRecord] = []
         index = start
         if in_flight is not None:
@@ -120,12 +162,14 @@ class MetricBuffer:
                 index = start + len(records)
         if index < stop and index >= self.mem_start:
             offset = index - self.mem_start
-            records.extend(itertools.islice(self.memory, offset, offset + stop - index))
+            records.extend(islice(self.memory, offset, offset + stop - index))
         return start, records
 
     def abandon(self, upto: int) -> int:
         """Give up on every unsettled metric below `upto`; returns how many (holes were
         counted already). What is from `upto` on stays."""
+        if self._unbuilt:
+            self._build()
         lost = 0
         index = self.acked
         holes = self.holes

@@ -32,7 +32,7 @@ from typing import Any
 from aidp_metrics._metric import MetricRecord
 from aidp_metrics._stats import Counters, RunStats
 
-from .buffer import MetricBuffer
+from .buffer import Call, MetricBuffer
 from .options import DeliveryOptions
 from .records import (
     DELIVERED,
@@ -112,7 +112,7 @@ class RunQueue:
         """(metrics held in memory, metrics in the chunk in flight): what bounds memory."""
         with self._lock:
             chunk = self._chunk
-            return len(self._metrics.memory), len(chunk.records) if chunk is not None else 0
+            return self._metrics.size, len(chunk.records) if chunk is not None else 0
 
     def stats(self) -> RunStats:
         with self._lock:
@@ -171,15 +171,25 @@ class RunQueue:
                 self._counters.reject(rejected)
             if not count:
                 return wake
-            size = self._metrics.extend(metrics)
-            if size == count or size >= 1000 > size - count:
-                wake |= _SENDER
-            if size > self._max_queue:
-                wake |= _FULL
-                self._spill.want()
-            spill = self._spill
-            if spill.wanted and spill.idle and spill.wake_needed():
-                wake |= _SPOOL
+            return wake | self._added_locked(self._metrics.extend(metrics), count)
+
+    def append_call(self, call: Call) -> int:
+        """Queue one call's valid points, built into records later on the delivery loop's
+        side (the hot path of a call of many points). Returns `Wake` bits, as `append`."""
+        with self._lock:
+            wake = self._reopen_locked() if self._state is not _OPEN else 0
+            return wake | self._added_locked(self._metrics.extend_call(call), len(call[0]))
+
+    def _added_locked(self, size: int, count: int) -> int:
+        wake = 0
+        if size == count or size >= 1000 > size - count:
+            wake |= _SENDER
+        if size > self._max_queue:
+            wake |= _FULL
+            self._spill.want()
+        spill = self._spill
+        if spill.wanted and spill.idle and spill.wake_needed():
+            wake |= _SPOOL
         return wake
 
     def append_op(self, kind: str, payload: dict[str, Any]) -> int:
@@ -224,20 +234,20 @@ class RunQueue:
         The caller has woken the spool writer. Returns how many were dropped."""
         with self._lock:
             limit = self._max_queue
-            memory = self._metrics.memory
+            metrics = self._metrics
             if self._spill.usable:
                 self._trim_locked()
-                if len(memory) <= 2 * limit:
+                if metrics.size <= 2 * limit:
                     return 0  # the writer is catching up on its own thread
                 # Twice over: the writer is behind (it needs the GIL this thread keeps
                 # taking). Waiting for it beats dropping points; only a failed writer lets go.
                 self._wait_for_room_locked(2 * limit)
-                if len(memory) <= 2 * limit:
+                if metrics.size <= 2 * limit:
                     return 0
                 limit *= 2
             elif self.options.policy == "block":
                 self._wait_for_room_locked(limit)
-            excess = len(memory) - limit
+            excess = metrics.size - limit
             if excess <= 0:
                 return 0
             self._metrics.drop_oldest(excess)
@@ -248,8 +258,8 @@ class RunQueue:
 
     def _wait_for_room_locked(self, limit: int) -> None:
         deadline = time.monotonic() + self.options.block_timeout
-        memory = self._metrics.memory
-        while len(memory) > limit and self._state is not QueueState.CLOSED:
+        metrics = self._metrics
+        while metrics.size > limit and self._state is not QueueState.CLOSED:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._spill.failed:
                 return

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from itertools import repeat
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -23,16 +22,9 @@ from aidp_metrics._connection.client import TrackingClient
 from aidp_metrics._connection.endpoint import Endpoint
 from aidp_metrics._delivery.opener import LOCAL_ID_TAG
 from aidp_metrics._env import EXPERIMENT_VARIABLES, RUN_ID_VARIABLES, first_env
-from aidp_metrics._errors import DeliveryError, InvalidMetric
+from aidp_metrics._errors import DeliveryError
 from aidp_metrics._metric import (
-    INT64_MAX,
-    INT64_MIN,
-    MetricRecord,
-    check_timestamp,
-    key_error,
     now_ms,
-    to_float,
-    to_int64,
 )
 from aidp_metrics._notice import Notices, notice
 from aidp_metrics._queue.journal import new_local_id
@@ -44,18 +36,17 @@ from aidp_metrics._uploads.stage import UploadStage
 from . import lifecycle
 from .artifacts import ArtifactMethods
 from .creation import RunConstructors, RunSetup, string_tags
+from .metrics import MetricMethods
 from .params import LoggedParams, flatten_params
 from .pipeline import RunPipeline, summary
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-_FLOAT_INT_LIMIT = 2**1023  # ints beyond this do not fit a double: to_float says so
-_PLAIN = frozenset((float, int))  # value types converted in bulk (not bool: a subclass)
 _logger = logging.getLogger("aidp_metrics")
 
 __all__ = ["EXPERIMENT_VARIABLES", "LOCAL_ID_TAG", "RUN_ID_VARIABLES", "Run", "first_env"]
 
 
-class Run(ArtifactMethods, RunConstructors):
+class Run(MetricMethods, ArtifactMethods, RunConstructors):
     """One tracking run. Create it with `Run.start`, `Run.attach` or `Run.from_env`.
 
     `client` is None for an offline run. Until the server has created (or confirmed) the
@@ -196,73 +187,7 @@ class Run(ArtifactMethods, RunConstructors):
             run.set_tags(tags)
         return run
 
-    # -- logging (the training thread's hot path) ----------------------------------------
-
-    def log_metric(
-        self, key: str, value: object, step: int | None = None, timestamp: int | None = None
-    ) -> None:
-        self.log_metrics({key: value}, step, timestamp)
-
-    def log_metrics(
-        self,
-        metrics: Mapping[str, object],
-        step: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """Queue every metric at `step` (0 when None), stamped with the time of this call."""
-        if self._role.inherited:
-            return
-        try:
-            at = _check_step(step)
-            stamp = now_ms() if timestamp is None else check_timestamp(timestamp)
-        except InvalidMetric as exc:
-            keys = ", ".join(repr(key) for key in metrics)
-            if self.options.strict:
-                raise
-            self._queue.reject(len(metrics))
-            self._notices.once(f"step/timestamp of {keys}", f"aidp-metrics: not logged: {exc}")
-            return
-        records = _plain_records(metrics, self._keys, stamp, at)
-        problems: list[tuple[str, str]] = []
-        if records is None:
-            records, problems = self._checked_records(metrics, stamp, at)
-        if problems and self.options.strict:
-            raise InvalidMetric("; ".join(reason for _, reason in problems))
-        self.last_step = at
-        wake = self._queue.append(records, len(problems))
-        if wake:
-            self._act(wake)
-        for key, reason in problems:
-            self._notices.once(f"metric:{key}", f"aidp-metrics: not logged: {reason}")
-
-    def _checked_records(
-        self, metrics: Mapping[str, object], stamp: int, at: int
-    ) -> tuple[list[MetricRecord], list[tuple[str, str]]]:
-        """Every point checked one by one: a new key, or a value other than float/int."""
-        records: list[MetricRecord] = []
-        known = self._keys
-        problems: list[tuple[str, str]] = []
-        for raw_key, value in metrics.items():
-            key = known.get(raw_key)
-            if key is None:
-                error = key_error(raw_key)
-                if error is not None:
-                    problems.append((str(raw_key), error))
-                    continue
-                key = known[raw_key] = raw_key
-            kind = type(value)
-            if kind is float:
-                number: float = value  # type: ignore[assignment]
-            elif kind is int and -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT:  # type: ignore[operator]
-                number = float(value)  # type: ignore[arg-type]
-            else:
-                try:
-                    number = to_float(value, key)
-                except InvalidMetric as exc:
-                    problems.append((key, str(exc)))
-                    continue
-            records.append((key, number, stamp, at))
-        return records, problems
+    # -- logging: log_metric(s) and log_valid are MetricMethods' (metrics.py) -------------
 
     def log_system_metrics(self, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
         """For the system-metrics sampler: its valid `system/` keys at `step`, stamped with
@@ -454,35 +379,6 @@ class Run(ArtifactMethods, RunConstructors):
         self.local_id = self._descriptor.local_id
         opening = None if run_id is not None or self._spec is None else ("create", self._spec)
         self._start(run_id, opening, None)
-
-
-def _plain_records(
-    metrics: Mapping[str, object], known: dict[str, str], stamp: int, at: int
-) -> list[MetricRecord] | None:
-    """The records of a call whose keys were all seen valid before and whose values are
-    all plain floats or ints, built without a Python-level loop (a few hundred points per
-    call: `watch`); None when any point needs checking one by one."""
-    keys = metrics.keys()
-    if not keys <= known.keys():
-        return None
-    values: Iterable[object] = metrics.values()
-    types = set(map(type, values))
-    if not types <= _PLAIN:  # bool, str, numpy, tensors: checked one by one
-        return None
-    if int in types:
-        try:
-            values = list(map(float, values))  # type: ignore[arg-type]
-        except OverflowError:  # an int too large for a double: said by the check
-            return None
-    return list(zip(keys, values, repeat(stamp), repeat(at)))  # type: ignore[arg-type]
-
-
-def _check_step(step: object) -> int:
-    if step is None:
-        return 0
-    if type(step) is int and INT64_MIN <= step <= INT64_MAX:
-        return step
-    return to_int64(step, "step")
 
 
 def _status_for(exc_type: type[BaseException] | None) -> str:

@@ -230,7 +230,8 @@ def test_step_none_is_the_count_of_log_calls_and_groups_flatten(
     accelerator.init_trackers(fresh_experiment)
     accelerator.log({"a": 1.0})  # call 0
     accelerator.log({"a": 2.0}, step=10)
-    accelerator.log({"a": 3.0, "group": {"x": 4, "y": torch.tensor(5.0)}})  # call 2
+    grouped = {"x": 4, "y": torch.tensor(5.0), "deep": {"z": 7.0}}
+    accelerator.log({"a": 3.0, "group": grouped})  # call 2
     with pytest.warns(AIDPMetricsWarning, match="'text'") as caught:
         accelerator.log({"text": "hello", "a": 6.0})  # call 3
     with warnings.catch_warnings():
@@ -240,10 +241,11 @@ def test_step_none_is_the_count_of_log_calls_and_groups_flatten(
     accelerator.end_training()
     run_id = tracker.run_id
     assert run_id is not None
-    assert metric_keys(tracking, run_id) == {"a", "group/x", "group/y"}
+    assert metric_keys(tracking, run_id) == {"a", "group/x", "group/y", "group/deep/z"}
     assert points(tracking, run_id, "a") == [(0, 1.0), (2, 3.0), (3, 6.0), (10, 2.0)]
     assert points(tracking, run_id, "group/x") == [(2, 4.0)]
     assert points(tracking, run_id, "group/y") == [(2, 5.0)]
+    assert points(tracking, run_id, "group/deep/z") == [(2, 7.0)]
     assert params_of(tracking, run_id) == {}
     assert get_run(tracking, run_id)["info"]["status"] == "FINISHED"
 
@@ -327,8 +329,8 @@ def test_a_failing_tracker_never_raises_into_training(tracking: str, fresh_exper
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("sender exploded")
 
-    # A fault the real Run does not produce on demand: its log_metrics raising.
-    run.log_metrics = broken  # type: ignore[method-assign]
+    # A fault the real Run does not produce on demand: its log_valid raising.
+    run.log_valid = broken  # type: ignore[method-assign]
 
     def train() -> None:
         for step in range(3):
@@ -337,7 +339,7 @@ def test_a_failing_tracker_never_raises_into_training(tracking: str, fresh_exper
     with pytest.warns(AIDPMetricsWarning, match="log failed .*sender exploded") as caught:
         train()
     assert len([w for w in caught if issubclass(w.category, AIDPMetricsWarning)]) == 1
-    del run.log_metrics
+    del run.log_valid
     accelerator.log({"loss": 0.5}, step=3)
     accelerator.end_training()
     assert points(tracking, run.run_id, "loss") == [(3, 0.5)]
