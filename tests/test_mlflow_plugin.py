@@ -29,25 +29,16 @@ from tests.support.aidp_env import ROOT, assert_every_request_signed, child_env
 from tests.support.gateway import AIDPGateway
 from tests.support.mlflow_server import MLflowServer, get_metric_history, get_run
 from tests.support.oci_keys import OCICredentials
+from tests.support.scripts import run_script
 
 pytest.importorskip("oci")
 pytest.importorskip("mlflow")
 
-TIMEOUT = 300
-
 
 def run_job(job: str, experiment: str, env: dict[str, str], *args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.support.mlflow_client_job", job, experiment, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    job_args = ["-m", "tests.support.mlflow_client_job", job, experiment, *args]
+    result = run_script(job_args, env, ROOT, label=job)
     output = f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
-    assert result.returncode == 0, output
     assert "Could not find any registered plugin" not in result.stderr, output
     ids: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return ids
