@@ -10,7 +10,8 @@ validation metrics of one step, Transformers its `epoch` in the training and eva
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from aidp_metrics._errors import AIDPMetricsWarning, InvalidMetric
@@ -23,11 +24,12 @@ __all__ = ["AIDPMetricsWarning", "MetricConverter"]
 class MetricConverter:
     """Map `{framework key: framework value}` to valid keys and float values.
 
-    The key mapping is cached. A call with the keys (in the same order) of the last call
-    that needed no conversion, plain float values and a step above every step seen so far
-    cannot hold a repeat: it is answered without a Python-level loop (the usual training
-    step), and its points become the keys' previous points only when a later call needs
-    them (`_settle_recent`).
+    The key mapping is cached. A call with the keys of the last call that needed no
+    conversion, float values and a step above every step seen so far cannot hold a repeat:
+    it is answered without a Python-level loop, in a few C calls (the usual training step;
+    each C routine a hook touches costs microseconds when training has left it cold), and
+    its points become the keys' previous points only when a later call needs them
+    (`_settle_recent`).
     """
 
     def __init__(self, prefix: str = "", separator: str = "-", *, nested: bool = False) -> None:
@@ -40,20 +42,28 @@ class MetricConverter:
         self._dropped: set[str] = set()
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent
         self._highest = _BEFORE_ANY_STEP  # the highest step a point was sent at
-        self._plain: tuple[tuple[str, ...], list[str]] = ((), [])  # raw keys -> keys
+        # The last call that needed no conversion: (how many keys, its values in its
+        # order from a dict, its keys).
+        self._plain: tuple[int, Callable[[Mapping[str, object]], Any], list[str]] = (
+            -1,
+            _no_values,
+            [],
+        )
         self._recent: tuple[int, list[str], list[float]] | None = None  # not in _last yet
 
     def points_at(self, metrics: Mapping[str, object], step: int) -> tuple[list[str], list[float]]:
         """The keys and values logged at `step`, converted, without the points identical to
         their key's previous one: what `Run.log_valid` takes (new lists, the caller's)."""
-        if step > self._highest:
-            raw, keys = self._plain
-            if tuple(metrics) == raw:
-                values: list[Any] = list(metrics.values())
-                if set(map(type, values)) == _FLOAT_ONLY:
-                    self._highest = step
-                    self._recent = (step, keys, list(values))  # the caller may add to its lists
-                    return list(keys), values
+        count, values_of, keys = self._plain
+        if step > self._highest and len(metrics) == count:
+            try:  # a key it lacks, a value that is not a float: converted point by point
+                values: list[float] = list(map(_FLOAT, values_of(metrics)))
+            except (KeyError, TypeError):
+                pass
+            else:
+                self._highest = step
+                self._recent = (step, keys, list(values))  # the caller may add to its lists
+                return list(keys), values
         return self._convert(metrics, step)
 
     def _convert(self, metrics: Mapping[str, object], step: int) -> tuple[list[str], list[float]]:
@@ -91,8 +101,10 @@ class MetricConverter:
             keys.append(key)
             values.append(number)
         self._highest = max(self._highest, step)
-        if plain:
-            self._plain = (tuple(metrics), list(keys))
+        if plain and keys:
+            raw = tuple(metrics)
+            values_of = itemgetter(*raw) if len(raw) > 1 else _OneValue(raw[0])
+            self._plain = (len(raw), values_of, list(keys))
         return keys, values
 
     def _settle_recent(self) -> None:
@@ -130,7 +142,26 @@ class MetricConverter:
 
 
 _BEFORE_ANY_STEP = -(2**64)  # below every int64 step
-_FLOAT_ONLY = {float}
+# A float (a subclass too: numpy's float64) as an exact float; anything else (int, bool, a
+# tensor, a nested dict) raises TypeError.
+_FLOAT = float.__float__
+
+
+def _no_values(metrics: Mapping[str, object]) -> Any:
+    raise KeyError("no plain call yet")
+
+
+class _OneValue:
+    """`itemgetter(key)`, as a 1-tuple (`itemgetter` of one key gives the value itself).
+    A class, not a closure: the converter is pickled with the logger that holds it."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, metrics: Mapping[str, object]) -> tuple[object]:
+        return (metrics[self.key],)
 
 
 def _same(a: float, b: float) -> bool:

@@ -219,9 +219,10 @@ class AIDPTracker(GeneralTracker):  # type: ignore[misc]
         try:
             if kwargs:
                 self._handle.warn_once("log kwargs", f"ignoring log arguments {sorted(kwargs)}")
-            keys, numbers = self._converter.points_at(values, int(at))
+            at = int(at)
+            keys, numbers = self._converter.points_at(values, at)
             if keys:
-                run.log_valid(keys, numbers, int(at))
+                run.log_valid(keys, numbers, at)
         except Exception as exc:
             self._handle.failed("log", exc)
 

@@ -5,7 +5,10 @@ No server, no thread: the test plays the training thread, the delivery loop and 
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
+from collections.abc import Callable
 
 from aidp_metrics._metric import Metric
 from aidp_metrics._queue.options import DeliveryOptions
@@ -315,7 +318,7 @@ def calls(start: int, stop: int, width: int = 3) -> list[tuple[list[str], list[f
         (
             [f"k{j}" for j in range(width)],
             [i + j / 10 for j in range(width)],
-            1_700_000_000_000 + i,
+            (1_700_000_000_000 + i) * 1_000_000,  # ns, as time.time_ns()
             i,
         )
         for i in range(start, stop)
@@ -324,8 +327,8 @@ def calls(start: int, stop: int, width: int = 3) -> list[tuple[list[str], list[f
 
 def built(start: int, stop: int, width: int = 3) -> list[tuple[str, float, int, int]]:
     return [
-        (k, v, stamp, at)
-        for keys, values, stamp, at in calls(start, stop, width)
+        (k, v, stamp_ns // 1_000_000, at)
+        for keys, values, stamp_ns, at in calls(start, stop, width)
         for k, v in zip(keys, values, strict=True)
     ]
 
@@ -373,3 +376,171 @@ def test_the_journal_and_an_out_of_time_end_see_unbuilt_calls() -> None:
     assert q.end_step(mark, out_of_time=True, reason="gone") is EndStep.DONE
     stats = q.stats()
     assert (stats.logged, stats.failed, stats.pending) == (12, 12, 0)
+
+
+# -- calls that skip the lock (`Inbox`) ----------------------------------------------------
+
+
+def single(i: int) -> tuple[list[str], list[float], int, int]:
+    return ["loss"], [float(i)], (1_700_000_000_000 + i) * 1_000_000, i
+
+
+def test_calls_that_skip_the_lock_still_say_when_to_wake_the_sender() -> None:
+    q = queue()
+    assert q.append_call(single(0)) == Wake.SENDER  # the first point: the sender may sleep
+    assert all(q.append_call(single(i)) == Wake.NONE for i in range(1, 999))
+    assert q.append_call(single(999)) == Wake.SENDER  # a full batch is ready
+    assert q.append_call(single(1000)) == Wake.NONE
+    chunk = deliver(q)  # the sender took everything: it may sleep again
+    assert [m[3] for m in chunk.records] == list(range(1000))
+    deliver(q)
+    assert q.append_call(single(1001)) == Wake.SENDER
+    assert q.append_call(single(1002)) == Wake.NONE
+
+
+def test_calls_that_skip_the_lock_are_in_every_mark_count_and_end() -> None:
+    q = queue()
+    for i in range(5):
+        q.append_call(single(i))
+    assert q.mark() == (5, 0)
+    q.append_call(single(5))
+    q.append_op("tags", {"items": [["a", "b"]]})  # after the six points
+    q.append_call(single(6))
+    assert q.stats().logged == 7
+    mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+    assert mark == (7, 2)
+    first = deliver(q)
+    assert [m[3] for m in first.records] == list(range(6))
+
+
+def test_calls_that_skip_the_lock_never_pass_a_full_queue() -> None:
+    q = queue(max_queue=50)
+    wakes = [q.append_call(single(i)) for i in range(51)]
+    assert wakes[0] == Wake.SENDER
+    assert all(wake == Wake.NONE for wake in wakes[1:50])
+    assert wakes[50] & Wake.FULL  # the 51st point is over: the caller is told at once
+
+
+def test_calls_that_skip_the_lock_wake_the_spool_writer_once_it_rests() -> None:
+    q = queue(spool="always")
+    assert q.append_call(single(0)) == Wake.SENDER | Wake.SPOOL
+    assert all(q.append_call(single(i)) == Wake.NONE for i in range(1, 5))  # it is busy
+    start, records, _ = q.journal.unwritten(100)
+    assert [m[3] for m in records] == list(range(5))
+    q.journal.mark_written(start, [10 * (i + 1) for i in range(5)], 0, [])
+    q.journal.mark_durable()
+    q.journal.step(waiting_for_id=False)  # all on disk: the writer rests
+    assert q.append_call(single(5)) == Wake.SPOOL
+
+
+class DrainingKeys(list[str]):
+    """Keys whose length, read by `Inbox.put` before it queues the call, first runs
+    `drain`: a drain on another thread landing between the caller's budget read and its
+    append, which then misses the call."""
+
+    def __init__(self, keys: list[str], drain: Callable[[], object]) -> None:
+        super().__init__(keys)
+        self.drain = drain
+
+    def __len__(self) -> int:
+        drain, self.drain = self.drain, lambda: None
+        drain()
+        return super().__len__()
+
+
+def test_a_call_a_drain_missed_is_taken_in_under_the_lock() -> None:
+    q = queue()
+    assert q.append_call(single(0)) == Wake.SENDER  # the budget is open after this
+    # The delivery loop sends everything just before the caller appends: the sender may
+    # sleep now on an empty queue, so the caller must not return quietly.
+    keys = DrainingKeys(["loss"], lambda: deliver(q))
+    assert q.append_call((keys, [1.0], 1, 1)) == Wake.SENDER
+    assert [m[3] for m in deliver(q).records] == [1]
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.pending) == (2, 2, 0)
+
+
+def test_a_call_another_thread_took_in_still_wakes_the_sender() -> None:
+    """The caller's call is queued without the lock, the caller waits for the lock, and
+    another thread (not the sender) takes the call in first, into an empty memory: the
+    caller finds nothing to take in but must still wake the sender. The interleaving is
+    forced through the queue's private lock and inbox (no public way to hold it)."""
+    q = queue()
+    answer: list[int] = []
+    caller = threading.Thread(target=lambda: answer.append(q.append_call(single(0))))
+    with q._lock:
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not q._inbox._calls and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert q._inbox.drain(q._metrics) == 1  # the other thread's drain
+    caller.join(30)
+    assert answer == [Wake.SENDER]
+    assert [m[3] for m in deliver(q).records] == [0]
+
+
+def test_calls_racing_the_delivery_loop_and_an_end_arrive_once_in_order() -> None:
+    """The training thread logs while the delivery loop sends (sleeping until it is woken,
+    as the real one), another thread reads the stats and an end() runs again and again:
+    every point is delivered once, in order, and no wake is lost, whatever the
+    interleaving (threads switch every microsecond)."""
+    q = queue()
+    total = 20_000
+    woken = threading.Event()
+    logging_done = threading.Event()
+    delivered: list[int] = []
+    missed_wakes = 0
+
+    def sender() -> None:
+        nonlocal missed_wakes
+        while True:
+            woken.clear()
+            work = q.next_work(time.monotonic(), 1000)
+            if isinstance(work, Chunk):
+                delivered.extend(m[3] for m in work.records)
+                work.set_outcome(work.pending(), DELIVERED)
+                q.settle_chunk(work)
+            elif isinstance(work, QueuedOp):
+                q.settle_op(work)
+            elif logging_done.is_set() and q.all_settled():
+                return
+            elif not woken.wait(min(work, 10.0)) and work > 10.0:
+                missed_wakes += 1  # asleep for good, unwoken, while the training thread logs
+
+    def reader() -> None:
+        while not logging_done.is_set():
+            q.stats()  # a drain that is not the sender's
+            time.sleep(0)
+
+    def ender() -> None:
+        for _ in range(20):
+            mark = q.begin_end({"status": "FINISHED"}, repeat=False)
+            while mark is not None:
+                if q.end_step(mark, out_of_time=False, reason="") is EndStep.DONE:
+                    break
+                woken.set()
+                time.sleep(0)
+            time.sleep(0.002)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=part) for part in (sender, reader, ender)]
+    try:
+        for thread in threads:
+            thread.start()
+        for i in range(total):
+            if q.append_call(single(i)) & (Wake.SENDER | Wake.REOPENED):
+                woken.set()
+        threads[2].join()
+        if q.append_call(single(total)):  # after the last end: it reopens the run
+            woken.set()
+        logging_done.set()
+        woken.set()
+        threads[0].join(60)
+        threads[1].join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert delivered == list(range(total + 1))
+    stats = q.stats()
+    assert (stats.logged, stats.delivered, stats.pending) == (total + 1, total + 1, 0)
+    assert missed_wakes == 0

@@ -19,7 +19,8 @@ from itertools import islice, repeat
 
 from aidp_metrics._metric import MetricRecord
 
-# One `log_metrics` call's points, not yet made records: (keys, values, timestamp, step).
+# One `log_metrics` call's points, not yet made records: (keys, values, time.time_ns() of
+# the call, step). Nanoseconds: the division to milliseconds is left to `_build`.
 Call = tuple[Sequence[str], Sequence[float], int, int]
 
 
@@ -68,8 +69,8 @@ class MetricBuffer:
 
     def _build(self) -> None:
         memory = self.memory
-        for keys, values, stamp, at in self._unbuilt:
-            memory.extend(zip(keys, values, repeat(stamp), repeat(at)))
+        for keys, values, stamp_ns, at in self._unbuilt:
+            memory.extend(zip(keys, values, repeat(stamp_ns // 1_000_000), repeat(at)))
         self._unbuilt.clear()
         self._unbuilt_count = 0
 

@@ -8,15 +8,17 @@ the order everything reaches the server: a status set after the last metric is s
 `RunQueue` owns this state behind one lock and does no I/O. Three parties use it, each
 through its own methods, and none reads or writes its fields:
 
-- the training thread appends (`append`, `append_op`); the answer (`Wake`) says what the
-  caller must do -- wake the sender, wake the spool writer, reconnect a reopened run,
-  make room in a full queue (`make_room`);
+- the training thread appends (`append_call`, `append`, `append_op`); the answer (`Wake`)
+  says what the caller must do -- wake the sender, wake the spool writer, reconnect a
+  reopened run, make room in a full queue (`make_room`). The usual call (`append_call`)
+  takes no lock: it goes into the `Inbox`, which every locked section takes in first;
 - the delivery loop takes the next op or chunk (`next_work`) and settles it;
 - the spool writer copies unsettled records to the journal (`unwritten`, `mark_written`)
   and, when memory is over its bound, lets the queue drop from memory what is on disk.
 
-Its parts: the metrics by index (`buffer.MetricBuffer`), the ops, the chunk in flight,
-the counters (`stats.Counters`) and the spill to disk (`spill.Spill`).
+Its parts: the calls appended without the lock (`inbox.Inbox`), the metrics by index
+(`buffer.MetricBuffer`), the ops, the chunk in flight, the counters (`stats.Counters`) and
+the spill to disk (`spill.Spill`).
 
 Lock order: a queue's lock may be held while taking a worker's lock (`worker.py`), never
 the other way round; nothing else is taken under it.
@@ -26,13 +28,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aidp_metrics._metric import MetricRecord
 from aidp_metrics._stats import Counters, RunStats
 
 from .buffer import Call, MetricBuffer
+from .inbox import Inbox
 from .options import DeliveryOptions
 from .records import (
     DELIVERED,
@@ -57,10 +61,12 @@ _SENDER, _SPOOL, _REOPENED, _FULL = (
     int(Wake.REOPENED),
     int(Wake.FULL),
 )
+# Memory crossing this many metrics wakes the sender: a batch is ready.
+_BATCH_READY = 1000
 
 
 class RunQueue:
-    """The records of one run. Every field is guarded by `_lock` and private."""
+    """The records of one run: private fields, guarded by `_lock` (but the `_inbox`)."""
 
     def __init__(
         self,
@@ -80,6 +86,7 @@ class RunQueue:
         self._max_queue = options.max_queue
         self._state = QueueState.OPEN
         self._metrics = MetricBuffer()
+        self._inbox = Inbox()  # calls appended without the lock, before `_metrics`
         self._ops = OpLog()
         self._chunk: Chunk | None = None
         # Resumed runs: skip steps at or below `floors[key]` (the server holds them), or at
@@ -110,16 +117,16 @@ class RunQueue:
 
     def sizes(self) -> tuple[int, int]:
         """(metrics held in memory, metrics in the chunk in flight): what bounds memory."""
-        with self._lock:
+        with self._held():
             chunk = self._chunk
             return self._metrics.size, len(chunk.records) if chunk is not None else 0
 
     def stats(self) -> RunStats:
-        with self._lock:
+        with self._held():
             return self._counters.snapshot(self._metrics.logged)
 
     def mark(self) -> Mark:
-        with self._lock:
+        with self._held():
             return self._metrics.logged, self._ops.logged
 
     def settled(self, mark: Mark) -> bool:
@@ -137,7 +144,7 @@ class RunQueue:
         return self._spill.failed or self.durable_or_settled(mark)
 
     def all_settled(self) -> bool:
-        with self._lock:
+        with self._held():
             return self._all_settled_locked()
 
     def _all_settled_locked(self) -> bool:
@@ -157,32 +164,45 @@ class RunQueue:
 
     def check(self, until: Callable[[], bool]) -> bool:
         with self._lock:
-            return bool(until())
+            return until()
 
     # -- the caller's side ----------------------------------------------------------------
 
+    @contextmanager
+    def _held(self) -> Iterator[None]:
+        """The lock, the `Inbox` taken in first while open (else by its caller, reopening)."""
+        with self._lock:
+            if self._state is _OPEN:
+                self._inbox.drain(self._metrics)
+            yield
+
     def append(self, metrics: list[MetricRecord], rejected: int = 0) -> int:
-        """Queue metrics (the training thread's hot path); count `rejected` invalid ones.
-        Returns `Wake` bits as a plain int (0, the usual answer, costs nothing to test)."""
-        count = len(metrics)
+        """Queue checked metrics, count `rejected` ones; returns `Wake` bits as a plain int."""
         with self._lock:
             wake = self._reopen_locked() if self._state is not _OPEN else 0
-            if rejected:
-                self._counters.reject(rejected)
+            count = self._inbox.drain(self._metrics) + len(metrics)
+            self._counters.reject(rejected)
             if not count:
                 return wake
             return wake | self._added_locked(self._metrics.extend(metrics), count)
 
     def append_call(self, call: Call) -> int:
-        """Queue one call's valid points, built into records later on the delivery loop's
-        side (the hot path of a call of many points). Returns `Wake` bits, as `append`."""
+        """Queue one call's valid points (built into records on the delivery loop's side):
+        the hot path. Without the lock while the `Inbox`'s budget lasts, else as `append`."""
+        if self._inbox.put(call):
+            return 0
         with self._lock:
             wake = self._reopen_locked() if self._state is not _OPEN else 0
-            return wake | self._added_locked(self._metrics.extend_call(call), len(call[0]))
+            count = self._inbox.drain(self._metrics)
+            if not count:  # another thread took it in; the sender may not know (or it's a no-op)
+                return wake | _SENDER if self._metrics.size else wake
+            return wake | self._added_locked(self._metrics.size, count)
 
     def _added_locked(self, size: int, count: int) -> int:
+        """`count` metrics added, `size` in memory: what to wake; the points that may skip
+        the lock until the next drain (none that could need a wake)."""
         wake = 0
-        if size == count or size >= 1000 > size - count:
+        if size == count or size >= _BATCH_READY > size - count:
             wake |= _SENDER
         if size > self._max_queue:
             wake |= _FULL
@@ -190,13 +210,15 @@ class RunQueue:
         spill = self._spill
         if spill.wanted and spill.idle and spill.wake_needed():
             wake |= _SPOOL
+        # (A busy spool writer needs no wake; it rests only in a drain: `JournalSide.step`.)
+        limit = min(_BATCH_READY - 1, self._max_queue) if size < _BATCH_READY else self._max_queue
+        self._inbox.admit(max(0, limit - size))
         return wake
 
     def append_op(self, kind: str, payload: dict[str, Any]) -> int:
         with self._lock:
-            wake: int = _SENDER
-            if self._state is not _OPEN:
-                wake |= self._reopen_locked()
+            wake = _SENDER | (self._reopen_locked() if self._state is not _OPEN else 0)
+            self._inbox.drain(self._metrics)
             self._queue_op_locked(kind, payload)
             if self._spill.touch():
                 wake |= _SPOOL
@@ -208,7 +230,7 @@ class RunQueue:
 
     def rush(self, mark: Mark) -> None:
         """Send everything before `mark` now, without waiting for `flush_interval`."""
-        with self._lock:
+        with self._held():
             self._metrics.rush(mark[0])
 
     def commit_soon(self) -> None:
@@ -220,9 +242,8 @@ class RunQueue:
         self._ops.add(self._metrics.logged, kind, payload)
 
     def _reopen_locked(self) -> int:
-        """Logging into an ended run, or one that is ending (after its end mark): it is
-        RUNNING again, before what is logged now. A running `end()` settles only what was
-        logged before it began and leaves the queue open."""
+        """Logging into an ended or ending run: RUNNING again, before what is logged now (a
+        running `end()` settles only what was logged before it, and leaves it open)."""
         self._state = QueueState.OPEN
         self._queue_op_locked("status", {"status": "RUNNING"})
         return _REOPENED | _SENDER
@@ -232,7 +253,7 @@ class RunQueue:
     def make_room(self) -> int:
         """Over `max_queue` in memory: let the journal take it, wait, or drop the oldest.
         The caller has woken the spool writer. Returns how many were dropped."""
-        with self._lock:
+        with self._held():
             limit = self._max_queue
             metrics = self._metrics
             if self._spill.usable:
@@ -274,11 +295,10 @@ class RunQueue:
     # -- ending ---------------------------------------------------------------------------
 
     def begin_end(self, status: dict[str, Any] | None, *, repeat: bool) -> Mark | None:
-        """Start ending (queueing the `status` op, if any). Returns the end mark -- what
-        `end()` must settle: every record logged before it, the status op included; what is
-        logged from now on reopens the run (`append`). None when already closed with the same
-        status (`repeat`): nothing to do."""
-        with self._lock:
+        """Start ending (queueing the `status` op, if any). Returns the end mark: every
+        record `end()` must settle, the status op included (what is logged from now on
+        reopens the run); None when already closed with the same status (`repeat`)."""
+        with self._held():
             if self._state is QueueState.CLOSED and repeat:
                 return None
             self._state = QueueState.CLOSING
@@ -290,7 +310,7 @@ class RunQueue:
     def end_step(self, mark: Mark, *, out_of_time: bool, reason: str) -> EndStep:
         """After delivering up to the end `mark`: closed, or spill the rest, or (time left)
         deliver again. Records logged after `mark` are not end()'s to settle."""
-        with self._lock:
+        with self._held():
             if self.settled(mark):
                 self._close_locked()
                 return EndStep.DONE
@@ -307,7 +327,7 @@ class RunQueue:
     def end_after_spill(self, mark: Mark, *, reason: str) -> None:
         """After waiting for the journal: close (what is not on disk yet the spool writer's
         last pass writes), counting what is before `mark` failed if the spool failed."""
-        with self._lock:
+        with self._held():
             if self._spill.failed:  # the spool could not take them: count them
                 self._abandon_locked(mark, f"{reason}, and the spool failed")
             self._close_locked()
@@ -328,8 +348,8 @@ class RunQueue:
 
     def _abandon_locked(self, mark: Mark, reason: str) -> None:
         """Give up on every unsettled record before `mark` (metrics counted failed, ops
-        dropped) -- but a create or attach that never happened stays: logging again must
-        still open the run. What was logged after `mark` (a reopened run) stays queued."""
+        dropped), but a create or attach that never happened: logging again must open the
+        run. What was logged after `mark` (a reopened run) stays queued."""
         chunk = self._chunk
         if chunk is not None and chunk.start < mark[0]:
             chunk.set_outcome(chunk.pending(), reason)
@@ -344,7 +364,7 @@ class RunQueue:
     def next_work(self, now: float, batch: int) -> Work | float:
         """What to send next: an op, the chunk in flight, a range to read back from the
         journal, or the seconds until something is due."""
-        with self._lock:
+        with self._held():
             if self._state is QueueState.CLOSED:
                 return float("inf")  # ended: what is left waits in the spool (or was counted)
             metrics = self._metrics
@@ -375,7 +395,7 @@ class RunQueue:
 
     def read_back_done(self, work: ReadBack, records: list[MetricRecord]) -> Chunk | None:
         """What the journal gave for `work`, as the chunk in flight (the rest counted lost)."""
-        with self._lock:
+        with self._held():
             if self._metrics.acked != work.start or self._chunk is not None:
                 return None  # settled meanwhile (end() gave up on it)
             if len(records) < work.stop - work.start:
@@ -386,7 +406,7 @@ class RunQueue:
             return self._chunk
 
     def settle_chunk(self, chunk: Chunk) -> None:
-        with self._lock:
+        with self._held():
             if self._chunk is chunk:  # not already given up on by end()
                 self._settle_chunk_locked(chunk)
 
@@ -403,7 +423,7 @@ class RunQueue:
         self._after_progress_locked()
 
     def settle_op(self, queued: QueuedOp) -> None:
-        with self._lock:
+        with self._held():
             if self._ops.settle(queued):
                 self._after_progress_locked()
 
@@ -419,8 +439,7 @@ class RunQueue:
             self._run_id = run_id
 
     def set_skips(self, floors: dict[str, int], ceilings: dict[str, int] | None = None) -> None:
-        """Resume: steps per key the server holds already (at or below `floors`, at or
-        above `ceilings`): not sent again."""
+        """Resume: steps per key the server holds (<= `floors`, >= `ceilings`): not sent."""
         with self._lock:
             self._skips = (dict(floors), dict(ceilings or {}))
 
@@ -437,7 +456,7 @@ class RunQueue:
 
     def spill_on_failure(self) -> tuple[bool, bool]:
         """A request failed: (the run has a spool, it starts journaling now)."""
-        with self._lock:
+        with self._held():  # the budget too: from now on new points wake the spool writer
             started = self._spill.want()
             if started:
                 self._spill.touch()
@@ -473,7 +492,7 @@ class JournalSide:
         """Up to `limit` unsettled metrics not yet in the journal (from the chunk in flight
         and memory, in order) and the unwritten ops positioned up to their end."""
         q = self._queue
-        with q._lock:
+        with q._held():
             chunk = q._chunk
             in_flight = (chunk.start, chunk.records) if chunk is not None else None
             start, records = q._metrics.unwritten(q._spill.written, limit, in_flight)
@@ -483,7 +502,7 @@ class JournalSide:
         self, start: int, ends: list[int], first_offset: int, ops: list[tuple[QueuedOp, int]]
     ) -> None:
         q = self._queue
-        with q._lock:
+        with q._held():
             for op, offset in ops:
                 op.written_at(offset)
             if ends:
@@ -516,7 +535,7 @@ class JournalSide:
     def failed(self) -> bool:
         """The journal cannot be written; True the first time."""
         q = self._queue
-        with q._lock:
+        with q._held():
             first = q._spill.fail()
             q._changed.notify_all()
             return first
@@ -525,7 +544,7 @@ class JournalSide:
         """After a pass of the writer: (delete the journal, let the writer go, nothing is
         left to write)."""
         q = self._queue
-        with q._lock:
+        with q._held():
             closed = q._state is QueueState.CLOSED
             return q._spill.step(
                 closed=closed,

@@ -66,7 +66,7 @@ class MetricMethods:
         # keys seen valid before, plain numbers.
         at = 0 if step is None else step
         if type(at) is int and timestamp is None and INT64_MIN <= at <= INT64_MAX:
-            call = _plain_call(metrics, self._keys, time.time_ns() // 1_000_000, at)
+            call = _plain_call(metrics, self._keys, time.time_ns(), at)
             if call is not None:
                 self.last_step = at
                 wake = self._queue.append_call(call)
@@ -85,7 +85,7 @@ class MetricMethods:
             self.log_metrics(dict(zip(keys, values, strict=True)), step)  # the check says
             return
         self.last_step = step
-        wake = self._queue.append_call((keys, values, time.time_ns() // 1_000_000, step))
+        wake = self._queue.append_call((keys, values, time.time_ns(), step))
         if wake:
             self._act(wake)
 
@@ -145,7 +145,7 @@ class MetricMethods:
 
 
 def _plain_call(
-    metrics: Mapping[str, object], known: dict[str, str], stamp: int, at: int
+    metrics: Mapping[str, object], known: dict[str, str], stamp_ns: int, at: int
 ) -> Call | None:
     """The points of a call whose keys were all seen valid before and whose values are
     all plain floats or ints, as one `Call` (the delivery loop makes the records); None
@@ -163,7 +163,7 @@ def _plain_call(
             values = list(map(float, values))
         except OverflowError:  # an int too large for a double: said by the check
             return None
-    return tuple(keys), values, stamp, at
+    return tuple(keys), values, stamp_ns, at
 
 
 def _check_step(step: object) -> int:

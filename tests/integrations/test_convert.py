@@ -3,7 +3,10 @@ loop-free path (same keys as the last plain call, floats, a new highest step) or
 
 from __future__ import annotations
 
+import pickle
 import warnings
+
+import pytest
 
 from aidp_metrics.integrations._convert import AIDPMetricsWarning, MetricConverter
 
@@ -39,14 +42,18 @@ def test_the_lists_returned_are_the_callers() -> None:
     assert converter.points_at({"a": 2.0, "epoch": 1.0}, 2) == (["epoch"], [1.0])
 
 
-def test_a_key_order_or_value_type_change_takes_the_loop() -> None:
+def test_each_value_stays_with_its_key_whatever_changes() -> None:
     converter = MetricConverter(prefix="train", separator="/")
     converter.points_at({"a": 1.0, "b": 2.0}, 1)
-    assert converter.points_at({"b": 3.0, "a": 4.0}, 2) == (["train/b", "train/a"], [3.0, 4.0])
-    assert converter.points_at({"b": 5, "a": 6.0}, 3) == (["train/b", "train/a"], [5.0, 6.0])
+    # The same keys in another order (loop-free: in the first call's order)
+    assert converter.points_at({"b": 3.0, "a": 4.0}, 2) == (["train/a", "train/b"], [4.0, 3.0])
+    # as many keys, one of them new; then an int: the loop
+    assert converter.points_at({"a": 5.0, "c": 6.0}, 3) == (["train/a", "train/c"], [5.0, 6.0])
+    assert converter.points_at({"a": 7.0, "c": 8}, 4) == (["train/a", "train/c"], [7.0, 8.0])
+    assert converter.points_at({"b": 5, "a": 6.0}, 5) == (["train/b", "train/a"], [5.0, 6.0])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert converter.points_at({"b": "x", "a": 7.0}, 4) == (["train/a"], [7.0])
+        assert converter.points_at({"b": "x", "a": 7.0}, 6) == (["train/a"], [7.0])
     assert [w for w in caught if issubclass(w.category, AIDPMetricsWarning)]
 
 
@@ -67,3 +74,24 @@ def test_nested_groups_flatten_at_any_depth() -> None:
         [1.0, 0.5, 0.1],
     )
     assert converter.points_at(metrics, 1) == ([], [])
+
+
+def test_one_key_and_float_subclasses_take_the_loop_free_path_as_exact_floats() -> None:
+    class Precise(float):
+        pass
+
+    converter = MetricConverter()
+    assert converter.points_at({"loss": 1.0}, 1) == (["loss"], [1.0])
+    keys, values = converter.points_at({"loss": Precise(2.5)}, 2)
+    assert (keys, values, type(values[0])) == (["loss"], [2.5], float)
+    with pytest.warns(AIDPMetricsWarning, match="bool"):  # a bool is no float: the loop says
+        assert converter.points_at({"loss": True}, 3) == ([], [])
+
+
+def test_a_converter_pickles_after_any_call() -> None:
+    """Loggers holding one are pickled (Lightning's DDP spawn, checkpoints)."""
+    for metrics in ({"loss": 1.0}, {"loss": 1.0, "acc": 0.5}):
+        converter = MetricConverter()
+        converter.points_at(metrics, 1)
+        copy = pickle.loads(pickle.dumps(converter))
+        assert copy.points_at(dict(metrics), 2) == (list(metrics), list(metrics.values()))
