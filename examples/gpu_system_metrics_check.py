@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from aidp_metrics import LocalMLflowServer, MetricsClient, Run
-    from aidp_metrics._bridges import system_metrics
 
     if not torch.cuda.is_available():
         print("FAIL: torch sees no CUDA device", file=sys.stderr)
@@ -122,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                 system_metrics=True,
                 system_metrics_interval=args.interval,
             )
-            sampler = next(
-                t for t in threading.enumerate() if isinstance(t, system_metrics.Sampler)
-            )
             step = 0
-            deadline = time.monotonic() + 60
-            while sampler.samples < 2 and time.monotonic() < deadline:
+            # the sampler samples every `interval` seconds: three intervals hold two samples
+            deadline = time.monotonic() + 3 * args.interval
+            while time.monotonic() < deadline:
                 torch.matmul(a, b, out=c)  # keep the GPU busy between the samples
                 torch.cuda.synchronize()
                 step += 1
@@ -144,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
 
-    print(f"\n{len(series)} system/ keys, {sampler.samples} samples:")
+    samples = max((len(points) for points in series.values()), default=0)
+    print(f"\n{len(series)} system/ keys, {samples} samples:")
     for key, points in series.items():
         values = ", ".join(f"{p.value:g} @ step {p.step}" for p in points)
         print(f"  {key}: {values}")
