@@ -166,20 +166,28 @@ def test_a_200_mb_upload_in_flight_does_not_hold_up_the_metrics_logged_after_it(
             digest.update(block)
             out.write(block)
     run = Run.start(experiment_name=fresh_experiment, client=gateway_client, **FAST)
-    run.log_artifact(big, "checkpoints", snapshot="link")
-    logged = time.monotonic()
-    run.log_metrics({"loss": 0.5}, step=1)
-
-    arrived = None
-    while time.monotonic() - logged < 60:
-        if get_metric_history(mlflow_server.url, run.run_id, "loss"):
-            arrived = run.stats
-            break
-        time.sleep(0.02)
-    assert arrived is not None, "the metric never arrived"
-    assert arrived.delivered == 1
-    assert arrived.artifacts_uploaded == 0, "the upload was over before the metric arrived"
-    stats = run.end()
+    try:
+        run.log_artifact(big, "checkpoints", snapshot="link")
+        logged = time.monotonic()
+        run.log_metrics({"loss": 0.5}, step=1)
+        # Delivered means the server answered and the sender counted it; the server may
+        # hold the point a moment before that, so wait for the count, not the server.
+        arrived = None
+        while time.monotonic() - logged < 60:
+            stats = run.stats
+            if stats.delivered:
+                arrived = stats
+                break
+            time.sleep(0.02)
+        assert arrived is not None, "the metric was never delivered"
+        assert arrived.delivered == 1
+        assert arrived.artifacts_uploaded == 0, "the upload was over before the metric arrived"
+        history = get_metric_history(mlflow_server.url, run.run_id, "loss")
+        assert [(m["step"], m["value"]) for m in history] == [(1, 0.5)]
+    finally:
+        # Also on a failure: the upload ends with the test, not against the next test's
+        # (stopped) gateway while MLflow's client retries for minutes.
+        stats = run.end()
     assert stats.artifacts_uploaded == 1
     assert stats.artifact_bytes_uploaded == 200 << 20
     remote = artifact_sha256(mlflow_server.url, run.run_id, "checkpoints/checkpoint.ckpt")
