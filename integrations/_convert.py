@@ -43,10 +43,10 @@ class MetricConverter:
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last sent
         self._highest = _BEFORE_ANY_STEP  # the highest step a point was sent at
         # The last call that needed no conversion: (how many keys, its values in its
-        # order from a dict, its keys).
+        # order from a dict, its keys). None yet: no dict has -1 keys.
         self._plain: tuple[int, Callable[[Mapping[str, object]], Any], list[str]] = (
             -1,
-            _no_values,
+            _OneValue(""),
             [],
         )
         self._recent: tuple[int, list[str], list[float]] | None = None  # not in _last yet
@@ -145,10 +145,6 @@ _BEFORE_ANY_STEP = -(2**64)  # below every int64 step
 # A float (a subclass too: numpy's float64) as an exact float; anything else (int, bool, a
 # tensor, a nested dict) raises TypeError.
 _FLOAT = float.__float__
-
-
-def _no_values(metrics: Mapping[str, object]) -> Any:
-    raise KeyError("no plain call yet")
 
 
 class _OneValue:

@@ -290,10 +290,9 @@ class AIDPCallback(keras.callbacks.Callback):  # type: ignore[misc]
                 learning_rate = _learning_rate(self.model)
                 if learning_rate is not None:
                     logged[_LEARNING_RATE] = learning_rate
+            logged["epoch"] = float(epoch + 1)  # ours, whatever `logs` held under the name
             # The last batch point may already hold these running means at this step.
             keys, values = self._train_metrics.points_at(logged, step)
-            keys.append("epoch")
-            values.append(float(epoch + 1))
             self._add_weight_norms(keys, values, step)
             run.log_valid(keys, values, step)
 

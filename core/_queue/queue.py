@@ -164,7 +164,7 @@ class RunQueue:
 
     def check(self, until: Callable[[], bool]) -> bool:
         with self._lock:
-            return until()
+            return bool(until())
 
     # -- the caller's side ----------------------------------------------------------------
 
@@ -456,7 +456,7 @@ class RunQueue:
 
     def spill_on_failure(self) -> tuple[bool, bool]:
         """A request failed: (the run has a spool, it starts journaling now)."""
-        with self._held():  # the budget too: from now on new points wake the spool writer
+        with self._held():
             started = self._spill.want()
             if started:
                 self._spill.touch()

@@ -618,3 +618,22 @@ def test_without_log_model_nothing_is_uploaded(
     model.fit(x, y, epochs=1, batch_size=BATCH, callbacks=[cb, checkpoint], verbose=0)
     assert cb.run_id is not None
     assert artifact_files(mlflow_server.url, cb.run_id) == {}
+
+
+class EpochInLogs(keras.callbacks.Callback):  # type: ignore[misc]
+    """A callback before ours that puts its own `epoch` (0-based) into the epoch logs."""
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs["epoch"] = float(epoch)
+
+
+def test_the_epoch_point_is_ours_once_even_when_the_logs_hold_an_epoch(
+    mlflow_server: MLflowServer, fresh_experiment: str
+) -> None:
+    x, y = make_data()
+    model = make_model()
+    cb = aidp_callback(fresh_experiment)
+    steps = EpochRecorder()
+    model.fit(x, y, epochs=2, batch_size=BATCH, callbacks=[EpochInLogs(), steps, cb], verbose=0)
+    expected = [(s, float(i + 1)) for i, s in enumerate(steps.steps)]
+    assert history(mlflow_server.url, cb.run_id, "epoch") == expected
