@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -149,6 +150,9 @@ def test_through_the_signing_aidp_gateway_every_request_is_signed(
     fetched = Path(store.download("model.bin", str(tmp_path / "back")))
     assert fetched.read_bytes() == expected["model.bin"]
     assert aidp_gateway.auth_failures == []
+    # The download's pool threads are gone with it (one left behind failed the next
+    # tests' no-thread-left checks until a garbage collection took the store).
+    assert [t.name for t in threading.enumerate() if t.name.startswith("aidp-metrics-art")] == []
 
 
 def test_a_200_mb_upload_in_flight_does_not_hold_up_the_metrics_logged_after_it(

@@ -85,11 +85,12 @@ class ArtifactStore:
             _wrap_host_creds()
             tracking_uri = endpoint.store_uri.uri if endpoint.store_uri else endpoint.base_url
             self._repo: Any = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+        self._workers: int | None = None
         pool = getattr(self._repo, "thread_pool", None)
         if isinstance(pool, ThreadPoolExecutor):  # downloads fan out: keep the scope there
             pool.shutdown(wait=False)
-            workers = getattr(self._repo, "max_workers", None)
-            self._repo.thread_pool = _ScopedPool(workers, "aidp-metrics-artifacts")
+            self._workers = getattr(self._repo, "max_workers", None)
+            self._repo.thread_pool = _ScopedPool(self._workers, "aidp-metrics-artifacts")
 
     @classmethod
     def for_run(
@@ -132,7 +133,10 @@ class ArtifactStore:
         return sorted(found, key=lambda f: f.path)
 
     def download(self, path: str, directory: str) -> str:
-        with self._scope():
+        """MLflow fans a download out over the repository's pool: a pool of this call's,
+        shut down (its threads joined) when the download is over, so none outlives it."""
+        with self._scope(), _ScopedPool(self._workers, "aidp-metrics-artifacts") as pool:
+            self._repo.thread_pool = pool
             return str(self._repo.download_artifacts(path, directory))
 
     def delete(self, path: str) -> None:
